@@ -1,0 +1,43 @@
+# flashclaim — the two commands a user needs are `make serve` and `make test`.
+# Everything else here is a tier of `make test` or a tool for developers.
+
+WASM_CRATES := host-fixture
+WASM_FLAGS := $(foreach c,$(WASM_CRATES),-p $(c))
+SERVICES := scripts/services.sh
+
+.PHONY: test deps wasm test-unit test-lua test-e2e test-host services-start services-stop serve bench fmt lint
+
+## Run every test: unit, Lua-against-Redis, and end to end through the test host.
+test: deps wasm
+	@$(SERVICES) start
+	@status=0; \
+	  $(MAKE) --no-print-directory test-unit test-host || status=$$?; \
+	  $(SERVICES) stop; \
+	  exit $$status
+
+deps:
+	@scripts/deps.sh
+
+wasm:
+	cargo build --target wasm32-wasip2 --release $(WASM_FLAGS)
+
+## Tier 1: pure unit tests (no services needed).
+test-unit:
+	cargo test -p spin-test-host --lib
+
+## The test host itself, on the real fixture component (needs services and wasm).
+test-host:
+	cargo test -p spin-test-host --test host
+
+services-start:
+	@$(SERVICES) start
+
+services-stop:
+	@$(SERVICES) stop
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Starts (or stops) a private Redis and PostgreSQL for flashclaim on free local ports,
+# with their data under the project's .data/ directory, and writes their addresses to
+# .data/services.env for the tests, the benchmarks and the local runner.
+#
+#   scripts/services.sh start [--durable]   # --durable: Redis AOF with appendfsync always
+#   scripts/services.sh stop
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+data="$root/.data"
+envfile="$data/services.env"
+
+free_port() {
+  local port
+  for _ in $(seq 1 50); do
+    port=$(( (RANDOM % 30000) + 20000 ))
+    if ! (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  echo "services: no free port found" >&2
+  exit 1
+}
+
+pg_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+# Postgres refuses to run as root; when we are root it runs as an unprivileged user,
+# which must be able to reach its data directory.
+pg_user() {
+  if [ "$(id -u)" -ne 0 ]; then
+    id -un
+  elif id postgres >/dev/null 2>&1; then
+    echo postgres
+  else
+    useradd --system --no-create-home --shell /usr/sbin/nologin flashclaim-pg
+    echo flashclaim-pg
+  fi
+}
+
+pg_data_dir() {
+  local user=$1 dir="$data/pg"
+  if [ "$(id -u)" -eq 0 ] && ! runuser -u "$user" -- test -x "$data" 2>/dev/null; then
+    # An ancestor of the project is closed to other users (e.g. /root): keep the cluster
+    # in a per-project directory that the Postgres user can reach.
+    dir="/var/tmp/flashclaim-pg-$(echo "$root" | md5sum | cut -c1-12)"
+  fi
+  echo "$dir"
+}
+
+as_pg() {
+  local user=$1
+  shift
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
+}
+
+start() {
+  local durable=${1:-}
+  mkdir -p "$data/redis"
+  chmod 755 "$data"
+  if [ -f "$envfile" ]; then stop >/dev/null 2>&1 || true; fi
+
+  local redis_port pg_port
+  redis_port=$(free_port)
+  local redis_persist=(--save "" --appendonly no)
+  if [ "$durable" = "--durable" ]; then
+    redis_persist=(--save "" --appendonly yes --appendfsync always)
+  fi
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$data/redis" \
+    --daemonize yes --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
+    --maxclients 10000 "${redis_persist[@]}"
+
+  local user bin pgdata
+  user=$(pg_user)
+  bin=$(pg_bin)
+  pgdata=$(pg_data_dir "$user")
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    mkdir -p "$pgdata"
+    chown "$user" "$pgdata" 2>/dev/null || true
+    chmod 700 "$pgdata"
+    as_pg "$user" "$bin/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --no-locale >/dev/null
+  fi
+  pg_port=$(free_port)
+  # Tests and benchmarks restart Postgres freely; fsync is kept on so the drain's
+  # "acknowledged only after commit" is measured against a real commit.
+  as_pg "$user" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400" >/dev/null
+
+  for _ in $(seq 1 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  cat >"$envfile" <<ENV
+REDIS_PORT=$redis_port
+PG_PORT=$pg_port
+PG_DATA=$pgdata
+PG_BIN=$bin
+PG_USER=$user
+FLASHCLAIM_REDIS_URL=redis://127.0.0.1:$redis_port
+FLASHCLAIM_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
+ENV
+  echo "services: redis on 127.0.0.1:$redis_port, postgres on 127.0.0.1:$pg_port ($envfile)"
+}
+
+stop() {
+  [ -f "$envfile" ] || return 0
+  # shellcheck disable=SC1090
+  . "$envfile"
+  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  as_pg "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
+  rm -f "$envfile"
+  echo "services: stopped"
+}
+
+case "${1:-}" in
+  start) start "${2:-}" ;;
+  stop) stop ;;
+  *) echo "usage: $0 start [--durable] | stop" >&2; exit 2 ;;
+esac

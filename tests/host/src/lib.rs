@@ -1,0 +1,22 @@
+//! A small Spin-compatible host for tests, built on wasmtime.
+//!
+//! It loads the real `.wasm` components named in `spin.toml`, routes HTTP by the manifest,
+//! resolves variables, enforces `allowed_outbound_hosts`, and implements exactly the Spin
+//! interfaces flashclaim imports (Redis, Postgres, variables, the cron export) with Spin's
+//! semantics. It is test infrastructure and a local runner, not a product runtime.
+
+mod app;
+mod bindings;
+pub mod client;
+pub mod cron;
+pub mod manifest;
+pub mod outbound;
+mod pg_host;
+mod redis_host;
+pub mod router;
+pub mod server;
+mod state;
+pub mod variables;
+
+pub use app::{App, AppConfig};
+pub use server::RunningServer;

@@ -1,0 +1,85 @@
+//! Per-request state: one `Store` per request (or cron tick), as Spin creates one instance
+//! per request. Holds WASI, WASI-HTTP and the component's own outbound and variable view.
+
+use std::collections::HashMap;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::fermyon::spin::variables::{self, Error as VariableError};
+use crate::outbound::AllowedHosts;
+
+/// What the host knows about one component of the app, fixed at start-up.
+pub struct ComponentRuntime {
+    pub id: String,
+    pub allowed_hosts: AllowedHosts,
+    /// `[component.X.variables]` expanded; an expansion that failed keeps its reason.
+    pub variables: HashMap<String, Result<String, String>>,
+}
+
+impl ComponentRuntime {
+    /// Spin refuses the connection and says why on the host's log; the guest only sees
+    /// the error value. Addresses logged here never carry credentials.
+    pub fn deny(&self, target: &str) {
+        eprintln!(
+            "spin-test-host: component `{}` tried to connect to {target}, which is not in its \
+             allowed_outbound_hosts: destination not allowed",
+            self.id
+        );
+    }
+}
+
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) component: std::sync::Arc<ComponentRuntime>,
+}
+
+impl HostState {
+    pub fn new(component: std::sync::Arc<ComponentRuntime>) -> Self {
+        let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            component,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl variables::Host for HostState {
+    async fn get(&mut self, name: String) -> Result<String, VariableError> {
+        if crate::manifest::check_variable_name(&name).is_err() {
+            return Err(VariableError::InvalidName(name));
+        }
+        match self.component.variables.get(&name) {
+            None => Err(VariableError::Undefined(format!(
+                "no variable for \"{}\".\"{name}\"",
+                self.component.id
+            ))),
+            Some(Ok(value)) => Ok(value.clone()),
+            Some(Err(reason)) => Err(VariableError::Provider(reason.clone())),
+        }
+    }
+}
