@@ -23,7 +23,7 @@ wasm:
 
 ## Tier 1: pure unit tests (no services needed).
 test-unit:
-	cargo test -p spin-test-host --lib
+	cargo test -p flashclaim-core -p spin-test-host --lib
 
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:

@@ -1,0 +1,417 @@
+//! The claim use case: parse the request, build the claim script's KEYS/ARGV, decode its
+//! reply into a [`ClaimOutcome`] or an [`ApiError`], and encode the response.
+
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::http::HttpResponse;
+use crate::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
+use crate::keys::ActivityKeys;
+use crate::scripts::{Arg, Reply};
+use crate::time::Millis;
+
+/// A claim request body larger than this is refused unread.
+pub const MAX_CLAIM_BODY: usize = 1024;
+/// No claim takes more than this many tickets, whatever the activity allows.
+pub const MAX_QUANTITY: i64 = 100;
+/// How long a repeated Idempotency-Key returns the first result.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub quantity: i64,
+}
+
+impl ClaimRequest {
+    /// An empty body means one ticket.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.len() > MAX_CLAIM_BODY {
+            return Err(ApiError::invalid(format!(
+                "the body exceeds {MAX_CLAIM_BODY} bytes"
+            )));
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ClaimRequest { quantity: 1 });
+        }
+        let parsed: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+        let object = parsed
+            .as_object()
+            .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
+        if let Some(unknown) = object.keys().find(|k| *k != "quantity") {
+            return Err(ApiError::invalid(format!("unknown field `{unknown}`")));
+        }
+        let quantity = match object.get("quantity") {
+            None => 1,
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| ApiError::invalid("quantity must be an integer"))?,
+        };
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(ApiError::invalid(format!(
+                "quantity must be between 1 and {MAX_QUANTITY}"
+            )));
+        }
+        Ok(ClaimRequest { quantity })
+    }
+}
+
+/// Per-user rate limit applied inside the claim script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub attempts: i64,
+    pub window_ms: i64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            attempts: 20,
+            window_ms: 1000,
+        }
+    }
+}
+
+impl RateLimit {
+    /// `"<attempts>/<window ms>"`, e.g. `"20/1000"`; `"0"` turns the limit off.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.trim() == "0" {
+            return Some(RateLimit {
+                attempts: 0,
+                window_ms: 1000,
+            });
+        }
+        let (a, w) = text.trim().split_once('/')?;
+        let (attempts, window_ms) = (a.parse().ok()?, w.parse().ok()?);
+        (attempts > 0 && window_ms > 0).then_some(RateLimit {
+            attempts,
+            window_ms,
+        })
+    }
+}
+
+/// Everything the claim script needs, built from validated inputs only.
+#[derive(Debug, Clone)]
+pub struct ClaimCommand {
+    pub keys: Vec<String>,
+    pub argv: Vec<Arg>,
+}
+
+/// Crockford base32: unambiguous when read aloud or typed from a printed ticket.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Eight code characters from five random bytes.
+pub fn code_prefix(random: [u8; 5]) -> String {
+    let n = random.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    (0..8)
+        .rev()
+        .map(|i| CODE_ALPHABET[(n >> (5 * i) & 31) as usize] as char)
+        .collect()
+}
+
+pub fn claim_id(random: [u8; 16]) -> String {
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ClaimCommand {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        activity: ActivityId,
+        user: &UserId,
+        request: ClaimRequest,
+        idempotency: Option<&IdempotencyKey>,
+        now: Millis,
+        claim_id: &str,
+        code_prefixes: &[String],
+        rate: RateLimit,
+    ) -> Self {
+        let k = ActivityKeys::new(activity);
+        let keys = vec![
+            k.meta(),
+            k.stock(),
+            k.seq(),
+            k.claimed(),
+            k.tickets(),
+            k.log(),
+            k.idempotency(user, idempotency),
+            k.deny(),
+            k.rate(user),
+            k.pool(),
+            k.pass(user),
+        ];
+        let argv = vec![
+            Arg::from(user.as_str()),
+            Arg::Int(request.quantity),
+            Arg::Int(now.0),
+            Arg::from(claim_id),
+            Arg::from(code_prefixes.join(",")),
+            Arg::Int(i64::from(idempotency.is_some())),
+            Arg::Int(IDEMPOTENCY_TTL_MS),
+            Arg::Int(rate.attempts),
+            Arg::Int(rate.window_ms),
+        ];
+        ClaimCommand { keys, argv }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub claim_id: String,
+    pub stock_left: i64,
+    pub codes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed(Claimed),
+    /// A repeated Idempotency-Key: the first claim's result, nothing changed.
+    Replayed(Claimed),
+}
+
+/// The claim script's return codes, in one place.
+pub fn decode(reply: &[Reply]) -> Result<ClaimOutcome, ApiError> {
+    let int = |i: usize| reply.get(i).and_then(Reply::as_int);
+    let status = int(0).ok_or(ApiError::Internal)?;
+    match status {
+        1 | 2 => {
+            let claim_id = reply
+                .get(1)
+                .and_then(Reply::as_text)
+                .ok_or(ApiError::Internal)?
+                .to_string();
+            let stock_left = int(2).ok_or(ApiError::Internal)?;
+            let codes = reply[3..]
+                .iter()
+                .map(|r| r.as_text().map(str::to_string).ok_or(ApiError::Internal))
+                .collect::<Result<Vec<_>, _>>()?;
+            let claimed = Claimed {
+                claim_id,
+                stock_left,
+                codes,
+            };
+            Ok(if status == 1 {
+                ClaimOutcome::Claimed(claimed)
+            } else {
+                ClaimOutcome::Replayed(claimed)
+            })
+        }
+        -1 => Err(ApiError::NotFound),
+        -3 => Err(ApiError::NotStarted {
+            starts_at: Millis(int(1).unwrap_or(0)),
+        }),
+        -4 => Err(ApiError::Ended),
+        -5 => Err(ApiError::Forbidden("this account may not claim")),
+        -6 => Err(ApiError::RateLimited {
+            retry_after_secs: (int(1).unwrap_or(1000).max(1) as u64).div_ceil(1000),
+        }),
+        -7 => Err(ApiError::LimitReached {
+            limit: int(1).unwrap_or(0),
+        }),
+        -8 => Err(ApiError::SoldOut),
+        -9 => Err(ApiError::PassRequired),
+        -10 => Err(ApiError::invalid(format!(
+            "quantity exceeds the per-user limit of {}",
+            int(1).unwrap_or(0)
+        ))),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+#[derive(Serialize)]
+struct TicketBody {
+    code: String,
+    activity_id: ActivityId,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct ClaimBody201 {
+    claim_id: String,
+    activity_id: ActivityId,
+    quantity: usize,
+    stock_left: i64,
+    tickets: Vec<TicketBody>,
+}
+
+pub fn encode(activity: ActivityId, outcome: &ClaimOutcome) -> HttpResponse {
+    let (claimed, replayed) = match outcome {
+        ClaimOutcome::Claimed(c) => (c, false),
+        ClaimOutcome::Replayed(c) => (c, true),
+    };
+    let body = ClaimBody201 {
+        claim_id: claimed.claim_id.clone(),
+        activity_id: activity,
+        quantity: claimed.codes.len(),
+        stock_left: claimed.stock_left,
+        tickets: claimed
+            .codes
+            .iter()
+            .map(|code| TicketBody {
+                code: TicketRef {
+                    activity,
+                    code: code.clone(),
+                }
+                .to_string(),
+                activity_id: activity,
+                status: "active",
+            })
+            .collect(),
+    };
+    let mut response = HttpResponse::json(201, &body);
+    if replayed {
+        response
+            .headers
+            .push(("idempotent-replayed", "true".into()));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &str) -> Reply {
+        Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_empty_body_claims_one_ticket() {
+        assert_eq!(ClaimRequest::parse(b"").unwrap().quantity, 1);
+        assert_eq!(ClaimRequest::parse(b"{}").unwrap().quantity, 1);
+        assert_eq!(
+            ClaimRequest::parse(br#"{"quantity": 3}"#).unwrap().quantity,
+            3
+        );
+    }
+
+    #[test]
+    fn claim_requests_with_bad_quantities_are_invalid() {
+        for body in [
+            &br#"{"quantity": 0}"#[..],
+            br#"{"quantity": -1}"#,
+            br#"{"quantity": 1.5}"#,
+            br#"{"quantity": "1"}"#,
+            br#"{"quantity": 101}"#,
+            br#"{"quantity": 99999999999999999999}"#,
+            br#"{"qty": 1}"#,
+            b"[1]",
+            b"not json",
+            b"{\"quantity\": 1",
+        ] {
+            let e = ClaimRequest::parse(body).unwrap_err();
+            assert_eq!(
+                e.code(),
+                "invalid_request",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let huge = vec![b' '; MAX_CLAIM_BODY + 1];
+        assert_eq!(
+            ClaimRequest::parse(&huge).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn claim_is_decoded_with_its_codes() {
+        let reply = [
+            Reply::Int(1),
+            bytes("c1"),
+            Reply::Int(9),
+            bytes("AB-1"),
+            bytes("CD-2"),
+        ];
+        let ClaimOutcome::Claimed(c) = decode(&reply).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.codes, vec!["AB-1", "CD-2"]);
+        assert_eq!(c.stock_left, 9);
+        assert!(matches!(
+            decode(&[Reply::Int(2), bytes("c1"), Reply::Int(0)]).unwrap(),
+            ClaimOutcome::Replayed(_)
+        ));
+    }
+
+    #[test]
+    fn claim_is_refused_when_sold_out() {
+        assert_eq!(decode(&[Reply::Int(-8)]), Err(ApiError::SoldOut));
+    }
+
+    #[test]
+    fn every_refusal_code_maps_to_one_error() {
+        assert_eq!(decode(&[Reply::Int(-1)]), Err(ApiError::NotFound));
+        assert_eq!(
+            decode(&[Reply::Int(-3), Reply::Int(5000)]),
+            Err(ApiError::NotStarted {
+                starts_at: Millis(5000)
+            })
+        );
+        assert_eq!(decode(&[Reply::Int(-4)]), Err(ApiError::Ended));
+        assert_eq!(decode(&[Reply::Int(-5)]).unwrap_err().code(), "forbidden");
+        assert_eq!(
+            decode(&[Reply::Int(-6), Reply::Int(1500)]),
+            Err(ApiError::RateLimited {
+                retry_after_secs: 2
+            })
+        );
+        assert_eq!(
+            decode(&[Reply::Int(-7), Reply::Int(1)]),
+            Err(ApiError::LimitReached { limit: 1 })
+        );
+        assert_eq!(decode(&[Reply::Int(-9)]), Err(ApiError::PassRequired));
+        assert_eq!(
+            decode(&[Reply::Int(-10), Reply::Int(2)])
+                .unwrap_err()
+                .code(),
+            "invalid_request"
+        );
+        assert_eq!(decode(&[Reply::Int(-99)]), Err(ApiError::Internal));
+        assert_eq!(decode(&[]), Err(ApiError::Internal));
+    }
+
+    #[test]
+    fn the_command_names_every_key_and_argument_in_the_scripts_order() {
+        let user = UserId::parse("u1").unwrap();
+        let cmd = ClaimCommand::new(
+            ActivityId::parse("5").unwrap(),
+            &user,
+            ClaimRequest { quantity: 2 },
+            None,
+            Millis(1000),
+            "cid",
+            &["AAAA".into(), "BBBB".into()],
+            RateLimit::default(),
+        );
+        assert_eq!(cmd.keys.len(), 11);
+        assert_eq!(cmd.keys[0], "fc:{a:5}:meta");
+        assert_eq!(cmd.argv.len(), 9);
+        assert_eq!(cmd.argv[4], Arg::from("AAAA,BBBB"));
+        assert_eq!(cmd.argv[5], Arg::Int(0));
+    }
+
+    #[test]
+    fn codes_use_an_unambiguous_alphabet() {
+        let c = code_prefix([0xff, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(c.len(), 8);
+        assert!(c.bytes().all(|b| CODE_ALPHABET.contains(&b)));
+        assert_eq!(claim_id([0xab; 16]).len(), 32);
+    }
+
+    #[test]
+    fn the_response_shows_full_ticket_codes() {
+        let a = ActivityId::parse("5").unwrap();
+        let r = encode(
+            a,
+            &ClaimOutcome::Claimed(Claimed {
+                claim_id: "c".into(),
+                stock_left: 3,
+                codes: vec!["X-1".into()],
+            }),
+        );
+        assert_eq!(r.status, 201);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["tickets"][0]["code"], "5-X-1");
+        assert_eq!(v["activity_id"], 5);
+    }
+}

@@ -1,0 +1,174 @@
+//! Every error a client can see, each with one status and one stable `code`, rendered as
+//! RFC 9457 `application/problem+json`. Internal failures are answered generically; their
+//! detail goes to the log, never to the client.
+
+use crate::http::HttpResponse;
+use crate::time::Millis;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the activity starts at {starts_at}")]
+    NotStarted { starts_at: Millis },
+    #[error("the activity has ended")]
+    Ended,
+    #[error("sold out")]
+    SoldOut,
+    #[error("the per-user limit of {limit} is reached")]
+    LimitReached { limit: i64 },
+    #[error("a claim pass is required")]
+    PassRequired,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(&'static str),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        ApiError::InvalidRequest(detail.into())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest(_) => 400,
+            ApiError::Unauthenticated(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::NotStarted { .. }
+            | ApiError::Ended
+            | ApiError::SoldOut
+            | ApiError::LimitReached { .. }
+            | ApiError::PassRequired
+            | ApiError::Conflict(_) => 409,
+            ApiError::RateLimited { .. } => 429,
+            ApiError::Internal => 500,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    /// The stable, documented machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotStarted { .. } => "not_started",
+            ApiError::Ended => "ended",
+            ApiError::SoldOut => "sold_out",
+            ApiError::LimitReached { .. } => "limit_reached",
+            ApiError::PassRequired => "pass_required",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status() {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            409 => "Conflict",
+            429 => "Too Many Requests",
+            503 => "Service Unavailable",
+            _ => "Internal Server Error",
+        }
+    }
+
+    pub fn to_response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.title(),
+            "status": self.status(),
+            "code": self.code(),
+            "detail": self.to_string(),
+        });
+        match self {
+            ApiError::NotStarted { starts_at } => {
+                body["starts_at"] = serde_json::json!(starts_at);
+            }
+            ApiError::LimitReached { limit } => body["limit"] = (*limit).into(),
+            ApiError::Unavailable(_) => body["claimed"] = false.into(),
+            _ => {}
+        }
+        let mut response =
+            HttpResponse::json_with_type(self.status(), "application/problem+json", &body);
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response
+                .headers
+                .push(("retry-after", retry_after_secs.max(&1).to_string()));
+        }
+        if let ApiError::Unauthenticated(_) = self {
+            response
+                .headers
+                .push(("www-authenticate", "Bearer".to_string()));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.to_response().body).unwrap()
+    }
+
+    #[test]
+    fn problems_carry_status_code_and_problem_json_type() {
+        let r = ApiError::SoldOut.to_response();
+        assert_eq!(r.status, 409);
+        assert!(r
+            .headers
+            .contains(&("content-type", "application/problem+json".into())));
+        let b = body(&ApiError::SoldOut);
+        assert_eq!(b["code"], "sold_out");
+        assert_eq!(b["status"], 409);
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry() {
+        let r = ApiError::RateLimited {
+            retry_after_secs: 0,
+        }
+        .to_response();
+        assert_eq!(r.status, 429);
+        assert!(r.headers.contains(&("retry-after", "1".into())));
+    }
+
+    #[test]
+    fn unavailable_says_nothing_was_claimed() {
+        let b = body(&ApiError::Unavailable(
+            "claims are unavailable; nothing was claimed",
+        ));
+        assert_eq!(b["code"], "unavailable");
+        assert_eq!(b["claimed"], false);
+    }
+
+    #[test]
+    fn internal_errors_have_a_generic_body() {
+        let b = body(&ApiError::Internal);
+        assert_eq!(b["detail"], "internal error");
+    }
+}

@@ -1,0 +1,135 @@
+//! Redis key names. Every key of one activity carries the hash tag `{a:<id>}`, so a script
+//! touching them stays in one slot (Redis Cluster, or a Cluster-aware proxy), and the
+//! activity id alone picks the Redis endpoint when activities are sharded.
+
+use crate::ids::{ActivityId, IdempotencyKey, UserId};
+
+/// The set of activity ids with a claim log on one Redis endpoint (read by the drain).
+pub const ACTIVITY_INDEX: &str = "fc:activities";
+/// The consumer group through which drain runs take log entries.
+pub const DRAIN_GROUP: &str = "drain";
+
+#[derive(Debug, Clone)]
+pub struct ActivityKeys {
+    prefix: String,
+}
+
+impl ActivityKeys {
+    pub fn new(id: ActivityId) -> Self {
+        ActivityKeys {
+            prefix: format!("fc:{{a:{id}}}"),
+        }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    pub fn meta(&self) -> String {
+        self.key("meta")
+    }
+    pub fn stock(&self) -> String {
+        self.key("stock")
+    }
+    pub fn seq(&self) -> String {
+        self.key("seq")
+    }
+    pub fn claimed(&self) -> String {
+        self.key("claimed")
+    }
+    pub fn tickets(&self) -> String {
+        self.key("tickets")
+    }
+    pub fn log(&self) -> String {
+        self.key("log")
+    }
+    pub fn deny(&self) -> String {
+        self.key("deny")
+    }
+    pub fn pool(&self) -> String {
+        self.key("pool")
+    }
+    /// Cached public view (JSON) of the activity, or a negative-cache marker.
+    pub fn view(&self) -> String {
+        self.key("view")
+    }
+    pub fn idempotency(&self, user: &UserId, key: Option<&IdempotencyKey>) -> String {
+        match key {
+            Some(k) => self.key(&format!("idem:{user}:{}", k.as_str())),
+            None => self.key("idem:-"),
+        }
+    }
+    pub fn rate(&self, user: &UserId) -> String {
+        self.key(&format!("rate:{user}"))
+    }
+    pub fn pass(&self, user: &UserId) -> String {
+        self.key(&format!("pass:{user}"))
+    }
+}
+
+/// The Redis endpoints, one per shard; `redis_address` holds them comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisShards(Vec<String>);
+
+impl RedisShards {
+    pub fn parse(text: &str) -> Option<Self> {
+        let list: Vec<String> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        (!list.is_empty()).then_some(RedisShards(list))
+    }
+
+    /// A stable choice: the same activity always lands on the same endpoint for a given
+    /// list (a SplitMix64 mix of the id, so consecutive ids spread evenly).
+    pub fn for_activity(&self, id: ActivityId) -> &str {
+        let mut z = (id.get() as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        &self.0[(z % self.0.len() as u64) as usize]
+    }
+
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_an_activity_share_one_hash_tag() {
+        let k = ActivityKeys::new(ActivityId::parse("42").unwrap());
+        let user = UserId::parse("u1").unwrap();
+        for key in [
+            k.meta(),
+            k.stock(),
+            k.log(),
+            k.claimed(),
+            k.rate(&user),
+            k.idempotency(&user, None),
+        ] {
+            assert!(key.starts_with("fc:{a:42}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_shard_is_chosen_stably_and_spread() {
+        let shards = RedisShards::parse("redis://a, redis://b,redis://c").unwrap();
+        let id = ActivityId::parse("7").unwrap();
+        assert_eq!(shards.for_activity(id), shards.for_activity(id));
+        let mut counts = std::collections::HashMap::new();
+        for n in 1..=300 {
+            *counts
+                .entry(shards.for_activity(ActivityId::parse(&n.to_string()).unwrap()))
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        assert!(counts.values().all(|c| *c > 70), "{counts:?}");
+        assert!(RedisShards::parse(" , ").is_none());
+    }
+}

@@ -1,0 +1,20 @@
+//! flashclaim's domain logic, shared by every component: validation, JWT, Redis key naming,
+//! Lua script arguments and reply decoding, response bodies and error mapping.
+//!
+//! No I/O and no spin-sdk: components own the connections and hand this crate the bytes.
+//! Each use case follows parse → apply → encode, where only `apply` (in the component)
+//! talks to Redis or Postgres.
+
+pub mod activity;
+pub mod claim;
+pub mod drain;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod jwt;
+pub mod keys;
+pub mod scripts;
+pub mod time;
+
+pub use error::ApiError;
+pub use http::HttpResponse;

@@ -1,0 +1,131 @@
+//! The Lua scripts and how to run them through a Redis connection: EVALSHA first (the
+//! script body is not resent on the hot path), EVAL when Redis answers NOSCRIPT (after a
+//! restart or SCRIPT FLUSH), which also loads it for the next call.
+
+/// A Lua script of `lua/`, with its SHA1 computed at build time.
+#[derive(Debug, Clone, Copy)]
+pub struct Script {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub sha1: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/scripts.rs"));
+
+/// One value of a Redis reply as Spin delivers it: nested arrays are already flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Status(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl Reply {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Reply::Int(n) => Some(*n),
+            Reply::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Reply::Bytes(b) => std::str::from_utf8(b).ok(),
+            Reply::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An argument of a Redis command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl From<i64> for Arg {
+    fn from(n: i64) -> Self {
+        Arg::Int(n)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Bytes(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Bytes(s.into_bytes())
+    }
+}
+
+/// Why a Redis command failed, as far as callers need to know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisFailure {
+    /// The connection could not be opened: nothing happened.
+    #[error("redis unreachable: {0}")]
+    Unreachable(String),
+    /// The command failed (an error reply, or the connection broke).
+    #[error("redis command failed: {0}")]
+    Command(String),
+}
+
+/// The one capability scripts need from Redis: run a command and get Spin's flat reply.
+pub trait RedisCommands {
+    fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure>;
+}
+
+/// Redis says `NOSCRIPT No matching script`; Spin passes Redis errors on as the redis
+/// crate renders them (`NoScriptError: No matching script. Please use EVAL.`).
+pub fn is_noscript(error: &str) -> bool {
+    error.contains("NOSCRIPT")
+        || error.contains("NoScriptError")
+        || error.contains("No matching script")
+}
+
+/// Runs `script` with EVALSHA, falling back to EVAL on NOSCRIPT.
+pub fn run_script(
+    redis: &impl RedisCommands,
+    script: &Script,
+    keys: &[String],
+    argv: &[Arg],
+) -> Result<Vec<Reply>, RedisFailure> {
+    let mut args = Vec::with_capacity(2 + keys.len() + argv.len());
+    args.push(Arg::from(script.sha1));
+    args.push(Arg::Int(keys.len() as i64));
+    args.extend(keys.iter().map(|k| Arg::from(k.as_str())));
+    args.extend_from_slice(argv);
+    match redis.execute("EVALSHA", &args) {
+        Err(RedisFailure::Command(e)) if is_noscript(&e) => {
+            args[0] = Arg::from(script.source);
+            redis.execute("EVAL", &args)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_is_embedded_with_a_sha1() {
+        for s in [CLAIM, PUBLISH, DRAIN_READ, DRAIN_ACK] {
+            assert_eq!(s.sha1.len(), 40, "{}", s.name);
+            assert!(s.source.contains("KEYS[1]"), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn replies_read_as_numbers_and_text() {
+        assert_eq!(Reply::Bytes(b"42".to_vec()).as_int(), Some(42));
+        assert_eq!(Reply::Int(-8).as_int(), Some(-8));
+        assert_eq!(Reply::Nil.as_int(), None);
+        assert_eq!(Reply::Bytes(b"abc".to_vec()).as_text(), Some("abc"));
+    }
+}
