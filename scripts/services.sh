@@ -71,7 +71,7 @@ start() {
   fi
   redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$data/redis" \
     --daemonize yes --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
-    --maxclients 10000 "${redis_persist[@]}"
+    --maxclients 10000 --databases 256 "${redis_persist[@]}"
 
   local user bin pgdata
   user=$(pg_user)
@@ -92,6 +92,13 @@ start() {
   for _ in $(seq 1 50); do
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
     sleep 0.1
+  done
+  # `flashclaim` serves the local app; tests copy `flashclaim_template` per test.
+  local base="postgres://postgres@127.0.0.1:$pg_port"
+  for db in flashclaim flashclaim_template; do
+    psql "$base/postgres" -qtAX -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+      psql "$base/postgres" -qX -c "CREATE DATABASE $db" >/dev/null
+    "$root/scripts/migrate.sh" "$base/$db" >/dev/null
   done
   cat >"$envfile" <<ENV
 REDIS_PORT=$redis_port

@@ -1,1 +1,199 @@
+//! The drain: decode a batch of claim-log entries taken by drain_read.lua, and shape them
+//! into the column arrays the drain's idempotent Postgres statements take.
 
+use serde::Deserialize;
+
+use crate::ids::ActivityId;
+use crate::scripts::Reply;
+
+/// Entries taken per activity per read.
+pub const BATCH_SIZE: i64 = 500;
+/// Entries pending longer than this are assumed to belong to a run that died.
+pub const RECLAIM_AFTER_MS: i64 = 30_000;
+
+/// One log entry as the claim script wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum LogEvent {
+    Claim {
+        claim: String,
+        activity: String,
+        user: String,
+        codes: Vec<String>,
+        at: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub id: String,
+    pub event: LogEvent,
+}
+
+/// A batch as read: entries to write, and ids of entries that cannot be understood
+/// (acknowledged anyway, after being logged, so one bad entry cannot stop the drain).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub entries: Vec<LogEntry>,
+    pub malformed: Vec<(String, String)>,
+}
+
+impl Batch {
+    pub fn decode(reply: &[Reply]) -> Batch {
+        let mut batch = Batch::default();
+        for pair in reply.chunks(2) {
+            let (Some(id), Some(payload)) =
+                (pair[0].as_text(), pair.get(1).and_then(Reply::as_text))
+            else {
+                continue;
+            };
+            match serde_json::from_str::<LogEvent>(payload) {
+                Ok(event) if event.is_well_formed() => batch.entries.push(LogEntry {
+                    id: id.to_string(),
+                    event,
+                }),
+                _ => batch
+                    .malformed
+                    .push((id.to_string(), payload.chars().take(200).collect())),
+            }
+        }
+        batch
+    }
+
+    /// Every id to acknowledge once the batch is committed.
+    pub fn ids(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|e| e.id.clone())
+            .chain(self.malformed.iter().map(|(id, _)| id.clone()))
+            .collect()
+    }
+
+    /// Column arrays for the claims and tickets inserts, in log order.
+    pub fn rows(&self) -> Rows {
+        let mut rows = Rows::default();
+        for entry in &self.entries {
+            let LogEvent::Claim {
+                claim,
+                activity,
+                user,
+                codes,
+                at,
+            } = &entry.event;
+            let (activity, at) = (activity.parse().unwrap_or(0), at.parse().unwrap_or(0));
+            rows.claim_ids.push(claim.clone());
+            rows.claim_activities.push(activity);
+            rows.claim_users.push(user.clone());
+            rows.claim_quantities.push(codes.len() as i64);
+            rows.claim_at_ms.push(at);
+            for code in codes {
+                rows.ticket_claims.push(claim.clone());
+                rows.ticket_activities.push(activity);
+                rows.ticket_codes.push(code.clone());
+                rows.ticket_users.push(user.clone());
+                rows.ticket_at_ms.push(at);
+            }
+        }
+        rows
+    }
+}
+
+impl LogEvent {
+    fn is_well_formed(&self) -> bool {
+        let LogEvent::Claim {
+            claim,
+            activity,
+            user,
+            codes,
+            at,
+        } = self;
+        !claim.is_empty()
+            && ActivityId::parse(activity).is_ok()
+            && !user.is_empty()
+            && !codes.is_empty()
+            && at.parse::<i64>().is_ok()
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rows {
+    pub claim_ids: Vec<String>,
+    pub claim_activities: Vec<i64>,
+    pub claim_users: Vec<String>,
+    pub claim_quantities: Vec<i64>,
+    pub claim_at_ms: Vec<i64>,
+    pub ticket_claims: Vec<String>,
+    pub ticket_activities: Vec<i64>,
+    pub ticket_codes: Vec<String>,
+    pub ticket_users: Vec<String>,
+    pub ticket_at_ms: Vec<i64>,
+}
+
+/// `{ acknowledged, entries_left }` from drain_ack.lua.
+pub fn decode_ack(reply: &[Reply]) -> Option<(i64, i64)> {
+    Some((reply.first()?.as_int()?, reply.get(1)?.as_int()?))
+}
+
+/// What one drain run did, reported by `POST /admin/drain` and logged by the cron run.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrainReport {
+    pub activities: usize,
+    pub entries: usize,
+    pub claims: usize,
+    pub tickets: usize,
+    pub malformed: usize,
+    pub backlog: i64,
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Reply {
+        Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_batch_decodes_pairs_of_id_and_payload() {
+        let reply = [
+            b("1-0"),
+            b(
+                r#"{"t":"claim","claim":"c1","activity":"5","user":"u1","codes":["A-1","B-2"],"at":"1000"}"#,
+            ),
+            b("2-0"),
+            b(
+                r#"{"t":"claim","claim":"c2","activity":"5","user":"u2","codes":["C-3"],"at":"2000"}"#,
+            ),
+        ];
+        let batch = Batch::decode(&reply);
+        assert_eq!(batch.entries.len(), 2);
+        assert_eq!(batch.ids(), vec!["1-0", "2-0"]);
+        let rows = batch.rows();
+        assert_eq!(rows.claim_ids, vec!["c1", "c2"]);
+        assert_eq!(rows.claim_quantities, vec![2, 1]);
+        assert_eq!(rows.ticket_codes, vec!["A-1", "B-2", "C-3"]);
+        assert_eq!(rows.ticket_users, vec!["u1", "u1", "u2"]);
+        assert_eq!(rows.ticket_at_ms, vec![1000, 1000, 2000]);
+    }
+
+    #[test]
+    fn malformed_entries_are_set_aside_but_still_acknowledged() {
+        let reply = [
+            b("1-0"),
+            b("not json"),
+            b("2-0"),
+            b(r#"{"t":"claim","claim":"c","activity":"x","user":"u","codes":["A"],"at":"1"}"#),
+        ];
+        let batch = Batch::decode(&reply);
+        assert!(batch.entries.is_empty());
+        assert_eq!(batch.malformed.len(), 2);
+        assert_eq!(batch.ids(), vec!["1-0", "2-0"]);
+    }
+
+    #[test]
+    fn an_empty_reply_is_an_empty_batch() {
+        assert_eq!(Batch::decode(&[]), Batch::default());
+        assert_eq!(decode_ack(&[Reply::Int(3), Reply::Int(0)]), Some((3, 0)));
+    }
+}

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod jwt;
 pub mod keys;
 pub mod scripts;
+pub mod ticket;
 pub mod time;
 
 pub use error::ApiError;

@@ -19,4 +19,5 @@ mod state;
 pub mod variables;
 
 pub use app::{App, AppConfig};
+pub use redis_host::{flatten as flatten_redis_reply, Flat};
 pub use server::RunningServer;

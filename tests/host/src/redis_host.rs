@@ -16,52 +16,78 @@ fn other(e: redis::RedisError) -> Error {
     Error::Other(e.to_string())
 }
 
-/// Spin's reply conversion: nested arrays are flattened depth-first, `nil` is kept.
+/// One value of a reply after Spin's conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flat {
+    Nil,
+    Status(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+/// Spin's reply conversion for `execute`: nested arrays are flattened depth-first, `nil` is
+/// kept, booleans become integers, doubles and big numbers text; maps, attributes, verbatim
+/// strings and pushes are refused. Public so native tests can see replies exactly as a
+/// component running on Spin would.
+pub fn flatten(value: &Value) -> redis::RedisResult<Vec<Flat>> {
+    fn unsupported(what: &str) -> redis::RedisError {
+        redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "Could not convert Redis response",
+            format!("Redis {what} type is not supported"),
+        ))
+    }
+    fn append(out: &mut Vec<Flat>, value: &Value) -> redis::RedisResult<()> {
+        match value {
+            Value::Nil => out.push(Flat::Nil),
+            Value::Int(v) => out.push(Flat::Int(*v)),
+            Value::BulkString(b) => out.push(Flat::Bytes(b.clone())),
+            Value::SimpleString(s) => out.push(Flat::Status(s.clone())),
+            Value::Okay => out.push(Flat::Status("OK".into())),
+            Value::Array(items) | Value::Set(items) => {
+                for item in items {
+                    append(out, item)?;
+                }
+            }
+            Value::Double(d) => out.push(Flat::Bytes(d.to_string().into_bytes())),
+            Value::Boolean(b) => out.push(Flat::Int(i64::from(*b))),
+            Value::BigNumber(n) => out.push(Flat::Bytes(n.to_string().into_bytes())),
+            Value::Map(_) => return Err(unsupported("Map")),
+            Value::Attribute { .. } => return Err(unsupported("Attribute")),
+            Value::VerbatimString { .. } => {
+                return Err(unsupported("string with format attribute"))
+            }
+            Value::Push { .. } => return Err(unsupported("Pub/Sub")),
+            Value::ServerError(e) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::ResponseError,
+                    "Server error",
+                    format!("{e:?}"),
+                )))
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    append(&mut out, value)?;
+    Ok(out)
+}
+
 struct Flattened(Vec<RedisResult>);
 
 impl FromRedisValue for Flattened {
     fn from_redis_value(value: &Value) -> redis::RedisResult<Self> {
-        fn unsupported(what: &str) -> redis::RedisError {
-            redis::RedisError::from((
-                redis::ErrorKind::TypeError,
-                "Could not convert Redis response",
-                format!("Redis {what} type is not supported"),
-            ))
-        }
-        fn append(out: &mut Vec<RedisResult>, value: &Value) -> redis::RedisResult<()> {
-            match value {
-                Value::Nil => out.push(RedisResult::Nil),
-                Value::Int(v) => out.push(RedisResult::Int64(*v)),
-                Value::BulkString(b) => out.push(RedisResult::Binary(b.clone())),
-                Value::SimpleString(s) => out.push(RedisResult::Status(s.clone())),
-                Value::Okay => out.push(RedisResult::Status("OK".into())),
-                Value::Array(items) | Value::Set(items) => {
-                    for item in items {
-                        append(out, item)?;
-                    }
-                }
-                Value::Double(d) => out.push(RedisResult::Binary(d.to_string().into_bytes())),
-                Value::Boolean(b) => out.push(RedisResult::Int64(i64::from(*b))),
-                Value::BigNumber(n) => out.push(RedisResult::Binary(n.to_string().into_bytes())),
-                Value::Map(_) => return Err(unsupported("Map")),
-                Value::Attribute { .. } => return Err(unsupported("Attribute")),
-                Value::VerbatimString { .. } => {
-                    return Err(unsupported("string with format attribute"))
-                }
-                Value::Push { .. } => return Err(unsupported("Pub/Sub")),
-                Value::ServerError(e) => {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::ResponseError,
-                        "Server error",
-                        format!("{e:?}"),
-                    )))
-                }
-            }
-            Ok(())
-        }
-        let mut out = Vec::new();
-        append(&mut out, value)?;
-        Ok(Flattened(out))
+        Ok(Flattened(
+            flatten(value)?
+                .into_iter()
+                .map(|f| match f {
+                    Flat::Nil => RedisResult::Nil,
+                    Flat::Status(s) => RedisResult::Status(s),
+                    Flat::Int(n) => RedisResult::Int64(n),
+                    Flat::Bytes(b) => RedisResult::Binary(b),
+                })
+                .collect(),
+        ))
     }
 }
 

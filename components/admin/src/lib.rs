@@ -1,0 +1,115 @@
+//! The admin component: everything under `/admin` (role `admin` in the JWT), except
+//! `/admin/drain`, which the drain component serves.
+
+#[path = "../../shared/spin_glue.rs"]
+mod glue;
+
+use flashclaim_core::activity::{self, Activity, NewActivity, Status};
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::keys::{RedisShards, ACTIVITY_INDEX};
+use flashclaim_core::scripts::{Arg, RedisCommands, PUBLISH};
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::pg4::ParameterValue;
+
+use glue::SpinRedis;
+
+#[spin_sdk::http_component]
+fn handle(req: Request) -> Response {
+    glue::respond_result(route(&req))
+}
+
+fn route(req: &Request) -> Result<HttpResponse, ApiError> {
+    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    // Every admin route needs the role; check it before revealing what exists.
+    glue::admin(req)?;
+    match (req.method(), segments.as_slice()) {
+        (Method::Post, ["admin", "activities"]) => create_activity(req),
+        (Method::Post, ["admin", "activities", id, "publish"]) => publish_activity(id),
+        (_, ["admin", "activities"] | ["admin", "activities", _, "publish"]) => {
+            Err(ApiError::MethodNotAllowed)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn create_activity(req: &Request) -> Result<HttpResponse, ApiError> {
+    let new = NewActivity::parse(req.body())?;
+    let pg = glue::pg_open()?;
+    let rows = pg
+        .query(
+            "INSERT INTO activities \
+               (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass) \
+             VALUES ($1, $2, $3, to_timestamp($4::int8 / 1000.0), to_timestamp($5::int8 / 1000.0), \
+                     $6::int8, $7::int8, $8, $9) \
+             RETURNING id",
+            &[
+                glue::str_param(&new.name),
+                glue::str_param(&new.description),
+                new.image_url.as_deref().map_or(ParameterValue::DbNull, glue::str_param),
+                ParameterValue::Int64(new.starts_at.0),
+                ParameterValue::Int64(new.ends_at.0),
+                ParameterValue::Int64(new.stock_total),
+                ParameterValue::Int64(new.per_user_limit),
+                glue::str_param(new.kind.as_str()),
+                ParameterValue::Boolean(new.require_pass),
+            ],
+        )
+        .map_err(|e| glue::pg_internal("create activity", e))?;
+    let id = rows
+        .rows
+        .first()
+        .and_then(|r| glue::int(&r[0]))
+        .ok_or(ApiError::Internal)?;
+    let created = Activity {
+        id: ActivityId::from_db(id),
+        name: new.name,
+        description: new.description,
+        image_url: new.image_url,
+        starts_at: new.starts_at,
+        ends_at: new.ends_at,
+        status: Status::Draft,
+        stock_total: new.stock_total,
+        per_user_limit: new.per_user_limit,
+        kind: new.kind,
+        require_pass: new.require_pass,
+    };
+    let mut response = HttpResponse::json(201, &created.view(created.stock_total));
+    response
+        .headers
+        .push(("location", format!("/api/activities/{id}")));
+    Ok(response)
+}
+
+/// Postgres first (the source of truth), then Redis. Both steps are idempotent, so a
+/// publish that failed half-way is completed by publishing again.
+fn publish_activity(id: &str) -> Result<HttpResponse, ApiError> {
+    let id = ActivityId::parse(id)?;
+    let pg = glue::pg_open()?;
+    let mut activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
+    if activity.status == Status::Closed {
+        return Err(ApiError::Conflict(
+            "a closed activity cannot be published again".into(),
+        ));
+    }
+    pg.execute(
+        "UPDATE activities SET status = 'published', published_at = COALESCE(published_at, now()), \
+         updated_at = now() WHERE id = $1 AND status IN ('draft', 'published')",
+        &[ParameterValue::Int64(id.get())],
+    )
+    .map_err(|e| glue::pg_internal("publish activity", e))?;
+    activity.status = Status::Published;
+
+    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
+    let redis = SpinRedis::open(shards.for_activity(id))
+        .map_err(|e| glue::redis_unavailable("publish", e))?;
+    let (keys, argv) = activity.publish_command();
+    let reply = redis
+        .run(&PUBLISH, &keys, &argv)
+        .map_err(|e| glue::redis_unavailable("publish", e))?;
+    let (_, stock_left) = activity::decode_publish(&reply)?;
+    redis
+        .execute("SADD", &[Arg::from(ACTIVITY_INDEX), Arg::Int(id.get())])
+        .map_err(|e| glue::redis_unavailable("publish", e))?;
+    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+}

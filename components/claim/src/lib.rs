@@ -1,0 +1,79 @@
+//! The claim component: `POST /api/activities/:id/claims`.
+//!
+//! The hot path is exactly one Redis connection and one EVALSHA; every check and every
+//! effect (stock, per-user count, tickets, claim log, idempotency) happens in claim.lua.
+
+#[path = "../../shared/spin_glue.rs"]
+mod glue;
+
+use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
+use flashclaim_core::ids::{ActivityId, IdempotencyKey};
+use flashclaim_core::keys::RedisShards;
+use flashclaim_core::scripts::CLAIM;
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::http::{Method, Request, Response};
+
+use glue::{random_bytes, SpinRedis};
+
+#[spin_sdk::http_component]
+fn handle(req: Request) -> Response {
+    glue::respond_result(route(&req))
+}
+
+fn route(req: &Request) -> Result<HttpResponse, ApiError> {
+    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (Method::Post, ["api", "activities", id, "claims"]) => post_claim(req, id),
+        (_, ["api", "activities", _, "claims"]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
+    // parse
+    let activity = ActivityId::parse(id)?;
+    let principal = glue::principal(req)?;
+    let request = ClaimRequest::parse(req.body())?;
+    let idempotency = req
+        .header("idempotency-key")
+        .map(|h| {
+            h.as_str()
+                .ok_or_else(|| ApiError::invalid("Idempotency-Key must be ASCII"))
+        })
+        .transpose()?
+        .map(IdempotencyKey::parse)
+        .transpose()?;
+    let rate = glue::optional_var("claim_rate_limit")
+        .map(|v| RateLimit::parse(&v).ok_or(ApiError::Internal))
+        .transpose()?
+        .unwrap_or_default();
+    let prefixes: Vec<String> = (0..request.quantity)
+        .map(|_| claim::code_prefix(random_bytes::<5>()))
+        .collect();
+    let command = ClaimCommand::new(
+        activity,
+        &principal.user,
+        request,
+        idempotency.as_ref(),
+        glue::now(),
+        &claim::claim_id(random_bytes::<16>()),
+        &prefixes,
+        rate,
+    );
+
+    // apply: one connection, one script
+    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
+    let redis = SpinRedis::open(shards.for_activity(activity))
+        .map_err(|e| glue::redis_unavailable("claim", e))?;
+    let reply = redis
+        .run(&CLAIM, &command.keys, &command.argv)
+        .map_err(|e| glue::redis_unavailable("claim", e))?;
+
+    // encode
+    let outcome = claim::decode(&reply).inspect_err(|e| {
+        if *e == ApiError::Internal {
+            eprintln!("flashclaim: claim script returned an unexpected reply: {reply:?}");
+        }
+    })?;
+    Ok(claim::encode(activity, &outcome))
+}

@@ -1,0 +1,195 @@
+//! The drain component: moves the claim log from Redis into Postgres.
+//!
+//! Runs every second on the cron trigger (`handle-cron-event`), and on demand as
+//! `POST /admin/drain` for hosts without the cron plugin. At-least-once with idempotent
+//! writes: a batch is written in one transaction with ON CONFLICT DO NOTHING and only then
+//! acknowledged; entries of a run that died are taken over after the reclaim timeout.
+
+#[path = "../../shared/spin_glue.rs"]
+mod glue;
+
+use flashclaim_core::drain::{self, Batch, DrainReport};
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::keys::{ActivityKeys, RedisShards, ACTIVITY_INDEX, DRAIN_GROUP};
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::pg4;
+
+use glue::SpinRedis;
+
+mod cron {
+    wit_bindgen::generate!({
+        path: "../../wit/spin-cron",
+        world: "fermyon:spin-cron/spin-cron",
+    });
+}
+
+use cron::fermyon::spin_cron::cron_types::{Error as CronError, Metadata};
+
+struct Drain;
+
+impl cron::Guest for Drain {
+    fn handle_cron_event(_: Metadata) -> Result<(), CronError> {
+        let report = drain_all().map_err(|e| CronError::Other(e.to_string()))?;
+        if report.entries > 0 || !report.errors.is_empty() {
+            eprintln!(
+                "flashclaim drain: {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            );
+        }
+        match report.errors.first() {
+            Some(e) => Err(CronError::Other(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+cron::export!(Drain with_types_in cron);
+
+#[spin_sdk::http_component]
+fn handle(req: Request) -> Response {
+    glue::respond_result(route(&req))
+}
+
+fn route(req: &Request) -> Result<HttpResponse, ApiError> {
+    glue::admin(req)?;
+    match req.method() {
+        Method::Post => Ok(HttpResponse::json(200, &drain_all()?)),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// One drain run over every activity with a log, on every Redis endpoint.
+fn drain_all() -> Result<DrainReport, ApiError> {
+    let reclaim_after = glue::optional_var("drain_reclaim_after_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(drain::RECLAIM_AFTER_MS);
+    // Postgres first: when it is down, nothing is taken from the log.
+    let pg = glue::pg_open()?;
+    let consumer = format!("run-{}", hex(&glue::random_bytes::<8>()));
+    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
+    let mut report = DrainReport::default();
+    for address in shards.all() {
+        let redis = SpinRedis::open(address).map_err(|e| glue::redis_unavailable("drain", e))?;
+        let members = redis
+            .execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)])
+            .map_err(|e| glue::redis_unavailable("drain", e))?;
+        for id in members
+            .iter()
+            .filter_map(Reply::as_text)
+            .filter_map(|t| ActivityId::parse(t).ok())
+        {
+            report.activities += 1;
+            if let Err(e) = drain_activity(&redis, &pg, id, &consumer, reclaim_after, &mut report) {
+                report.errors.push(format!("activity {id}: {e}"));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn drain_activity(
+    redis: &SpinRedis,
+    pg: &pg4::Connection,
+    id: ActivityId,
+    consumer: &str,
+    reclaim_after: i64,
+    report: &mut DrainReport,
+) -> Result<(), String> {
+    let log = vec![ActivityKeys::new(id).log()];
+    loop {
+        let reply = redis
+            .run(
+                &DRAIN_READ,
+                &log,
+                &[
+                    Arg::from(DRAIN_GROUP),
+                    Arg::from(consumer),
+                    Arg::Int(drain::BATCH_SIZE),
+                    Arg::Int(reclaim_after),
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+        let batch = Batch::decode(&reply);
+        let taken = batch.entries.len() + batch.malformed.len();
+        if taken == 0 {
+            let len = redis
+                .execute("XLEN", &[Arg::from(log[0].as_str())])
+                .map_err(|e| e.to_string())?;
+            report.backlog += len.first().and_then(Reply::as_int).unwrap_or(0);
+            return Ok(());
+        }
+        for (entry, payload) in &batch.malformed {
+            eprintln!(
+                "flashclaim drain: activity {id}: skipping malformed log entry {entry}: {payload}"
+            );
+        }
+        write(pg, &batch)?;
+        let mut ack = vec![Arg::from(DRAIN_GROUP)];
+        ack.extend(batch.ids().into_iter().map(Arg::from));
+        let acked = redis
+            .run(&DRAIN_ACK, &log, &ack)
+            .map_err(|e| e.to_string())?;
+        let rows = batch.rows();
+        report.entries += taken;
+        report.claims += rows.claim_ids.len();
+        report.tickets += rows.ticket_codes.len();
+        report.malformed += batch.malformed.len();
+        if taken < drain::BATCH_SIZE as usize {
+            report.backlog += drain::decode_ack(&acked).map_or(0, |(_, left)| left);
+            return Ok(());
+        }
+    }
+}
+
+/// One transaction per batch; replaying a batch inserts nothing twice.
+fn write(pg: &pg4::Connection, batch: &Batch) -> Result<(), String> {
+    let rows = batch.rows();
+    if rows.claim_ids.is_empty() {
+        return Ok(());
+    }
+    // PgError is spin-sdk's own type; the closure only shortens the transaction's `?`s.
+    #[allow(clippy::result_large_err)]
+    let run = || -> Result<(), pg4::PgError> {
+        pg.execute("BEGIN", &[])?;
+        pg.execute(
+            "INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at) \
+             SELECT c.id, c.activity_id, c.user_id, c.quantity, to_timestamp(c.at / 1000.0) \
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
+                  AS c(id, activity_id, user_id, quantity, at) \
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                glue::str_array(&rows.claim_ids),
+                glue::int_array(&rows.claim_activities),
+                glue::str_array(&rows.claim_users),
+                glue::int_array(&rows.claim_quantities),
+                glue::int_array(&rows.claim_at_ms),
+            ],
+        )?;
+        pg.execute(
+            "INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at) \
+             SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0) \
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[]) \
+                  AS t(claim_id, activity_id, user_id, code, at) \
+             ON CONFLICT (claim_id, code) DO NOTHING",
+            &[
+                glue::str_array(&rows.ticket_claims),
+                glue::int_array(&rows.ticket_activities),
+                glue::str_array(&rows.ticket_users),
+                glue::str_array(&rows.ticket_codes),
+                glue::int_array(&rows.ticket_at_ms),
+            ],
+        )?;
+        pg.execute("COMMIT", &[])?;
+        Ok(())
+    };
+    run().map_err(|e| {
+        let _ = pg.execute("ROLLBACK", &[]);
+        glue::pg_error_text(&e)
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

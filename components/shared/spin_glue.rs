@@ -1,0 +1,221 @@
+//! The Spin side of every component: Spin's Redis, Postgres, variables, clock and random
+//! wired to the core library's types. One source file, compiled into each component
+//! (`#[path]`), because the core library must stay free of spin-sdk.
+#![allow(dead_code)]
+
+use flashclaim_core::jwt::{self, Principal};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
+use flashclaim_core::time::Millis;
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::http::{Request, Response};
+use spin_sdk::pg4::{self, DbValue, ParameterValue};
+use spin_sdk::redis::{self, RedisParameter, RedisResult};
+use spin_sdk::variables;
+
+pub fn now() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Millis(d.as_millis() as i64)
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let bytes = wasi::random::random::get_random_bytes(N as u64);
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[..N]);
+    out
+}
+
+/// A variable the manifest must provide; its absence is a deployment error, logged and
+/// answered as a generic 500. The value is never logged.
+pub fn var(name: &str) -> Result<String, ApiError> {
+    variables::get(name).map_err(|e| {
+        eprintln!("flashclaim: variable `{name}` is not available: {e:?}");
+        ApiError::Internal
+    })
+}
+
+pub fn optional_var(name: &str) -> Option<String> {
+    variables::get(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The caller, from `Authorization: Bearer <JWT>` signed with `jwt_secret`.
+pub fn principal(req: &Request) -> Result<Principal, ApiError> {
+    let secret = var("jwt_secret")?;
+    let header = req.header("authorization").and_then(|h| h.as_str());
+    jwt::authenticate(header, secret.as_bytes(), now().as_secs())
+}
+
+pub fn admin(req: &Request) -> Result<Principal, ApiError> {
+    let p = principal(req)?;
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden("this route needs the admin role"));
+    }
+    Ok(p)
+}
+
+pub fn respond(r: HttpResponse) -> Response {
+    let mut builder = Response::builder();
+    builder.status(r.status);
+    for (name, value) in r.headers {
+        builder.header(name, value);
+    }
+    builder.body(r.body).build()
+}
+
+/// Problems are answered as they are; internal errors were logged where they happened.
+pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
+    respond(result.unwrap_or_else(|e| e.to_response()))
+}
+
+/// A Redis connection speaking the core library's types.
+pub struct SpinRedis(redis::Connection);
+
+impl SpinRedis {
+    pub fn open(address: &str) -> Result<Self, RedisFailure> {
+        redis::Connection::open(address)
+            .map(SpinRedis)
+            .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))
+    }
+
+    pub fn run(
+        &self,
+        script: &Script,
+        keys: &[String],
+        argv: &[Arg],
+    ) -> Result<Vec<Reply>, RedisFailure> {
+        scripts::run_script(self, script, keys, argv)
+    }
+}
+
+impl RedisCommands for SpinRedis {
+    fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
+        let args: Vec<RedisParameter> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Int(n) => RedisParameter::Int64(*n),
+                Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
+            })
+            .collect();
+        let replies = self
+            .0
+            .execute(command, &args)
+            .map_err(|e| RedisFailure::Command(format!("{e:?}")))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                RedisResult::Nil => Reply::Nil,
+                RedisResult::Status(s) => Reply::Status(s),
+                RedisResult::Int64(n) => Reply::Int(n),
+                RedisResult::Binary(b) => Reply::Bytes(b),
+            })
+            .collect())
+    }
+}
+
+/// Redis failures seen by a client: the store is unavailable, and the detail is logged.
+pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
+    eprintln!("flashclaim: {context}: {e}");
+    ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+}
+
+pub fn pg_open() -> Result<pg4::Connection, ApiError> {
+    let address = var("pg_address")?;
+    pg4::Connection::open(&address).map_err(|e| {
+        eprintln!("flashclaim: postgres unreachable: {}", pg_error_text(&e));
+        ApiError::Unavailable("the database is temporarily unavailable")
+    })
+}
+
+/// A Postgres error for the log: the server's message, never the connection string.
+pub fn pg_error_text(e: &pg4::PgError) -> String {
+    match e {
+        pg4::PgError::QueryFailed(pg4::QueryError::DbError(db)) => {
+            format!("{} ({})", db.message, db.code)
+        }
+        pg4::PgError::QueryFailed(pg4::QueryError::Text(t)) => t.chars().take(300).collect(),
+        pg4::PgError::ConnectionFailed(_) => "connection failed".to_string(),
+        other => format!("{other:?}").chars().take(300).collect(),
+    }
+}
+
+pub fn pg_internal(context: &str, e: pg4::PgError) -> ApiError {
+    eprintln!("flashclaim: {context}: {}", pg_error_text(&e));
+    ApiError::Internal
+}
+
+pub fn int(v: &DbValue) -> Option<i64> {
+    match v {
+        DbValue::Int64(n) => Some(*n),
+        DbValue::Int32(n) => Some(i64::from(*n)),
+        DbValue::Int16(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+pub fn text(v: &DbValue) -> Option<String> {
+    match v {
+        DbValue::Str(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+pub fn boolean(v: &DbValue) -> Option<bool> {
+    match v {
+        DbValue::Boolean(b) => Some(*b),
+        _ => None,
+    }
+}
+
+pub fn str_param(s: &str) -> ParameterValue {
+    ParameterValue::Str(s.to_string())
+}
+
+pub fn str_array(values: &[String]) -> ParameterValue {
+    ParameterValue::ArrayStr(values.iter().cloned().map(Some).collect())
+}
+
+pub fn int_array(values: &[i64]) -> ParameterValue {
+    ParameterValue::ArrayInt64(values.iter().copied().map(Some).collect())
+}
+
+/// An activity definition from Postgres, the source of truth. Instants are read as epoch
+/// milliseconds: Spin cannot read a `timestamptz` column as a date-time.
+pub fn load_activity(
+    pg: &pg4::Connection,
+    id: flashclaim_core::ids::ActivityId,
+) -> Result<Option<flashclaim_core::activity::Activity>, ApiError> {
+    use flashclaim_core::activity::{Activity, Kind, Status};
+    let rows = pg
+        .query(
+            "SELECT id, name, description, image_url, \
+                    (extract(epoch FROM starts_at) * 1000)::int8, \
+                    (extract(epoch FROM ends_at) * 1000)::int8, \
+                    status, stock_total, per_user_limit, kind, require_pass \
+             FROM activities WHERE id = $1",
+            &[ParameterValue::Int64(id.get())],
+        )
+        .map_err(|e| pg_internal("load activity", e))?;
+    let Some(row) = rows.rows.first() else {
+        return Ok(None);
+    };
+    let parsed = (|| {
+        Some(Activity {
+            id: flashclaim_core::ids::ActivityId::from_db(int(&row[0])?),
+            name: text(&row[1])?,
+            description: text(&row[2])?,
+            image_url: text(&row[3]),
+            starts_at: Millis(int(&row[4])?),
+            ends_at: Millis(int(&row[5])?),
+            status: Status::parse(&text(&row[6])?)?,
+            stock_total: int(&row[7])?,
+            per_user_limit: int(&row[8])?,
+            kind: Kind::parse(&text(&row[9])?)?,
+            require_pass: boolean(&row[10])?,
+        })
+    })();
+    parsed.map(Some).ok_or_else(|| {
+        eprintln!("flashclaim: activity {id} has an unreadable row");
+        ApiError::Internal
+    })
+}

@@ -1,0 +1,93 @@
+//! The ticket component: `GET /api/tickets` (the caller's tickets, from Postgres once the
+//! drain has recorded them) and `GET /api/tickets/:code` (live, from Redis; owner or admin
+//! only, and 404 for anyone else so a code's existence is never revealed).
+
+#[path = "../../shared/spin_glue.rs"]
+mod glue;
+
+use flashclaim_core::ids::{ActivityId, TicketRef};
+use flashclaim_core::jwt::Principal;
+use flashclaim_core::keys::{ActivityKeys, RedisShards};
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
+use flashclaim_core::ticket::{TicketRecord, TicketView};
+use flashclaim_core::time::Millis;
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::pg4::ParameterValue;
+
+use glue::SpinRedis;
+
+/// At most this many tickets are listed, newest first.
+const LIST_LIMIT: i64 = 200;
+
+#[spin_sdk::http_component]
+fn handle(req: Request) -> Response {
+    glue::respond_result(route(&req))
+}
+
+fn route(req: &Request) -> Result<HttpResponse, ApiError> {
+    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (Method::Get, ["api", "tickets"]) => list_tickets(&glue::principal(req)?),
+        (Method::Get, ["api", "tickets", code]) => get_ticket(&glue::principal(req)?, code),
+        (_, ["api", "tickets"] | ["api", "tickets", _]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
+    let ticket = TicketRef::parse(code)?;
+    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
+    let redis = SpinRedis::open(shards.for_activity(ticket.activity))
+        .map_err(|e| glue::redis_unavailable("ticket", e))?;
+    let reply = redis
+        .execute(
+            "HGET",
+            &[
+                Arg::from(ActivityKeys::new(ticket.activity).tickets()),
+                Arg::from(ticket.code.as_str()),
+            ],
+        )
+        .map_err(|e| glue::redis_unavailable("ticket", e))?;
+    let record = reply
+        .first()
+        .and_then(Reply::as_text)
+        .and_then(TicketRecord::parse)
+        .ok_or(ApiError::NotFound)?;
+    if record.user != caller.user.as_str() && !caller.is_admin() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(HttpResponse::json(200, &TicketView::new(&ticket, &record)))
+}
+
+fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
+    let pg = glue::pg_open()?;
+    let rows = pg
+        .query(
+            "SELECT activity_id, code, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
+             FROM tickets WHERE user_id = $1 ORDER BY claimed_at DESC, id DESC LIMIT $2",
+            &[glue::str_param(caller.user.as_str()), ParameterValue::Int64(LIST_LIMIT)],
+        )
+        .map_err(|e| glue::pg_internal("list tickets", e))?;
+    let tickets: Vec<TicketView> = rows
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let ticket = TicketRef {
+                activity: ActivityId::from_db(glue::int(&r[0])?),
+                code: glue::text(&r[1])?,
+            };
+            let record = TicketRecord {
+                user: caller.user.to_string(),
+                claim_id: glue::text(&r[2])?,
+                status: glue::text(&r[3])?,
+                claimed_at: Millis(glue::int(&r[4])?),
+            };
+            Some(TicketView::new(&ticket, &record))
+        })
+        .collect();
+    Ok(HttpResponse::json(
+        200,
+        &serde_json::json!({ "tickets": tickets }),
+    ))
+}

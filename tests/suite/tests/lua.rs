@@ -1,0 +1,395 @@
+//! The Lua scripts against a real Redis: every return code and edge, through the same
+//! KEYS/ARGV builders and reply decoders the components use.
+
+use flashclaim_core::activity::{decode_publish, Activity, Kind, Status};
+use flashclaim_core::claim::{self, ClaimCommand, ClaimOutcome, ClaimRequest, RateLimit};
+use flashclaim_core::drain::{decode_ack, Batch, LogEvent};
+use flashclaim_core::ids::{ActivityId, IdempotencyKey, UserId};
+use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
+use flashclaim_core::scripts::{
+    run_script, Arg, RedisCommands, Reply, CLAIM, DRAIN_ACK, DRAIN_READ, PUBLISH,
+};
+use flashclaim_core::time::Millis;
+use flashclaim_core::ApiError;
+use flashclaim_tests::{fresh_redis_db, NativeRedis};
+
+const START: i64 = 1_000_000;
+const END: i64 = 2_000_000;
+
+struct Lab {
+    redis: NativeRedis,
+    conn: redis::aio::MultiplexedConnection,
+    activity: Activity,
+    rate: RateLimit,
+    seq: u32,
+}
+
+fn activity(stock: i64, limit: i64) -> Activity {
+    Activity {
+        id: ActivityId::parse("7").unwrap(),
+        name: "lab".into(),
+        description: String::new(),
+        image_url: None,
+        starts_at: Millis(START),
+        ends_at: Millis(END),
+        status: Status::Published,
+        stock_total: stock,
+        per_user_limit: limit,
+        kind: Kind::Counter,
+        require_pass: false,
+    }
+}
+
+impl Lab {
+    async fn new(activity: Activity) -> Lab {
+        let (_, conn) = fresh_redis_db().await;
+        let mut lab = Lab {
+            redis: NativeRedis::new(conn.clone()),
+            conn,
+            activity,
+            rate: RateLimit {
+                attempts: 0,
+                window_ms: 1000,
+            },
+            seq: 0,
+        };
+        lab.publish_expect(true);
+        lab
+    }
+
+    fn keys(&self) -> ActivityKeys {
+        ActivityKeys::new(self.activity.id)
+    }
+
+    fn publish(&mut self) -> (bool, i64) {
+        let (keys, argv) = self.activity.publish_command();
+        decode_publish(&run_script(&self.redis, &PUBLISH, &keys, &argv).unwrap()).unwrap()
+    }
+
+    fn publish_expect(&mut self, loaded: bool) -> i64 {
+        let (l, stock) = self.publish();
+        assert_eq!(l, loaded);
+        stock
+    }
+
+    fn claim_at(
+        &mut self,
+        user: &str,
+        quantity: i64,
+        now: i64,
+        idem: Option<&str>,
+    ) -> Result<ClaimOutcome, ApiError> {
+        self.seq += 1;
+        let user = UserId::parse(user).unwrap();
+        let idem = idem.map(|k| IdempotencyKey::parse(k).unwrap());
+        let prefixes: Vec<String> = (0..quantity)
+            .map(|i| format!("P{}X{i}", self.seq))
+            .collect();
+        let cmd = ClaimCommand::new(
+            self.activity.id,
+            &user,
+            ClaimRequest { quantity },
+            idem.as_ref(),
+            Millis(now),
+            &format!("claim-{}", self.seq),
+            &prefixes,
+            self.rate,
+        );
+        claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap())
+    }
+
+    fn claim(&mut self, user: &str, quantity: i64) -> Result<ClaimOutcome, ApiError> {
+        self.claim_at(user, quantity, START + 10, None)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Vec<Reply> {
+        let (command, rest) = args.split_first().unwrap();
+        self.redis
+            .execute(
+                command,
+                &rest.iter().map(|a| Arg::from(*a)).collect::<Vec<_>>(),
+            )
+            .unwrap()
+    }
+
+    fn int(&self, args: &[&str]) -> i64 {
+        self.cmd(args).first().and_then(Reply::as_int).unwrap_or(0)
+    }
+
+    /// Every key and value except the rate counters, to prove a refusal changed nothing.
+    async fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.retain(|k| !k.contains(":rate:"));
+        keys.sort();
+        let mut out = Vec::new();
+        for k in keys {
+            let dump: Vec<u8> = redis::cmd("DUMP")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            out.push((k, dump));
+        }
+        out
+    }
+}
+
+fn claimed(outcome: Result<ClaimOutcome, ApiError>) -> claim::Claimed {
+    match outcome {
+        Ok(ClaimOutcome::Claimed(c)) => c,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_takes_stock_issues_codes_and_logs_one_entry() {
+    let mut lab = Lab::new(activity(10, 3)).await;
+    let c = claimed(lab.claim("alice", 2));
+    assert_eq!(c.stock_left, 8);
+    assert_eq!(c.codes.len(), 2);
+    assert!(
+        c.codes[0].ends_with("-1") && c.codes[1].ends_with("-2"),
+        "{:?}",
+        c.codes
+    );
+    let k = lab.keys();
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "alice"]), 2);
+    assert_eq!(lab.int(&["HLEN", &k.tickets()]), 2);
+    assert_eq!(lab.int(&["XLEN", &k.log()]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_is_refused_when_sold_out_at_exactly_zero() {
+    let mut lab = Lab::new(activity(1, 5)).await;
+    assert_eq!(claimed(lab.claim("a", 1)).stock_left, 0);
+    let before = lab.snapshot().await;
+    assert_eq!(lab.claim("b", 1), Err(ApiError::SoldOut));
+    assert_eq!(lab.snapshot().await, before, "a refusal changes nothing");
+    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_for_more_than_the_stock_left_is_sold_out_and_takes_nothing() {
+    let mut lab = Lab::new(activity(2, 5)).await;
+    let before = lab.snapshot().await;
+    assert_eq!(lab.claim("a", 3), Err(ApiError::SoldOut));
+    assert_eq!(lab.snapshot().await, before);
+    assert_eq!(claimed(lab.claim("a", 2)).stock_left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_is_refused_once_the_limit_is_exactly_reached() {
+    let mut lab = Lab::new(activity(10, 2)).await;
+    claimed(lab.claim("a", 1));
+    claimed(lab.claim("a", 1));
+    let before = lab.snapshot().await;
+    assert_eq!(lab.claim("a", 1), Err(ApiError::LimitReached { limit: 2 }));
+    assert_eq!(lab.snapshot().await, before);
+    claimed(lab.claim("b", 2));
+    assert_eq!(
+        lab.claim("c", 3).unwrap_err().code(),
+        "invalid_request",
+        "quantity above the limit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_window_is_closed_at_start_and_open_at_end() {
+    let mut lab = Lab::new(activity(10, 10)).await;
+    assert_eq!(
+        lab.claim_at("a", 1, START - 1, None),
+        Err(ApiError::NotStarted {
+            starts_at: Millis(START)
+        })
+    );
+    claimed(lab.claim_at("a", 1, START, None));
+    claimed(lab.claim_at("a", 1, END - 1, None));
+    assert_eq!(lab.claim_at("a", 1, END, None), Err(ApiError::Ended));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_draft_and_closed_activities_are_refused() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    lab.activity.id = ActivityId::parse("8").unwrap();
+    assert_eq!(
+        lab.claim("a", 1),
+        Err(ApiError::NotFound),
+        "never published"
+    );
+    lab.activity.id = ActivityId::parse("7").unwrap();
+    lab.cmd(&["HSET", &lab.keys().meta(), "status", "draft"]);
+    assert_eq!(lab.claim("a", 1), Err(ApiError::NotFound));
+    lab.activity.status = Status::Closed;
+    lab.publish_expect(false);
+    assert_eq!(lab.claim("a", 1), Err(ApiError::Ended));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blacklisted_user_is_refused() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    lab.cmd(&["SADD", &lab.keys().deny(), "mallory"]);
+    assert_eq!(lab.claim("mallory", 1).unwrap_err().code(), "forbidden");
+    claimed(lab.claim("alice", 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_beyond_the_rate_limit_are_refused_with_a_retry_time() {
+    let mut lab = Lab::new(activity(100, 100)).await;
+    lab.rate = RateLimit {
+        attempts: 2,
+        window_ms: 5000,
+    };
+    claimed(lab.claim("a", 1));
+    claimed(lab.claim("a", 1));
+    match lab.claim("a", 1) {
+        Err(ApiError::RateLimited { retry_after_secs }) => {
+            assert!((1..=5).contains(&retry_after_secs))
+        }
+        other => panic!("{other:?}"),
+    }
+    claimed(lab.claim("b", 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_idempotency_key_returns_the_first_result_and_changes_nothing() {
+    let mut lab = Lab::new(activity(10, 5)).await;
+    let first = claimed(lab.claim_at("a", 2, START + 1, Some("k1")));
+    let before = lab.snapshot().await;
+    match lab.claim_at("a", 2, START + 2, Some("k1")) {
+        Ok(ClaimOutcome::Replayed(again)) => {
+            assert_eq!(again.claim_id, first.claim_id);
+            assert_eq!(again.codes, first.codes);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lab.snapshot().await, before);
+    assert_eq!(lab.int(&["XLEN", &lab.keys().log()]), 1);
+    claimed(lab.claim_at("a", 1, START + 3, Some("k2")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn republishing_never_resets_the_stock() {
+    let mut lab = Lab::new(activity(5, 5)).await;
+    claimed(lab.claim("a", 3));
+    assert_eq!(lab.publish_expect(false), 2);
+    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_is_required_and_used_once_when_the_activity_says_so() {
+    let mut a = activity(10, 5);
+    a.require_pass = true;
+    let mut lab = Lab::new(a).await;
+    assert_eq!(lab.claim("a", 1), Err(ApiError::PassRequired));
+    let pass = lab.keys().pass(&UserId::parse("a").unwrap());
+    lab.cmd(&["SET", &pass, "issued"]);
+    claimed(lab.claim("a", 1));
+    assert_eq!(lab.claim("a", 1), Err(ApiError::PassRequired), "single use");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_pool_hands_out_uploaded_codes() {
+    let mut a = activity(2, 2);
+    a.kind = Kind::Codes;
+    let mut lab = Lab::new(a).await;
+    lab.cmd(&["RPUSH", &lab.keys().pool(), "CODE-A", "CODE-B"]);
+    let c = claimed(lab.claim("a", 2));
+    assert_eq!(c.codes, vec!["CODE-A", "CODE-B"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_reads_in_pairs_acknowledges_and_empties_the_log() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    for u in ["a", "b", "c"] {
+        claimed(lab.claim(u, 1));
+    }
+    let log = vec![lab.keys().log()];
+    let read = |consumer: &str, count: i64, idle: i64| {
+        Batch::decode(
+            &run_script(
+                &lab.redis,
+                &DRAIN_READ,
+                &log,
+                &[
+                    Arg::from(DRAIN_GROUP),
+                    Arg::from(consumer),
+                    Arg::Int(count),
+                    Arg::Int(idle),
+                ],
+            )
+            .unwrap(),
+        )
+    };
+    let first = read("run-1", 2, 60_000);
+    assert_eq!(first.entries.len(), 2);
+    let LogEvent::Claim {
+        user,
+        activity,
+        codes,
+        ..
+    } = &first.entries[0].event;
+    assert_eq!(
+        (user.as_str(), activity.as_str(), codes.len()),
+        ("a", "7", 1)
+    );
+    // Another run does not take entries the first is still working on.
+    let second = read("run-2", 10, 60_000);
+    assert_eq!(second.entries.len(), 1);
+    assert_eq!(read("run-3", 10, 60_000).entries.len(), 0);
+
+    let mut ack = vec![Arg::from(DRAIN_GROUP)];
+    ack.extend(first.ids().into_iter().map(Arg::from));
+    let reply = run_script(&lab.redis, &DRAIN_ACK, &log, &ack).unwrap();
+    assert_eq!(decode_ack(&reply), Some((2, 1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_of_a_run_that_died_are_taken_over_after_the_timeout() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    claimed(lab.claim("a", 1));
+    let log = vec![lab.keys().log()];
+    let read = |consumer: &str, idle: i64| {
+        Batch::decode(
+            &run_script(
+                &lab.redis,
+                &DRAIN_READ,
+                &log,
+                &[
+                    Arg::from(DRAIN_GROUP),
+                    Arg::from(consumer),
+                    Arg::Int(10),
+                    Arg::Int(idle),
+                ],
+            )
+            .unwrap(),
+        )
+    };
+    let died = read("run-died", 60_000);
+    assert_eq!(died.entries.len(), 1);
+    assert_eq!(
+        read("run-next", 60_000).entries.len(),
+        0,
+        "not before the timeout"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let taken = read("run-next", 20);
+    assert_eq!(taken.ids(), died.ids());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn noscript_falls_back_to_eval_after_a_script_flush() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    lab.cmd(&["SCRIPT", "FLUSH"]);
+    claimed(lab.claim("a", 1));
+    let loaded = lab.cmd(&["SCRIPT", "EXISTS", CLAIM.sha1]);
+    assert_eq!(
+        loaded,
+        vec![Reply::Int(1)],
+        "EVAL loaded the script; its SHA1 matches Redis's"
+    );
+}
