@@ -11,7 +11,7 @@ SERVICES := scripts/services.sh
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-host || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -24,6 +24,16 @@ wasm:
 ## Tier 1: pure unit tests (no services needed).
 test-unit:
 	cargo test -p flashclaim-core -p spin-test-host --lib
+
+## Tier 2: the Lua scripts against the real Redis (needs services).
+test-lua:
+	cargo test -p flashclaim-tests --test lua
+
+## Tier 3: end to end over HTTP through the test host (needs services and wasm), then the
+## Postgres outage test, which stops the shared Postgres and so runs on its own.
+test-e2e:
+	cargo test -p flashclaim-tests --test e2e
+	cargo test -p flashclaim-tests --test outage
 
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:

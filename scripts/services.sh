@@ -5,6 +5,7 @@
 #
 #   scripts/services.sh start [--durable]   # --durable: Redis AOF with appendfsync always
 #   scripts/services.sh stop
+#   scripts/services.sh pg-stop | pg-start       # fault tests: stop or restart Postgres only
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +58,12 @@ as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
 }
 
+pg_start() {
+  local user=$1 bin=$2 pgdata=$3 port=$4
+  as_pg "$user" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400" >/dev/null
+}
+
 start() {
   local durable=${1:-}
   mkdir -p "$data/redis"
@@ -86,8 +93,7 @@ start() {
   pg_port=$(free_port)
   # Tests and benchmarks restart Postgres freely; fsync is kept on so the drain's
   # "acknowledged only after commit" is measured against a real commit.
-  as_pg "$user" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400" >/dev/null
+  pg_start "$user" "$bin" "$pgdata" "$pg_port"
 
   for _ in $(seq 1 50); do
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
@@ -122,8 +128,15 @@ stop() {
   echo "services: stopped"
 }
 
+load_env() {
+  # shellcheck disable=SC1090
+  . "$envfile"
+}
+
 case "${1:-}" in
   start) start "${2:-}" ;;
   stop) stop ;;
-  *) echo "usage: $0 start [--durable] | stop" >&2; exit 2 ;;
+  pg-stop) load_env; as_pg "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null ;;
+  pg-start) load_env; pg_start "$PG_USER" "$PG_BIN" "$PG_DATA" "$PG_PORT" ;;
+  *) echo "usage: $0 start [--durable] | stop | pg-stop | pg-start" >&2; exit 2 ;;
 esac

@@ -80,12 +80,12 @@ pub async fn fresh_pg_db() -> String {
         NEXT_DB.fetch_add(1, Ordering::SeqCst)
     );
     let admin = pg_conn(&s.pg_url("postgres")).await;
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name} TEMPLATE flashclaim_template"
-        ))
-        .await
-        .unwrap();
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name} TEMPLATE flashclaim_template"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
     s.pg_url(&name)
 }
 

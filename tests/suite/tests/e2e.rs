@@ -1,0 +1,505 @@
+//! End to end over HTTP: the real components on the test host, a real Redis and Postgres.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use flashclaim_core::activity::MAX_ACTIVITY_BODY;
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::jwt::{b64url_encode, sign, Claims};
+use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
+use flashclaim_core::scripts::{run_script, Arg, DRAIN_READ};
+use flashclaim_tests::{bearer, token, NativeRedis, TestApp, JWT_SECRET};
+use spin_test_host::client::Response;
+use tokio::sync::Semaphore;
+
+fn problem(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["code"], code, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_claim_drain_and_read_tickets_end_to_end() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(3, r#","per_user_limit":2"#).await;
+
+    // A draft is invisible to users.
+    problem(
+        &t.send("GET", &format!("/api/activities/{id}"), None, "")
+            .await,
+        404,
+        "not_found",
+    );
+    problem(&t.claim(id, "alice", "").await, 404, "not_found");
+
+    let published = t.publish(id).await.json();
+    assert_eq!(
+        (
+            published["status"].as_str(),
+            published["stock_left"].as_i64()
+        ),
+        (Some("published"), Some(3))
+    );
+    let view = t
+        .send("GET", &format!("/api/activities/{id}"), None, "")
+        .await;
+    assert_eq!(view.status, 200);
+    assert_eq!(view.json()["stock_left"], 3);
+
+    let r = t.claim(id, "alice", r#"{"quantity": 2}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["stock_left"], 1);
+    let codes: Vec<String> = body["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 2);
+    assert!(codes.iter().all(|c| c.starts_with(&format!("{id}-"))));
+    // The live stock shows at once, through the cached view.
+    assert_eq!(
+        t.send("GET", &format!("/api/activities/{id}"), None, "")
+            .await
+            .json()["stock_left"],
+        1
+    );
+
+    // A ticket is visible to its owner and an admin, and does not exist for anyone else.
+    let alice = bearer(&token("alice", None));
+    let mine = t
+        .send(
+            "GET",
+            &format!("/api/tickets/{}", codes[0]),
+            Some(&alice),
+            "",
+        )
+        .await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    assert_eq!(mine.json()["status"], "active");
+    let theirs = t
+        .send(
+            "GET",
+            &format!("/api/tickets/{}", codes[0]),
+            Some(&bearer(&token("bob", None))),
+            "",
+        )
+        .await;
+    problem(&theirs, 404, "not_found");
+    assert_eq!(
+        t.send(
+            "GET",
+            &format!("/api/tickets/{}", codes[0]),
+            Some(&t.admin),
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+
+    problem(&t.claim(id, "alice", "").await, 409, "limit_reached");
+    assert_eq!(t.claim(id, "bob", "").await.status, 201);
+    problem(&t.claim(id, "carol", "").await, 409, "sold_out");
+
+    // The cron entry point drains like the HTTP one.
+    assert_eq!(t.app.fire_cron("drain").await.unwrap(), Ok(()));
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, 3);
+    assert_eq!(t.count("SELECT count(*) FROM claims").await, 2);
+    let report = t.drain().await;
+    assert_eq!(
+        (report["entries"].as_i64(), report["backlog"].as_i64()),
+        (Some(0), Some(0))
+    );
+
+    let listed = t.send("GET", "/api/tickets", Some(&alice), "").await;
+    assert_eq!(listed.status, 200);
+    let listed: HashSet<String> = listed.json()["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, codes.into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contention_gives_out_every_ticket_exactly_once() {
+    const STOCK: i64 = 1_000;
+    const USERS: usize = 20_000;
+    const CONCURRENCY: usize = 256;
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(STOCK, "").await;
+    t.publish(id).await;
+
+    let gate = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::with_capacity(USERS * 2);
+    for attempt in 0..2 {
+        for u in 0..USERS {
+            let (t, gate) = (t.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.unwrap();
+                let user = format!("user-{u}");
+                let r = t.claim(id, &user, "").await;
+                (attempt, user, r.status, r.json())
+            }));
+        }
+    }
+    let mut created = 0;
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    let mut codes = HashSet::new();
+    for task in tasks {
+        let (_, user, status, body) = task.await.unwrap();
+        match status {
+            201 => {
+                created += 1;
+                *per_user.entry(user).or_default() += 1;
+                for ticket in body["tickets"].as_array().unwrap() {
+                    assert!(
+                        codes.insert(ticket["code"].as_str().unwrap().to_string()),
+                        "duplicate code"
+                    );
+                }
+            }
+            409 => {
+                let code = body["code"].as_str().unwrap().to_string();
+                assert!(code == "sold_out" || code == "limit_reached", "{body}");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(created, STOCK as usize, "exactly the stock is given out");
+    assert!(
+        per_user.values().all(|n| *n == 1),
+        "nobody holds two tickets"
+    );
+    assert_eq!(
+        t.send("GET", &format!("/api/activities/{id}"), None, "")
+            .await
+            .json()["stock_left"],
+        0
+    );
+
+    let mut drained = 0;
+    for _ in 0..20 {
+        let report = t.drain().await;
+        drained += report["entries"].as_i64().unwrap();
+        if report["backlog"] == 0 && drained >= STOCK {
+            break;
+        }
+    }
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, STOCK);
+    assert_eq!(
+        t.count("SELECT count(DISTINCT code) FROM tickets").await,
+        STOCK
+    );
+    assert_eq!(
+        t.count("SELECT count(DISTINCT user_id) FROM tickets").await,
+        STOCK
+    );
+    let mut redis = t.redis().await;
+    let left: i64 = redis::cmd("XLEN")
+        .arg(ActivityKeys::new(ActivityId::from_db(id)).log())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "nothing left in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_run_that_died_before_acknowledging_is_written_exactly_once() {
+    let t = TestApp::start_with(&[("SPIN_VARIABLE_DRAIN_RECLAIM_AFTER_MS", "500")]).await;
+    let id = t.create_activity(10, "").await;
+    t.publish(id).await;
+    for u in ["a", "b", "c"] {
+        assert_eq!(t.claim(id, u, "").await.status, 201);
+    }
+    // The run that dies: it takes the batch exactly as the drain does, then never acks.
+    let redis = NativeRedis::new(t.redis().await);
+    let log = vec![ActivityKeys::new(ActivityId::from_db(id)).log()];
+    let taken = run_script(
+        &redis,
+        &DRAIN_READ,
+        &log,
+        &[
+            Arg::from(DRAIN_GROUP),
+            Arg::from("run-died"),
+            Arg::Int(100),
+            Arg::Int(500),
+        ],
+    )
+    .unwrap();
+    assert_eq!(taken.len(), 6, "three entries, as id/payload pairs");
+
+    // While the dead run might still be alive, nobody else writes its entries.
+    assert_eq!(t.drain().await["entries"], 0);
+    assert_eq!(t.count("SELECT count(*) FROM claims").await, 0);
+
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(t.drain().await["entries"], 3);
+    assert_eq!(t.count("SELECT count(*) FROM claims").await, 3);
+    // Writing again changes nothing: the log is empty and the inserts are idempotent.
+    assert_eq!(t.drain().await["entries"], 0);
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_idempotency_key_returns_the_first_claim() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(10, r#","per_user_limit":3"#).await;
+    t.publish(id).await;
+    let auth = bearer(&token("alice", None));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "retry-42"),
+    ];
+    let path = format!("/api/activities/{id}/claims");
+    let first = t.client.send("POST", &path, &headers, "").await.unwrap();
+    let again = t.client.send("POST", &path, &headers, "").await.unwrap();
+    assert_eq!((first.status, again.status), (201, 201));
+    assert_eq!(first.json()["claim_id"], again.json()["claim_id"]);
+    assert_eq!(first.json()["tickets"], again.json()["tickets"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        t.send("GET", &format!("/api/activities/{id}"), None, "")
+            .await
+            .json()["stock_left"],
+        9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(5, "").await;
+    t.publish(id).await;
+    let user = bearer(&token("alice", None));
+    let claims = format!("/api/activities/{id}/claims");
+
+    // Claims: bodies.
+    for body in [
+        "{",
+        "[]",
+        r#"{"quantity":"1"}"#,
+        r#"{"quantity":0}"#,
+        r#"{"quantity":1.5}"#,
+        r#"{"quantity":2}"#,
+        r#"{"x":1}"#,
+        "null",
+    ] {
+        problem(
+            &t.send("POST", &claims, Some(&user), body).await,
+            400,
+            "invalid_request",
+        );
+    }
+    problem(
+        &t.send("POST", &claims, Some(&user), &"x".repeat(1 << 20))
+            .await,
+        400,
+        "invalid_request",
+    );
+    // Claims: tokens.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = sign(
+        &Claims {
+            sub: "alice".into(),
+            exp: now - 3600,
+            nbf: None,
+            iat: None,
+            role: None,
+        },
+        JWT_SECRET.as_bytes(),
+    );
+    let wrong_secret = sign(
+        &Claims {
+            sub: "alice".into(),
+            exp: now + 3600,
+            nbf: None,
+            iat: None,
+            role: None,
+        },
+        b"not-the-secret",
+    );
+    let alg_none = format!(
+        "{}.{}.",
+        b64url_encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url_encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now + 3600).as_bytes())
+    );
+    for auth in [
+        None,
+        Some("Bearer".to_string()),
+        Some("Bearer x.y.z".into()),
+        Some(bearer(&expired)),
+        Some(bearer(&wrong_secret)),
+        Some(bearer(&alg_none)),
+        Some(format!("Basic {}", token("alice", None))),
+    ] {
+        problem(
+            &t.send("POST", &claims, auth.as_deref(), "").await,
+            401,
+            "unauthenticated",
+        );
+    }
+    // Ids that are not activity ids.
+    for path in [
+        "/api/activities/abc/claims",
+        "/api/activities/0/claims",
+        "/api/activities/-1/claims",
+        "/api/activities/99999/claims",
+        "/api/activities/1e3/claims",
+    ] {
+        problem(
+            &t.send("POST", path, Some(&user), "").await,
+            404,
+            "not_found",
+        );
+    }
+    for path in [
+        "/api/activities/abc",
+        "/api/activities/99999",
+        "/api/activities/007",
+        &format!("/api/activities/{id}/nope"),
+    ] {
+        problem(&t.send("GET", path, None, "").await, 404, "not_found");
+    }
+    problem(
+        &t.send("DELETE", &format!("/api/activities/{id}"), None, "")
+            .await,
+        405,
+        "method_not_allowed",
+    );
+    problem(
+        &t.send("GET", &claims, Some(&user), "").await,
+        405,
+        "method_not_allowed",
+    );
+    // Tickets.
+    for code in [
+        "nope",
+        "0-x",
+        &format!("{id}-NOPE-1"),
+        &format!("{id}-a%20b"),
+    ] {
+        problem(
+            &t.send("GET", &format!("/api/tickets/{code}"), Some(&user), "")
+                .await,
+            404,
+            "not_found",
+        );
+    }
+    problem(
+        &t.send("GET", "/api/tickets", None, "").await,
+        401,
+        "unauthenticated",
+    );
+    // Admin: role, bodies.
+    problem(
+        &t.send("POST", "/admin/activities", Some(&user), "{}").await,
+        403,
+        "forbidden",
+    );
+    problem(
+        &t.send("POST", "/admin/activities", None, "{}").await,
+        401,
+        "unauthenticated",
+    );
+    problem(
+        &t.send("POST", "/admin/drain", Some(&user), "").await,
+        403,
+        "forbidden",
+    );
+    for body in [
+        "{",
+        "[]",
+        "{}",
+        r#"{"name":"x","starts_at":"tomorrow","ends_at":"2030-01-01T00:00:00Z","stock_total":1}"#,
+        r#"{"name":"x","starts_at":"2030-01-01T00:00:00Z","ends_at":"2030-01-01T00:00:00Z","stock_total":1}"#,
+        r#"{"name":"x","starts_at":"2030-01-01T00:00:00Z","ends_at":"2031-01-01T00:00:00Z","stock_total":"many"}"#,
+    ] {
+        problem(
+            &t.send("POST", "/admin/activities", Some(&t.admin), body)
+                .await,
+            400,
+            "invalid_request",
+        );
+    }
+    problem(
+        &t.send(
+            "POST",
+            "/admin/activities",
+            Some(&t.admin),
+            &"x".repeat(MAX_ACTIVITY_BODY + 1),
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    for path in [
+        "/admin/activities/abc/publish",
+        "/admin/activities/424242/publish",
+    ] {
+        problem(
+            &t.send("POST", path, Some(&t.admin), "").await,
+            404,
+            "not_found",
+        );
+    }
+    problem(
+        &t.send("GET", "/admin/nope", Some(&t.admin), "").await,
+        404,
+        "not_found",
+    );
+
+    // Nothing changed: one activity, full stock, no claims anywhere.
+    assert_eq!(t.count("SELECT count(*) FROM activities").await, 1);
+    assert_eq!(
+        t.send("GET", &format!("/api/activities/{id}"), None, "")
+            .await
+            .json()["stock_left"],
+        5
+    );
+    t.drain().await;
+    assert_eq!(t.count("SELECT count(*) FROM claims").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_ids_are_negatively_cached_in_redis() {
+    let t = TestApp::start().await;
+    problem(
+        &t.send("GET", "/api/activities/4242", None, "").await,
+        404,
+        "not_found",
+    );
+    let mut redis = t.redis().await;
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(ActivityKeys::new(ActivityId::from_db(4242)).view())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(cached.as_deref(), Some("-"));
+    // Postgres is no longer asked: even a row inserted behind the cache's back stays unseen
+    // until the negative entry expires.
+    let pg = t.pg().await;
+    pg.execute(
+        "INSERT INTO activities (id, name, starts_at, ends_at, status, stock_total) OVERRIDING SYSTEM VALUE \
+         VALUES (4242, 'x', now(), now() + interval '1 hour', 'published', 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    problem(
+        &t.send("GET", "/api/activities/4242", None, "").await,
+        404,
+        "not_found",
+    );
+}
