@@ -7,6 +7,10 @@ SERVICES := scripts/services.sh
 
 .PHONY: test deps wasm test-unit test-lua test-e2e test-host services-start services-stop serve bench fmt lint
 
+## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
+serve:
+	@scripts/serve.sh
+
 ## Run every test: unit, Lua-against-Redis, and end to end through the test host.
 test: deps wasm
 	@$(SERVICES) start
@@ -38,6 +42,13 @@ test-e2e:
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:
 	cargo test -p spin-test-host --test host
+
+## The benchmark: claims/s and latency through the full stack, drain rows/s, each beside
+## the physical limit measured in the same run (see BENCHMARKS.md).
+bench: deps wasm
+	@$(SERVICES) start
+	@status=0; cargo bench -p flashclaim-tests --bench claims || status=$$?; \
+	  $(SERVICES) stop; exit $$status
 
 services-start:
 	@$(SERVICES) start

@@ -11,6 +11,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

@@ -54,6 +54,11 @@ pub fn admin(req: &Request) -> Result<Principal, ApiError> {
     Ok(p)
 }
 
+/// The request path as segments, for matching routes with slice patterns.
+pub fn path_segments(req: &Request) -> Vec<&str> {
+    req.path().trim_matches('/').split('/').collect()
+}
+
 pub fn respond(r: HttpResponse) -> Response {
     let mut builder = Response::builder();
     builder.status(r.status);

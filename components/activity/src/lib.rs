@@ -23,7 +23,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
-    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["api", "activities", id]) => get_activity(id),
         (_, ["api", "activities", _]) => Err(ApiError::MethodNotAllowed),

@@ -20,7 +20,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
-    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    let segments = glue::path_segments(req);
     // Every admin route needs the role; check it before revealing what exists.
     glue::admin(req)?;
     match (req.method(), segments.as_slice()) {

@@ -21,7 +21,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
-    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
         (Method::Post, ["api", "activities", id, "claims"]) => post_claim(req, id),
         (_, ["api", "activities", _, "claims"]) => Err(ApiError::MethodNotAllowed),
@@ -63,11 +63,17 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
 
     // apply: one connection, one script
     let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
-    let redis = SpinRedis::open(shards.for_activity(activity))
-        .map_err(|e| glue::redis_unavailable("claim", e))?;
+    let redis = SpinRedis::open(shards.for_activity(activity)).map_err(|e| {
+        eprintln!("flashclaim: claim: {e}");
+        ApiError::Unavailable("claims are unavailable right now; nothing was claimed")
+    })?;
     let reply = redis
         .run(&CLAIM, &command.keys, &command.argv)
-        .map_err(|e| glue::redis_unavailable("claim", e))?;
+        .map_err(|e| {
+            // The connection opened, so the script may have run before the failure.
+            eprintln!("flashclaim: claim: {e}");
+            ApiError::OutcomeUnknown
+        })?;
 
     // encode
     let outcome = claim::decode(&reply).inspect_err(|e| {

@@ -33,6 +33,10 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The store failed while a write may have been applied: the client cannot be told
+    /// "nothing happened", only how to find out safely.
+    #[error("the outcome could not be confirmed; retry with the same Idempotency-Key to get it")]
+    OutcomeUnknown,
     #[error("internal error")]
     Internal,
 }
@@ -57,7 +61,7 @@ impl ApiError {
             | ApiError::Conflict(_) => 409,
             ApiError::RateLimited { .. } => 429,
             ApiError::Internal => 500,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown => 503,
         }
     }
 
@@ -76,7 +80,7 @@ impl ApiError {
             ApiError::PassRequired => "pass_required",
             ApiError::Conflict(_) => "conflict",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown => "unavailable",
             ApiError::Internal => "internal",
         }
     }
@@ -109,6 +113,7 @@ impl ApiError {
             }
             ApiError::LimitReached { limit } => body["limit"] = (*limit).into(),
             ApiError::Unavailable(_) => body["claimed"] = false.into(),
+            ApiError::OutcomeUnknown => body["claimed"] = serde_json::Value::Null,
             _ => {}
         }
         let mut response =
@@ -164,6 +169,16 @@ mod tests {
         ));
         assert_eq!(b["code"], "unavailable");
         assert_eq!(b["claimed"], false);
+    }
+
+    #[test]
+    fn an_unconfirmed_outcome_is_not_reported_as_nothing_claimed() {
+        let b = body(&ApiError::OutcomeUnknown);
+        assert_eq!(
+            (b["status"].as_u64(), b["code"].as_str()),
+            (Some(503), Some("unavailable"))
+        );
+        assert!(b["claimed"].is_null());
     }
 
     #[test]

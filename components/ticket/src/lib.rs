@@ -26,7 +26,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
-    let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
+    let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["api", "tickets"]) => list_tickets(&glue::principal(req)?),
         (Method::Get, ["api", "tickets", code]) => get_ticket(&glue::principal(req)?, code),

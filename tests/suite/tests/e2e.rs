@@ -503,3 +503,45 @@ async fn unknown_ids_are_negatively_cached_in_redis() {
         "not_found",
     );
 }
+
+#[test]
+fn every_component_stays_small_because_it_is_instantiated_per_request() {
+    const LIMIT: u64 = 600 * 1024;
+    let manifest = std::fs::read_to_string(flashclaim_tests::root().join("spin.toml")).unwrap();
+    let sources: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("source = \""))
+        .map(|s| s.trim_end_matches('"'))
+        .collect();
+    assert_eq!(sources.len(), 5);
+    for source in sources {
+        let size = std::fs::metadata(flashclaim_tests::root().join(source))
+            .unwrap()
+            .len();
+        assert!(size <= LIMIT, "{source} is {size} bytes, over {LIMIT}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_unreachable_a_claim_fails_fast_and_says_nothing_was_claimed() {
+    // Nothing listens on port 1: connecting is refused at once, as with a stopped Redis.
+    let t = TestApp::start_with(&[
+        ("SPIN_VARIABLE_REDIS_ADDRESS", "redis://127.0.0.1:1"),
+        ("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let r = t.claim(1, "alice", "").await;
+    problem(&r, 503, "unavailable");
+    assert_eq!(r.json()["claimed"], false);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    problem(
+        &t.send("GET", "/api/activities/1", None, "").await,
+        503,
+        "unavailable",
+    );
+}

@@ -102,6 +102,17 @@ impl Lab {
         self.claim_at(user, quantity, START + 10, None)
     }
 
+    /// One drain_read.lua call, as a drain run named `consumer` makes it.
+    fn drain_read(&self, consumer: &str, count: i64, reclaim_after_ms: i64) -> Batch {
+        let argv = [
+            Arg::from(DRAIN_GROUP),
+            Arg::from(consumer),
+            Arg::Int(count),
+            Arg::Int(reclaim_after_ms),
+        ];
+        Batch::decode(&run_script(&self.redis, &DRAIN_READ, &[self.keys().log()], &argv).unwrap())
+    }
+
     fn cmd(&self, args: &[&str]) -> Vec<Reply> {
         let (command, rest) = args.split_first().unwrap();
         self.redis
@@ -309,22 +320,7 @@ async fn the_drain_reads_in_pairs_acknowledges_and_empties_the_log() {
         claimed(lab.claim(u, 1));
     }
     let log = vec![lab.keys().log()];
-    let read = |consumer: &str, count: i64, idle: i64| {
-        Batch::decode(
-            &run_script(
-                &lab.redis,
-                &DRAIN_READ,
-                &log,
-                &[
-                    Arg::from(DRAIN_GROUP),
-                    Arg::from(consumer),
-                    Arg::Int(count),
-                    Arg::Int(idle),
-                ],
-            )
-            .unwrap(),
-        )
-    };
+    let read = |consumer: &str, count: i64, idle: i64| lab.drain_read(consumer, count, idle);
     let first = read("run-1", 2, 60_000);
     assert_eq!(first.entries.len(), 2);
     let LogEvent::Claim {
@@ -352,23 +348,7 @@ async fn the_drain_reads_in_pairs_acknowledges_and_empties_the_log() {
 async fn entries_of_a_run_that_died_are_taken_over_after_the_timeout() {
     let mut lab = Lab::new(activity(10, 1)).await;
     claimed(lab.claim("a", 1));
-    let log = vec![lab.keys().log()];
-    let read = |consumer: &str, idle: i64| {
-        Batch::decode(
-            &run_script(
-                &lab.redis,
-                &DRAIN_READ,
-                &log,
-                &[
-                    Arg::from(DRAIN_GROUP),
-                    Arg::from(consumer),
-                    Arg::Int(10),
-                    Arg::Int(idle),
-                ],
-            )
-            .unwrap(),
-        )
-    };
+    let read = |consumer: &str, idle: i64| lab.drain_read(consumer, 10, idle);
     let died = read("run-died", 60_000);
     assert_eq!(died.entries.len(), 1);
     assert_eq!(

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make serve`: flashclaim on this machine. Installs what is missing, starts a private Redis
+# and Postgres (migrated), builds the components, serves the API on $LISTEN (default
+# 127.0.0.1:3000) with `spin up` when Spin is installed or the bundled test host otherwise,
+# and seeds a demo activity.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+listen=${LISTEN:-127.0.0.1:3000}
+
+scripts/deps.sh
+make --no-print-directory wasm >/dev/null
+[ -f .data/services.env ] || scripts/services.sh start
+# shellcheck disable=SC1091
+. .data/services.env
+
+# Secrets for local use: generated once, kept in .data/ (never committed).
+secrets=.data/dev-secrets.env
+if [ ! -f "$secrets" ]; then
+  umask 077
+  {
+    echo "SPIN_VARIABLE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "SPIN_VARIABLE_TICKET_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  } >"$secrets"
+fi
+set -a
+# shellcheck disable=SC1090
+. "$secrets"
+SPIN_VARIABLE_REDIS_ADDRESS=redis://127.0.0.1:$REDIS_PORT
+SPIN_VARIABLE_REDIS_HOST=127.0.0.1:$REDIS_PORT
+SPIN_VARIABLE_PG_ADDRESS=postgres://postgres@127.0.0.1:$PG_PORT/flashclaim
+SPIN_VARIABLE_PG_HOST=127.0.0.1:$PG_PORT
+set +a
+
+if command -v spin >/dev/null 2>&1; then
+  if spin plugins list 2>/dev/null | grep -q '^trigger-cron'; then
+    spin up --listen "$listen" &
+  else
+    # No cron plugin: serve the HTTP components and drive the drain through its route.
+    spin up --listen "$listen" -c activity -c claim -c ticket -c admin -c drain &
+    NO_CRON=1
+  fi
+else
+  cargo build -q --release -p spin-test-host
+  target/release/spin-test-host --manifest spin.toml --listen "$listen" &
+fi
+server=$!
+trap 'kill $server 2>/dev/null' EXIT INT TERM
+
+cargo build -q -p flashclaim-tests --bin flashclaim-token
+token() { target/debug/flashclaim-token "$@"; }
+admin=$(token operator admin)
+for _ in $(seq 1 150); do
+  curl -s -o /dev/null "http://$listen/api/activities/1" && break
+  sleep 0.2
+done
+
+if [ -z "$(psql "$SPIN_VARIABLE_PG_ADDRESS" -qtAX -c "SELECT id FROM activities WHERE name = 'Demo: free ride' LIMIT 1")" ]; then
+  now=$(date -u +%s)
+  body=$(printf '{"name":"Demo: free ride","description":"A demo activity seeded by make serve","starts_at":"%s","ends_at":"%s","stock_total":100,"per_user_limit":1}' \
+    "$(date -u -d "@$now" +%Y-%m-%dT%H:%M:%SZ)" "$(date -u -d "@$((now + 7 * 86400))" +%Y-%m-%dT%H:%M:%SZ)")
+  id=$(curl -s -X POST "http://$listen/admin/activities" -H "authorization: Bearer $admin" -d "$body" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+  curl -s -o /dev/null -X POST "http://$listen/admin/activities/$id/publish" -H "authorization: Bearer $admin"
+fi
+id=$(psql "$SPIN_VARIABLE_PG_ADDRESS" -qtAX -c "SELECT id FROM activities WHERE name = 'Demo: free ride' LIMIT 1")
+
+cat <<MSG
+
+flashclaim is serving on http://$listen (Redis :$REDIS_PORT, Postgres :$PG_PORT, data in .data/)
+Demo activity $id. Try:
+
+  curl http://$listen/api/activities/$id
+  curl -X POST http://$listen/api/activities/$id/claims -H "authorization: Bearer $(token demo-user)"
+
+Operator token (admin): $admin
+${NO_CRON:+The cron plugin is missing: drain with  curl -X POST http://$listen/admin/drain -H "authorization: Bearer \$ADMIN"}
+Stop with Ctrl-C (Redis and Postgres keep running: scripts/services.sh stop).
+MSG
+wait $server
