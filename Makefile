@@ -4,6 +4,9 @@
 WASM_CRATES := flashclaim-activity flashclaim-claim flashclaim-ticket flashclaim-admin flashclaim-drain host-fixture
 WASM_FLAGS := $(foreach c,$(WASM_CRATES),-p $(c))
 SERVICES := scripts/services.sh
+# Every native cargo call names the same packages, so dependency features unify the same
+# way each time and nothing is compiled twice.
+NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
 .PHONY: test deps wasm test-unit test-lua test-e2e test-host services-start services-stop serve bench fmt lint
 
@@ -27,21 +30,21 @@ wasm:
 
 ## Tier 1: pure unit tests (no services needed).
 test-unit:
-	cargo test -p flashclaim-core -p spin-test-host --lib
+	cargo test $(NATIVE) --lib
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:
-	cargo test -p flashclaim-tests --test lua
+	cargo test $(NATIVE) --test lua
 
 ## Tier 3: end to end over HTTP through the test host (needs services and wasm), then the
 ## Postgres outage test, which stops the shared Postgres and so runs on its own.
 test-e2e:
-	cargo test -p flashclaim-tests --test e2e
-	cargo test -p flashclaim-tests --test outage
+	cargo test $(NATIVE) --test e2e
+	cargo test $(NATIVE) --test outage
 
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:
-	cargo test -p spin-test-host --test host
+	cargo test $(NATIVE) --test host
 
 ## The benchmark: claims/s and latency through the full stack, drain rows/s, each beside
 ## the physical limit measured in the same run (see BENCHMARKS.md).

@@ -41,13 +41,15 @@ if command -v spin >/dev/null 2>&1; then
     NO_CRON=1
   fi
 else
-  cargo build -q --release -p spin-test-host
-  target/release/spin-test-host --manifest spin.toml --listen "$listen" &
+  # The dev profile optimises dependencies (wasmtime, Cranelift), which is what matters here,
+  # and shares its build with the tests.
+  cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
+  target/debug/spin-test-host --manifest spin.toml --listen "$listen" &
 fi
 server=$!
 trap 'kill $server 2>/dev/null' EXIT INT TERM
 
-cargo build -q -p flashclaim-tests --bin flashclaim-token
+cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
 token() { target/debug/flashclaim-token "$@"; }
 admin=$(token operator admin)
 for _ in $(seq 1 150); do
