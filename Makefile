@@ -50,7 +50,7 @@ test-host:
 ## the physical limit measured in the same run (see BENCHMARKS.md).
 bench: deps wasm
 	@$(SERVICES) start
-	@status=0; cargo bench -p flashclaim-tests --bench claims || status=$$?; \
+	@status=0; cargo bench $(NATIVE) --bench claims || status=$$?; \
 	  $(SERVICES) stop; exit $$status
 
 services-start:

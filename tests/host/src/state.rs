@@ -3,9 +3,14 @@
 
 use std::collections::HashMap;
 
+use std::future::Future;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
 
 use crate::bindings::fermyon::spin::variables::{self, Error as VariableError};
 use crate::outbound::AllowedHosts;
@@ -30,9 +35,36 @@ impl ComponentRuntime {
     }
 }
 
+/// Outbound HTTP is refused: flashclaim's components have no HTTP hosts in
+/// `allowed_outbound_hosts`, and Spin answers such requests with `HTTP-request-denied`.
+struct DenyOutboundHttp;
+
+impl WasiHttpHooks for DenyOutboundHttp {
+    #[allow(clippy::type_complexity)]
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _io: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        hyper::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    }
+}
+
 pub struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
+    hooks: DenyOutboundHttp,
     pub(crate) table: ResourceTable,
     pub(crate) component: std::sync::Arc<ComponentRuntime>,
 }
@@ -44,6 +76,7 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            hooks: DenyOutboundHttp,
             component,
         }
     }
@@ -63,7 +96,7 @@ impl WasiHttpView for HostState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }

@@ -507,3 +507,11 @@ async fn the_binary_serves_a_manifest_on_an_address() {
     let r = answer.expect("the binary answered within 10 s");
     assert_eq!((r.status, r.text()), (200, "hello from exact".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_http_is_denied_as_for_a_component_without_http_hosts() {
+    let (_app, _server, client) = start(&[]).await;
+    let r = client.get("/http/out").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("HttpRequestDenied"), "{}", r.text());
+}
