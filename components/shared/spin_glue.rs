@@ -118,6 +118,23 @@ impl RedisCommands for SpinRedis {
     }
 }
 
+/// The Redis endpoints of `redis_address` (one per shard).
+pub fn redis_shards() -> Result<flashclaim_core::keys::RedisShards, ApiError> {
+    flashclaim_core::keys::RedisShards::parse(&var("redis_address")?).ok_or_else(|| {
+        eprintln!("flashclaim: redis_address lists no endpoint");
+        ApiError::Internal
+    })
+}
+
+/// A connection to the Redis endpoint that holds `activity`.
+pub fn redis_for(
+    activity: flashclaim_core::ids::ActivityId,
+    context: &str,
+) -> Result<SpinRedis, ApiError> {
+    SpinRedis::open(redis_shards()?.for_activity(activity))
+        .map_err(|e| redis_unavailable(context, e))
+}
+
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.
 pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
     eprintln!("flashclaim: {context}: {e}");

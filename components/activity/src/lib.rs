@@ -10,7 +10,7 @@ mod glue;
 
 use flashclaim_core::activity::{self, Status, NOT_FOUND_MARKER, NOT_FOUND_TTL_MS};
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::{ActivityKeys, RedisShards};
+use flashclaim_core::keys::ActivityKeys;
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
@@ -34,9 +34,7 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 fn get_activity(id: &str) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let keys = ActivityKeys::new(id);
-    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
-    let redis = SpinRedis::open(shards.for_activity(id))
-        .map_err(|e| glue::redis_unavailable("activity", e))?;
+    let redis = glue::redis_for(id, "activity")?;
     let cached = redis
         .execute("MGET", &[Arg::from(keys.view()), Arg::from(keys.stock())])
         .map_err(|e| glue::redis_unavailable("activity", e))?;

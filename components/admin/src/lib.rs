@@ -6,13 +6,11 @@ mod glue;
 
 use flashclaim_core::activity::{self, Activity, NewActivity, Status};
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::{RedisShards, ACTIVITY_INDEX};
+use flashclaim_core::keys::ACTIVITY_INDEX;
 use flashclaim_core::scripts::{Arg, RedisCommands, PUBLISH};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4::ParameterValue;
-
-use glue::SpinRedis;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
@@ -100,9 +98,7 @@ fn publish_activity(id: &str) -> Result<HttpResponse, ApiError> {
     .map_err(|e| glue::pg_internal("publish activity", e))?;
     activity.status = Status::Published;
 
-    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
-    let redis = SpinRedis::open(shards.for_activity(id))
-        .map_err(|e| glue::redis_unavailable("publish", e))?;
+    let redis = glue::redis_for(id, "publish")?;
     let (keys, argv) = activity.publish_command();
     let reply = redis
         .run(&PUBLISH, &keys, &argv)

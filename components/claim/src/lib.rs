@@ -8,7 +8,6 @@ mod glue;
 
 use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, IdempotencyKey};
-use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
@@ -62,8 +61,7 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     );
 
     // apply: one connection, one script
-    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
-    let redis = SpinRedis::open(shards.for_activity(activity)).map_err(|e| {
+    let redis = SpinRedis::open(glue::redis_shards()?.for_activity(activity)).map_err(|e| {
         eprintln!("flashclaim: claim: {e}");
         ApiError::Unavailable("claims are unavailable right now; nothing was claimed")
     })?;

@@ -10,7 +10,7 @@ mod glue;
 
 use flashclaim_core::drain::{self, Batch, DrainReport};
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::{ActivityKeys, RedisShards, ACTIVITY_INDEX, DRAIN_GROUP};
+use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
@@ -68,7 +68,7 @@ fn drain_all() -> Result<DrainReport, ApiError> {
     // Postgres first: when it is down, nothing is taken from the log.
     let pg = glue::pg_open()?;
     let consumer = format!("run-{}", hex(&glue::random_bytes::<8>()));
-    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
+    let shards = glue::redis_shards()?;
     let mut report = DrainReport::default();
     for address in shards.all() {
         let redis = SpinRedis::open(address).map_err(|e| glue::redis_unavailable("drain", e))?;

@@ -7,15 +7,13 @@ mod glue;
 
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;
-use flashclaim_core::keys::{ActivityKeys, RedisShards};
+use flashclaim_core::keys::ActivityKeys;
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
 use flashclaim_core::ticket::{TicketRecord, TicketView};
 use flashclaim_core::time::Millis;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4::ParameterValue;
-
-use glue::SpinRedis;
 
 /// At most this many tickets are listed, newest first.
 const LIST_LIMIT: i64 = 200;
@@ -37,9 +35,7 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 
 fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
     let ticket = TicketRef::parse(code)?;
-    let shards = RedisShards::parse(&glue::var("redis_address")?).ok_or(ApiError::Internal)?;
-    let redis = SpinRedis::open(shards.for_activity(ticket.activity))
-        .map_err(|e| glue::redis_unavailable("ticket", e))?;
+    let redis = glue::redis_for(ticket.activity, "ticket")?;
     let reply = redis
         .execute(
             "HGET",
