@@ -24,7 +24,8 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), segments.as_slice()) {
         (Method::Post, ["admin", "activities"]) => create_activity(req),
         (Method::Post, ["admin", "activities", id, "publish"]) => publish_activity(id),
-        (_, ["admin", "activities"] | ["admin", "activities", _, "publish"]) => {
+        (Method::Post, ["admin", "activities", id, "close"]) => close_activity(id),
+        (_, ["admin", "activities"] | ["admin", "activities", _, "publish" | "close"]) => {
             Err(ApiError::MethodNotAllowed)
         }
         _ => Err(ApiError::NotFound),
@@ -97,15 +98,45 @@ fn publish_activity(id: &str) -> Result<HttpResponse, ApiError> {
     )
     .map_err(|e| glue::pg_internal("publish activity", e))?;
     activity.status = Status::Published;
+    let stock_left = load_into_redis(&activity)?;
+    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+}
 
-    let redis = glue::redis_for(id, "publish")?;
+/// Closing is final: claims answer `ended` from then on. Postgres first, then Redis, both
+/// idempotent; a draft that never reached Redis is closed in Postgres only.
+fn close_activity(id: &str) -> Result<HttpResponse, ApiError> {
+    let id = ActivityId::parse(id)?;
+    let pg = glue::pg_open()?;
+    let mut activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
+    pg.execute(
+        "UPDATE activities SET status = 'closed', updated_at = now() WHERE id = $1",
+        &[ParameterValue::Int64(id.get())],
+    )
+    .map_err(|e| glue::pg_internal("close activity", e))?;
+    let was_loaded = activity.status != Status::Draft;
+    activity.status = Status::Closed;
+    let stock_left = if was_loaded {
+        load_into_redis(&activity)?
+    } else {
+        activity.stock_total
+    };
+    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+}
+
+/// Loads the activity's settings (and, the first time, its stock) into Redis and indexes
+/// it for the drain; returns the live stock.
+fn load_into_redis(activity: &Activity) -> Result<i64, ApiError> {
+    let redis = glue::redis_for(activity.id, "load activity")?;
     let (keys, argv) = activity.publish_command();
     let reply = redis
         .run(&PUBLISH, &keys, &argv)
-        .map_err(|e| glue::redis_unavailable("publish", e))?;
+        .map_err(|e| glue::redis_unavailable("load activity", e))?;
     let (_, stock_left) = activity::decode_publish(&reply)?;
     redis
-        .execute("SADD", &[Arg::from(ACTIVITY_INDEX), Arg::Int(id.get())])
-        .map_err(|e| glue::redis_unavailable("publish", e))?;
-    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+        .execute(
+            "SADD",
+            &[Arg::from(ACTIVITY_INDEX), Arg::Int(activity.id.get())],
+        )
+        .map_err(|e| glue::redis_unavailable("load activity", e))?;
+    Ok(stock_left)
 }

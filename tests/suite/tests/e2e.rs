@@ -545,3 +545,33 @@ async fn with_redis_unreachable_a_claim_fails_fast_and_says_nothing_was_claimed(
         "unavailable",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_activity_refuses_claims_and_cannot_be_published_again() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(10, "").await;
+    t.publish(id).await;
+    assert_eq!(t.claim(id, "alice", "").await.status, 201);
+
+    let close = format!("/admin/activities/{id}/close");
+    let user = bearer(&token("alice", None));
+    problem(&t.send("POST", &close, Some(&user), "").await, 403, "forbidden");
+    let closed = t.send("POST", &close, Some(&t.admin), "").await;
+    assert_eq!(closed.status, 200, "{}", closed.text());
+    assert_eq!((closed.json()["status"].as_str(), closed.json()["stock_left"].as_i64()), (Some("closed"), Some(9)));
+    assert_eq!(t.send("POST", &close, Some(&t.admin), "").await.status, 200, "closing is idempotent");
+
+    problem(&t.claim(id, "bob", "").await, 409, "ended");
+    let view = t.send("GET", &format!("/api/activities/{id}"), None, "").await.json();
+    assert_eq!((view["status"].as_str(), view["stock_left"].as_i64()), (Some("closed"), Some(9)));
+    problem(&t.send("POST", &format!("/admin/activities/{id}/publish"), Some(&t.admin), "").await, 409, "conflict");
+
+    // A draft closes in Postgres alone and never becomes claimable.
+    let draft = t.create_activity(5, "").await;
+    let r = t.send("POST", &format!("/admin/activities/{draft}/close"), Some(&t.admin), "").await;
+    assert_eq!(r.json()["status"], "closed");
+    problem(&t.claim(draft, "bob", "").await, 404, "not_found");
+    // The claim before closing is still drained.
+    t.drain().await;
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, 1);
+}
