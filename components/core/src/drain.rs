@@ -146,6 +146,31 @@ pub struct DrainReport {
     pub errors: Vec<String>,
 }
 
+/// The time a stream entry was added: Redis stream ids are `<ms>-<seq>`.
+pub fn entry_millis(id: &str) -> Option<i64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// `GET /healthz`: whether the stores answer, and how far the drain is behind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    pub redis: bool,
+    pub postgres: bool,
+    /// Claim-log entries not yet in Postgres, over every activity and endpoint.
+    pub backlog: i64,
+    /// Age of the oldest entry not yet in Postgres; `None` when the log is empty.
+    pub oldest_entry_age_ms: Option<i64>,
+}
+
+impl Health {
+    pub fn to_response(&self) -> crate::HttpResponse {
+        let healthy = self.redis && self.postgres;
+        let mut body = serde_json::to_value(self).unwrap_or_default();
+        body["status"] = if healthy { "ok" } else { "degraded" }.into();
+        crate::HttpResponse::json(if healthy { 200 } else { 503 }, &body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +214,34 @@ mod tests {
         assert!(batch.entries.is_empty());
         assert_eq!(batch.malformed.len(), 2);
         assert_eq!(batch.ids(), vec!["1-0", "2-0"]);
+    }
+
+    #[test]
+    fn health_is_503_when_a_store_is_down_and_reads_entry_ages() {
+        let h = Health {
+            redis: true,
+            postgres: false,
+            backlog: 3,
+            oldest_entry_age_ms: Some(10),
+        };
+        let r = h.to_response();
+        assert_eq!(r.status, 503);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["backlog"].as_i64()),
+            (Some("degraded"), Some(3))
+        );
+        assert_eq!(
+            Health {
+                postgres: true,
+                ..h
+            }
+            .to_response()
+            .status,
+            200
+        );
+        assert_eq!(entry_millis("1700000000123-4"), Some(1_700_000_000_123));
+        assert_eq!(entry_millis("junk"), None);
     }
 
     #[test]

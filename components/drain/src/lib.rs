@@ -8,7 +8,7 @@
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
 
-use flashclaim_core::drain::{self, Batch, DrainReport};
+use flashclaim_core::drain::{self, Batch, DrainReport, Health};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
@@ -53,11 +53,76 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
-    glue::admin(req)?;
-    match req.method() {
-        Method::Post => Ok(HttpResponse::json(200, &drain_all()?)),
-        _ => Err(ApiError::MethodNotAllowed),
+    match (req.method(), glue::path_segments(req).as_slice()) {
+        (Method::Get, ["healthz"]) => Ok(health().to_response()),
+        (Method::Post, ["admin", "drain"]) => {
+            glue::admin(req)?;
+            Ok(HttpResponse::json(200, &drain_all()?))
+        }
+        (_, ["healthz"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
     }
+}
+
+/// Both stores reachable, and the claim log's backlog with the age of its oldest entry.
+fn health() -> Health {
+    let postgres = glue::pg_open()
+        .map(|pg| pg.query("SELECT 1", &[]).is_ok())
+        .unwrap_or(false);
+    let mut health = Health {
+        redis: true,
+        postgres,
+        backlog: 0,
+        oldest_entry_age_ms: None,
+    };
+    let Ok(shards) = glue::redis_shards() else {
+        health.redis = false;
+        return health;
+    };
+    let now = glue::now().0;
+    for address in shards.all() {
+        let Ok(redis) = SpinRedis::open(address) else {
+            health.redis = false;
+            continue;
+        };
+        let Ok(members) = redis.execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)]) else {
+            health.redis = false;
+            continue;
+        };
+        for id in members
+            .iter()
+            .filter_map(Reply::as_text)
+            .filter_map(|t| ActivityId::parse(t).ok())
+        {
+            let log = ActivityKeys::new(id).log();
+            let len = redis.execute("XLEN", &[Arg::from(log.as_str())]);
+            let first = redis.execute(
+                "XRANGE",
+                &[
+                    Arg::from(log.as_str()),
+                    Arg::from("-"),
+                    Arg::from("+"),
+                    Arg::from("COUNT"),
+                    Arg::Int(1),
+                ],
+            );
+            let (Ok(len), Ok(first)) = (len, first) else {
+                health.redis = false;
+                continue;
+            };
+            health.backlog += len.first().and_then(Reply::as_int).unwrap_or(0);
+            if let Some(at) = first
+                .first()
+                .and_then(Reply::as_text)
+                .and_then(drain::entry_millis)
+            {
+                let age = now - at;
+                health.oldest_entry_age_ms =
+                    Some(health.oldest_entry_age_ms.map_or(age, |a| a.max(age)));
+            }
+        }
+    }
+    health
 }
 
 /// One drain run over every activity with a log, on every Redis endpoint.

@@ -544,6 +544,43 @@ async fn with_redis_unreachable_a_claim_fails_fast_and_says_nothing_was_claimed(
         503,
         "unavailable",
     );
+    let health = t.send("GET", "/healthz", None, "").await;
+    assert_eq!(health.status, 503);
+    let h = health.json();
+    assert_eq!(
+        (
+            h["status"].as_str(),
+            h["redis"].as_bool(),
+            h["postgres"].as_bool()
+        ),
+        (Some("degraded"), Some(false), Some(true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_the_drain_backlog_and_its_age() {
+    let t = TestApp::start().await;
+    let h = t.send("GET", "/healthz", None, "").await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert_eq!(
+        (h.json()["status"].as_str(), h.json()["backlog"].as_i64()),
+        (Some("ok"), Some(0))
+    );
+    assert!(h.json()["oldest_entry_age_ms"].is_null());
+
+    let id = t.create_activity(10, "").await;
+    t.publish(id).await;
+    for u in ["a", "b"] {
+        assert_eq!(t.claim(id, u, "").await.status, 201);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let h = t.send("GET", "/healthz", None, "").await.json();
+    assert_eq!(h["backlog"], 2);
+    assert!(h["oldest_entry_age_ms"].as_i64().unwrap() >= 50, "{h}");
+    t.drain().await;
+    let h = t.send("GET", "/healthz", None, "").await.json();
+    assert_eq!(h["backlog"], 0);
+    assert!(h["oldest_entry_age_ms"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -555,20 +592,57 @@ async fn a_closed_activity_refuses_claims_and_cannot_be_published_again() {
 
     let close = format!("/admin/activities/{id}/close");
     let user = bearer(&token("alice", None));
-    problem(&t.send("POST", &close, Some(&user), "").await, 403, "forbidden");
+    problem(
+        &t.send("POST", &close, Some(&user), "").await,
+        403,
+        "forbidden",
+    );
     let closed = t.send("POST", &close, Some(&t.admin), "").await;
     assert_eq!(closed.status, 200, "{}", closed.text());
-    assert_eq!((closed.json()["status"].as_str(), closed.json()["stock_left"].as_i64()), (Some("closed"), Some(9)));
-    assert_eq!(t.send("POST", &close, Some(&t.admin), "").await.status, 200, "closing is idempotent");
+    assert_eq!(
+        (
+            closed.json()["status"].as_str(),
+            closed.json()["stock_left"].as_i64()
+        ),
+        (Some("closed"), Some(9))
+    );
+    assert_eq!(
+        t.send("POST", &close, Some(&t.admin), "").await.status,
+        200,
+        "closing is idempotent"
+    );
 
     problem(&t.claim(id, "bob", "").await, 409, "ended");
-    let view = t.send("GET", &format!("/api/activities/{id}"), None, "").await.json();
-    assert_eq!((view["status"].as_str(), view["stock_left"].as_i64()), (Some("closed"), Some(9)));
-    problem(&t.send("POST", &format!("/admin/activities/{id}/publish"), Some(&t.admin), "").await, 409, "conflict");
+    let view = t
+        .send("GET", &format!("/api/activities/{id}"), None, "")
+        .await
+        .json();
+    assert_eq!(
+        (view["status"].as_str(), view["stock_left"].as_i64()),
+        (Some("closed"), Some(9))
+    );
+    problem(
+        &t.send(
+            "POST",
+            &format!("/admin/activities/{id}/publish"),
+            Some(&t.admin),
+            "",
+        )
+        .await,
+        409,
+        "conflict",
+    );
 
     // A draft closes in Postgres alone and never becomes claimable.
     let draft = t.create_activity(5, "").await;
-    let r = t.send("POST", &format!("/admin/activities/{draft}/close"), Some(&t.admin), "").await;
+    let r = t
+        .send(
+            "POST",
+            &format!("/admin/activities/{draft}/close"),
+            Some(&t.admin),
+            "",
+        )
+        .await;
     assert_eq!(r.json()["status"], "closed");
     problem(&t.claim(draft, "bob", "").await, 404, "not_found");
     // The claim before closing is still drained.
