@@ -43,7 +43,14 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         .map(IdempotencyKey::parse)
         .transpose()?;
     let rate = glue::optional_var("claim_rate_limit")
-        .map(|v| RateLimit::parse(&v).ok_or(ApiError::Internal))
+        .map(|v| {
+            RateLimit::parse(&v).ok_or_else(|| {
+                eprintln!(
+                    "flashclaim: claim_rate_limit `{v}` is not `<attempts>/<window ms>` or `0`"
+                );
+                ApiError::Internal
+            })
+        })
         .transpose()?
         .unwrap_or_default();
     let prefixes: Vec<String> = (0..request.quantity)
