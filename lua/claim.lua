@@ -15,6 +15,7 @@ KEYS[8]  deny     SET     blacklisted users
 KEYS[9]  rate     STRING  the user's attempts in the current rate window
 KEYS[10] pool     LIST    uploaded codes (kind = codes)
 KEYS[11] pass     STRING  the user's claim pass: "issued" until used
+KEYS[12] flood    STRING  attempts on the whole activity in the current global window
 
 ARGV[1]  user id
 ARGV[2]  quantity (integer >= 1)
@@ -25,6 +26,8 @@ ARGV[6]  1 when an Idempotency-Key was given, else 0
 ARGV[7]  idempotency record lifetime, ms
 ARGV[8]  per-user attempts allowed per window (0 = no limit)
 ARGV[9]  rate window, ms
+ARGV[10] attempts allowed on the whole activity per global window (0 = no limit)
+ARGV[11] global window, ms
 
 Returns a flat array (Spin flattens nested replies):
   { 1, claim_id, stock_left, code_1, ..., code_n }   claimed
@@ -33,15 +36,16 @@ Returns a flat array (Spin flattens nested replies):
   { -3, starts_at_ms }    not started
   { -4 }                  ended or closed
   { -5 }                  user blacklisted
-  { -6, retry_after_ms }  rate limited
+  { -6, retry_after_ms }  rate limited (the user's limit, or the activity's global one)
   { -7, per_user_limit }  the user already holds the limit
-  { -8 }                  sold out
+  { -8 }                  sold out (no stock, or for kind = codes, too few codes left in the pool)
   { -9 }                  a claim pass is required and the user has no unused one
   { -10, per_user_limit } quantity exceeds the per-user limit
 --]]
 
 local meta, stock, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local log, idem, deny, rate, pool, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local flood = KEYS[12]
 
 local user = ARGV[1]
 local quantity = tonumber(ARGV[2])
@@ -78,20 +82,29 @@ if redis.call('SISMEMBER', deny, user) == 1 then
   return { -5 }
 end
 
-local max_attempts = tonumber(ARGV[8])
-if max_attempts > 0 then
-  local attempts = redis.call('INCR', rate)
+-- A fixed-window counter; returns the ms until the window reopens when over the limit.
+local function over_limit(key, max_attempts, window)
+  if max_attempts <= 0 then
+    return nil
+  end
+  local attempts = redis.call('INCR', key)
   if attempts == 1 then
-    redis.call('PEXPIRE', rate, ARGV[9])
+    redis.call('PEXPIRE', key, window)
   end
-  if attempts > max_attempts then
-    local ttl = redis.call('PTTL', rate)
-    if ttl < 0 then
-      redis.call('PEXPIRE', rate, ARGV[9])
-      ttl = tonumber(ARGV[9])
-    end
-    return { -6, ttl }
+  if attempts <= max_attempts then
+    return nil
   end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, window)
+    ttl = tonumber(window)
+  end
+  return ttl
+end
+
+local wait = over_limit(rate, tonumber(ARGV[8]), ARGV[9]) or over_limit(flood, tonumber(ARGV[10]), ARGV[11])
+if wait then
+  return { -6, wait }
 end
 
 if quantity > limit then
@@ -103,6 +116,9 @@ if held + quantity > limit then
 end
 local left = tonumber(redis.call('GET', stock) or '0')
 if left < quantity then
+  return { -8 }
+end
+if kind == 'codes' and redis.call('LLEN', pool) < quantity then
   return { -8 }
 end
 if require_pass and redis.call('GET', pass) ~= 'issued' then

@@ -21,6 +21,7 @@ if [ ! -f "$secrets" ]; then
   {
     echo "SPIN_VARIABLE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     echo "SPIN_VARIABLE_TICKET_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "FLASHCLAIM_DEV_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } >"$secrets"
 fi
 set -a
@@ -37,7 +38,7 @@ if command -v spin >/dev/null 2>&1; then
     spin up --listen "$listen" &
   else
     # No cron plugin: serve the HTTP components and drive the drain through its route.
-    spin up --listen "$listen" -c activity -c claim -c ticket -c admin -c drain &
+    spin up --listen "$listen" -c activity -c claim -c auth -c ticket -c admin -c drain &
     NO_CRON=1
   fi
 else
@@ -51,11 +52,17 @@ trap 'kill $server 2>/dev/null' EXIT INT TERM
 
 cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
 token() { target/debug/flashclaim-token "$@"; }
-admin=$(token operator admin)
+# The operator account: FLASHCLAIM_ADMIN_USERNAME / FLASHCLAIM_ADMIN_PASSWORD when given,
+# else "operator" with the generated password kept in .data/dev-secrets.env.
+export FLASHCLAIM_ADMIN_USERNAME=${FLASHCLAIM_ADMIN_USERNAME:-operator}
+export FLASHCLAIM_ADMIN_PASSWORD=${FLASHCLAIM_ADMIN_PASSWORD:-${FLASHCLAIM_DEV_ADMIN_PASSWORD:-}}
+target/debug/flashclaim-operator "$SPIN_VARIABLE_PG_ADDRESS"
 for _ in $(seq 1 150); do
-  curl -s -o /dev/null "http://$listen/api/activities/1" && break
+  curl -s -o /dev/null "http://$listen/healthz" && break
   sleep 0.2
 done
+login=$(printf '{"username":"%s","password":"%s"}' "$FLASHCLAIM_ADMIN_USERNAME" "$FLASHCLAIM_ADMIN_PASSWORD")
+admin=$(curl -s -X POST "http://$listen/api/sessions" -H 'content-type: application/json' -d "$login" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
 
 if [ -z "$(psql "$SPIN_VARIABLE_PG_ADDRESS" -qtAX -c "SELECT id FROM activities WHERE name = 'Demo: free ride' LIMIT 1")" ]; then
   now=$(date -u +%s)
@@ -74,7 +81,8 @@ Demo activity $id. Try:
   curl http://$listen/api/activities/$id
   curl -X POST http://$listen/api/activities/$id/claims -H "authorization: Bearer $(token demo-user)"
 
-Operator token (admin): $admin
+Operator: $FLASHCLAIM_ADMIN_USERNAME (password in .data/dev-secrets.env unless you set
+FLASHCLAIM_ADMIN_PASSWORD); its token: $admin
 ${NO_CRON:+The cron plugin is missing: drain with  curl -X POST http://$listen/admin/drain -H "authorization: Bearer \$ADMIN"}
 Stop with Ctrl-C (Redis and Postgres keep running: scripts/services.sh stop).
 MSG

@@ -61,7 +61,7 @@ as_pg() {
 pg_start() {
   local user=$1 bin=$2 pgdata=$3 port=$4
   as_pg "$user" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400" >/dev/null
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" >/dev/null
 }
 
 start() {

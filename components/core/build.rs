@@ -4,7 +4,16 @@
 use sha1::{Digest, Sha1};
 use std::fmt::Write as _;
 
-const SCRIPTS: &[&str] = &["claim", "publish", "drain_read", "drain_ack"];
+const SCRIPTS: &[&str] = &[
+    "claim",
+    "publish",
+    "drain_read",
+    "drain_ack",
+    "return",
+    "redeem",
+    "pass",
+    "pool",
+];
 
 fn main() {
     let lua_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lua");

@@ -161,6 +161,25 @@ pub fn pg_error_text(e: &pg4::PgError) -> String {
     }
 }
 
+/// The constraint a statement violated (unique, foreign key, check), so each use case maps
+/// the ones it expects to 409/422 and leaves the rest internal.
+pub fn pg_constraint(e: &pg4::PgError) -> Option<&str> {
+    match e {
+        pg4::PgError::QueryFailed(pg4::QueryError::DbError(db)) => db
+            .extras
+            .iter()
+            .find(|(k, _)| k == "constraint")
+            .map(|(_, v)| v.as_str())
+            .or_else(|| {
+                // Hosts that do not pass the constraint name still say it in the message.
+                let m = db.message.as_str();
+                let start = m.find("constraint \"")? + "constraint \"".len();
+                m[start..].split('"').next()
+            }),
+        _ => None,
+    }
+}
+
 pub fn pg_internal(context: &str, e: pg4::PgError) -> ApiError {
     eprintln!("flashclaim: {context}: {}", pg_error_text(&e));
     ApiError::Internal
@@ -201,42 +220,44 @@ pub fn int_array(values: &[i64]) -> ParameterValue {
     ParameterValue::ArrayInt64(values.iter().copied().map(Some).collect())
 }
 
-/// An activity definition from Postgres, the source of truth. Instants are read as epoch
+/// The columns [`activity_row`] reads, in its order. Instants are read as epoch
 /// milliseconds: Spin cannot read a `timestamptz` column as a date-time.
+pub const ACTIVITY_COLUMNS: &str = "id, name, description, image_url, \
+     (extract(epoch FROM starts_at) * 1000)::int8, (extract(epoch FROM ends_at) * 1000)::int8, \
+     status, stock_total, per_user_limit, kind, require_pass";
+
+pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activity> {
+    use flashclaim_core::activity::{Activity, Kind, Status};
+    Some(Activity {
+        id: flashclaim_core::ids::ActivityId::from_db(int(row.first()?)?),
+        name: text(row.get(1)?)?,
+        description: text(row.get(2)?)?,
+        image_url: text(row.get(3)?),
+        starts_at: Millis(int(row.get(4)?)?),
+        ends_at: Millis(int(row.get(5)?)?),
+        status: Status::parse(&text(row.get(6)?)?)?,
+        stock_total: int(row.get(7)?)?,
+        per_user_limit: int(row.get(8)?)?,
+        kind: Kind::parse(&text(row.get(9)?)?)?,
+        require_pass: boolean(row.get(10)?)?,
+    })
+}
+
+/// An activity definition from Postgres, the source of truth.
 pub fn load_activity(
     pg: &pg4::Connection,
     id: flashclaim_core::ids::ActivityId,
 ) -> Result<Option<flashclaim_core::activity::Activity>, ApiError> {
-    use flashclaim_core::activity::{Activity, Kind, Status};
     let rows = pg
         .query(
-            "SELECT id, name, description, image_url, \
-                    (extract(epoch FROM starts_at) * 1000)::int8, \
-                    (extract(epoch FROM ends_at) * 1000)::int8, \
-                    status, stock_total, per_user_limit, kind, require_pass \
-             FROM activities WHERE id = $1",
+            &format!("SELECT {ACTIVITY_COLUMNS} FROM activities WHERE id = $1"),
             &[ParameterValue::Int64(id.get())],
         )
         .map_err(|e| pg_internal("load activity", e))?;
     let Some(row) = rows.rows.first() else {
         return Ok(None);
     };
-    let parsed = (|| {
-        Some(Activity {
-            id: flashclaim_core::ids::ActivityId::from_db(int(&row[0])?),
-            name: text(&row[1])?,
-            description: text(&row[2])?,
-            image_url: text(&row[3]),
-            starts_at: Millis(int(&row[4])?),
-            ends_at: Millis(int(&row[5])?),
-            status: Status::parse(&text(&row[6])?)?,
-            stock_total: int(&row[7])?,
-            per_user_limit: int(&row[8])?,
-            kind: Kind::parse(&text(&row[9])?)?,
-            require_pass: boolean(&row[10])?,
-        })
-    })();
-    parsed.map(Some).ok_or_else(|| {
+    activity_row(row).map(Some).ok_or_else(|| {
         eprintln!("flashclaim: activity {id} has an unreadable row");
         ApiError::Internal
     })

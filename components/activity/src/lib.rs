@@ -1,15 +1,20 @@
-//! The activity component: `GET /api/activities/:id`.
+//! The activity component: `GET /api/activities` (published and upcoming, a page at a
+//! time) and `GET /api/activities/:id`.
 //!
 //! Views are served from Redis with the live stock in the same round trip (MGET of the
-//! cached view and the stock). On a miss the view is rebuilt from Postgres and cached with
-//! a jittered TTL; unknown and unpublished ids are cached as "not found", so a flood of
-//! random ids never reaches Postgres.
+//! cached view and the stock). On a miss one reader rebuilds the view from Postgres under
+//! a short lock while the others wait for it (no stampede onto Postgres), and it is cached
+//! with a jittered TTL; unknown and unpublished ids are cached as "not found", so a flood
+//! of random ids never reaches Postgres.
 
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
 
+mod listing;
+
 use flashclaim_core::activity::{self, Status, NOT_FOUND_MARKER, NOT_FOUND_TTL_MS};
 use flashclaim_core::ids::ActivityId;
+use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
 use flashclaim_core::{ApiError, HttpResponse};
@@ -25,43 +30,107 @@ fn handle(req: Request) -> Response {
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
-        (Method::Get, ["api", "activities", id]) => get_activity(id),
-        (_, ["api", "activities", _]) => Err(ApiError::MethodNotAllowed),
+        (Method::Get, ["api", "activities"]) => listing::list(req.query()),
+        (Method::Get, ["api", "activities", id]) => get_activity(id, caller(req)),
+        (_, ["api", "activities"] | ["api", "activities", _]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
 
-fn get_activity(id: &str) -> Result<HttpResponse, ApiError> {
+/// The caller when a valid token is sent. The page is public: a missing or stale token
+/// only leaves out `my_claimed`.
+fn caller(req: &Request) -> Option<Principal> {
+    req.header("authorization")?;
+    glue::principal(req).ok()
+}
+
+fn get_activity(id: &str, caller: Option<Principal>) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "activity")?;
-    let cached = redis
+    let mut view = match cached(&redis, &keys)? {
+        Some(view) => view,
+        None => rebuild(&redis, id, &keys)?,
+    };
+    if let Some(caller) = caller {
+        let held = redis
+            .execute(
+                "HGET",
+                &[Arg::from(keys.claimed()), Arg::from(caller.user.as_str())],
+            )
+            .map_err(|e| glue::redis_unavailable("activity", e))?;
+        view["my_claimed"] = held.first().and_then(Reply::as_int).unwrap_or(0).into();
+    }
+    Ok(HttpResponse::json(200, &view))
+}
+
+/// The cached view with the live stock, `None` on a miss, `NotFound` for a cached absence.
+fn cached(redis: &SpinRedis, keys: &ActivityKeys) -> Result<Option<serde_json::Value>, ApiError> {
+    let reply = redis
         .execute("MGET", &[Arg::from(keys.view()), Arg::from(keys.stock())])
         .map_err(|e| glue::redis_unavailable("activity", e))?;
-    let stock = cached.get(1).and_then(Reply::as_int);
-    match cached.first().and_then(Reply::as_text) {
+    match reply.first().and_then(Reply::as_text) {
+        None => Ok(None),
         Some(NOT_FOUND_MARKER) => Err(ApiError::NotFound),
-        Some(view) => {
+        Some(text) => {
             let mut view: serde_json::Value =
-                serde_json::from_str(view).map_err(|_| ApiError::Internal)?;
-            if let Some(stock) = stock {
+                serde_json::from_str(text).map_err(|_| ApiError::Internal)?;
+            if let Some(stock) = reply.get(1).and_then(Reply::as_int) {
                 view["stock_left"] = stock.into();
             }
-            Ok(HttpResponse::json(200, &view))
+            Ok(Some(view))
         }
-        None => rebuild(&redis, id, &keys, stock),
     }
 }
 
-/// Cache-aside: read Postgres once, cache the view (or the absence of one).
+/// How long the rebuilding reader may hold the lock, and how the others wait for it.
+const REBUILD_LOCK_MS: i64 = 3000;
+const WAIT_STEP_MS: u64 = 20;
+const WAIT_STEPS: u32 = 150;
+
+/// Cache-aside with one rebuild at a time: whoever takes the lock reads Postgres; everyone
+/// else polls the cache until the view (or the not-found marker) appears.
 fn rebuild(
     redis: &SpinRedis,
     id: ActivityId,
     keys: &ActivityKeys,
-    stock: Option<i64>,
-) -> Result<HttpResponse, ApiError> {
-    let found = glue::load_activity(&glue::pg_open()?, id)?.filter(|a| a.status != Status::Draft);
-    let Some(activity) = found else {
+) -> Result<serde_json::Value, ApiError> {
+    let unavailable = |e| glue::redis_unavailable("activity", e);
+    let lock = redis
+        .execute(
+            "SET",
+            &[
+                Arg::from(keys.view_lock()),
+                Arg::from("1"),
+                Arg::from("NX"),
+                Arg::from("PX"),
+                Arg::Int(REBUILD_LOCK_MS),
+            ],
+        )
+        .map_err(unavailable)?;
+    if lock.first().and_then(Reply::as_text) != Some("OK") {
+        for _ in 0..WAIT_STEPS {
+            std::thread::sleep(std::time::Duration::from_millis(WAIT_STEP_MS));
+            if let Some(view) = cached(redis, keys)? {
+                return Ok(view);
+            }
+        }
+        return Err(ApiError::Unavailable(
+            "the activity is being loaded; try again shortly",
+        ));
+    }
+    let loaded = glue::load_activity(&glue::pg_open()?, id);
+    let result = store_view(redis, keys, loaded);
+    let _ = redis.execute("DEL", &[Arg::from(keys.view_lock())]);
+    result
+}
+
+fn store_view(
+    redis: &SpinRedis,
+    keys: &ActivityKeys,
+    loaded: Result<Option<activity::Activity>, ApiError>,
+) -> Result<serde_json::Value, ApiError> {
+    let Some(activity) = loaded?.filter(|a| a.status != Status::Draft) else {
         let _ = redis.execute(
             "SET",
             &[
@@ -73,6 +142,10 @@ fn rebuild(
         );
         return Err(ApiError::NotFound);
     };
+    let stock = redis
+        .execute("GET", &[Arg::from(keys.stock())])
+        .ok()
+        .and_then(|r| r.first().and_then(Reply::as_int));
     let view = activity.view(stock.unwrap_or(activity.stock_total));
     let jitter = u32::from_le_bytes(glue::random_bytes::<4>());
     let _ = redis.execute(
@@ -84,5 +157,5 @@ fn rebuild(
             Arg::Int(activity::view_ttl_ms(jitter)),
         ],
     );
-    Ok(HttpResponse::json(200, &view))
+    Ok(view)
 }

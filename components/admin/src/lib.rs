@@ -1,142 +1,76 @@
 //! The admin component: everything under `/admin` (role `admin` in the JWT), except
 //! `/admin/drain`, which the drain component serves.
+//!
+//! The handler is the async form only so the claims export can stream its body; every
+//! other route answers a whole response.
 
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
 
-use flashclaim_core::activity::{self, Activity, NewActivity, Status};
-use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::ACTIVITY_INDEX;
-use flashclaim_core::scripts::{Arg, RedisCommands, PUBLISH};
+mod activities;
+mod operations;
+mod reports;
+
 use flashclaim_core::{ApiError, HttpResponse};
-use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::pg4::ParameterValue;
+use spin_sdk::http::{Fields, Method, OutgoingResponse, Request, ResponseOutparam};
 
 #[spin_sdk::http_component]
-fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+async fn handle(req: Request, out: ResponseOutparam) {
+    let response = match route(&req) {
+        Ok(Route::Done(response)) => response,
+        Ok(Route::ExportClaims(id)) => return reports::export_claims(id, out).await,
+        Err(e) => e.to_response(),
+    };
+    send(out, response).await;
 }
 
-fn route(req: &Request) -> Result<HttpResponse, ApiError> {
+enum Route {
+    Done(HttpResponse),
+    ExportClaims(flashclaim_core::ids::ActivityId),
+}
+
+fn route(req: &Request) -> Result<Route, ApiError> {
     let segments = glue::path_segments(req);
     // Every admin route needs the role; check it before revealing what exists.
     glue::admin(req)?;
-    match (req.method(), segments.as_slice()) {
-        (Method::Post, ["admin", "activities"]) => create_activity(req),
-        (Method::Post, ["admin", "activities", id, "publish"]) => publish_activity(id),
-        (Method::Post, ["admin", "activities", id, "close"]) => close_activity(id),
-        (_, ["admin", "activities"] | ["admin", "activities", _, "publish" | "close"]) => {
-            Err(ApiError::MethodNotAllowed)
+    let done = match (req.method(), segments.as_slice()) {
+        (Method::Post, ["admin", "activities"]) => activities::create(req),
+        (Method::Patch, ["admin", "activities", id]) => activities::update(req, id),
+        (Method::Post, ["admin", "activities", id, "publish"]) => activities::publish(id),
+        (Method::Post, ["admin", "activities", id, "close"]) => activities::close(id),
+        (Method::Post, ["admin", "activities", id, "codes"]) => activities::upload_codes(req, id),
+        (Method::Get, ["admin", "activities", id, "stats"]) => reports::stats(id),
+        (Method::Get, ["admin", "activities", id, "reconcile"]) => reports::reconcile(id),
+        (Method::Get, ["admin", "activities", id, "claims.csv"]) => {
+            return reports::check_export(id).map(Route::ExportClaims)
         }
+        (Method::Put, ["admin", "blacklist", user]) => operations::blacklist(req, user),
+        (Method::Delete, ["admin", "blacklist", user]) => operations::unblacklist(user),
+        (Method::Post, ["admin", "tickets", code, "redeem"]) => operations::redeem(req, code),
+        (
+            _,
+            ["admin", "activities"]
+            | ["admin", "activities", _]
+            | ["admin", "activities", _, "publish" | "close" | "codes" | "stats" | "reconcile" | "claims.csv"]
+            | ["admin", "blacklist", _]
+            | ["admin", "tickets", _, "redeem"],
+        ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
-    }
+    };
+    done.map(Route::Done)
 }
 
-fn create_activity(req: &Request) -> Result<HttpResponse, ApiError> {
-    let new = NewActivity::parse(req.body())?;
-    let pg = glue::pg_open()?;
-    let rows = pg
-        .query(
-            "INSERT INTO activities \
-               (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass) \
-             VALUES ($1, $2, $3, to_timestamp($4::int8 / 1000.0), to_timestamp($5::int8 / 1000.0), \
-                     $6::int8, $7::int8, $8, $9) \
-             RETURNING id",
-            &[
-                glue::str_param(&new.name),
-                glue::str_param(&new.description),
-                new.image_url.as_deref().map_or(ParameterValue::DbNull, glue::str_param),
-                ParameterValue::Int64(new.starts_at.0),
-                ParameterValue::Int64(new.ends_at.0),
-                ParameterValue::Int64(new.stock_total),
-                ParameterValue::Int64(new.per_user_limit),
-                glue::str_param(new.kind.as_str()),
-                ParameterValue::Boolean(new.require_pass),
-            ],
-        )
-        .map_err(|e| glue::pg_internal("create activity", e))?;
-    let id = rows
-        .rows
-        .first()
-        .and_then(|r| glue::int(&r[0]))
-        .ok_or(ApiError::Internal)?;
-    let created = Activity {
-        id: ActivityId::from_db(id),
-        name: new.name,
-        description: new.description,
-        image_url: new.image_url,
-        starts_at: new.starts_at,
-        ends_at: new.ends_at,
-        status: Status::Draft,
-        stock_total: new.stock_total,
-        per_user_limit: new.per_user_limit,
-        kind: new.kind,
-        require_pass: new.require_pass,
-    };
-    let mut response = HttpResponse::json(201, &created.view(created.stock_total));
-    response
+/// Writes a whole response through the streaming interface.
+async fn send(out: ResponseOutparam, response: HttpResponse) {
+    let headers: Vec<(String, Vec<u8>)> = response
         .headers
-        .push(("location", format!("/api/activities/{id}")));
-    Ok(response)
-}
-
-/// Postgres first (the source of truth), then Redis. Both steps are idempotent, so a
-/// publish that failed half-way is completed by publishing again.
-fn publish_activity(id: &str) -> Result<HttpResponse, ApiError> {
-    let id = ActivityId::parse(id)?;
-    let pg = glue::pg_open()?;
-    let mut activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    if activity.status == Status::Closed {
-        return Err(ApiError::Conflict(
-            "a closed activity cannot be published again".into(),
-        ));
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    let outgoing =
+        OutgoingResponse::new(Fields::from_list(&headers).unwrap_or_else(|_| Fields::new()));
+    let _ = outgoing.set_status_code(response.status);
+    if let Err(e) = out.set_with_body(outgoing, response.body).await {
+        eprintln!("flashclaim: admin: writing the response failed: {e:?}");
     }
-    pg.execute(
-        "UPDATE activities SET status = 'published', published_at = COALESCE(published_at, now()), \
-         updated_at = now() WHERE id = $1 AND status IN ('draft', 'published')",
-        &[ParameterValue::Int64(id.get())],
-    )
-    .map_err(|e| glue::pg_internal("publish activity", e))?;
-    activity.status = Status::Published;
-    let stock_left = load_into_redis(&activity)?;
-    Ok(HttpResponse::json(200, &activity.view(stock_left)))
-}
-
-/// Closing is final: claims answer `ended` from then on. Postgres first, then Redis, both
-/// idempotent; a draft that never reached Redis is closed in Postgres only.
-fn close_activity(id: &str) -> Result<HttpResponse, ApiError> {
-    let id = ActivityId::parse(id)?;
-    let pg = glue::pg_open()?;
-    let mut activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    pg.execute(
-        "UPDATE activities SET status = 'closed', updated_at = now() WHERE id = $1",
-        &[ParameterValue::Int64(id.get())],
-    )
-    .map_err(|e| glue::pg_internal("close activity", e))?;
-    let was_loaded = activity.status != Status::Draft;
-    activity.status = Status::Closed;
-    let stock_left = if was_loaded {
-        load_into_redis(&activity)?
-    } else {
-        activity.stock_total
-    };
-    Ok(HttpResponse::json(200, &activity.view(stock_left)))
-}
-
-/// Loads the activity's settings (and, the first time, its stock) into Redis and indexes
-/// it for the drain; returns the live stock.
-fn load_into_redis(activity: &Activity) -> Result<i64, ApiError> {
-    let redis = glue::redis_for(activity.id, "load activity")?;
-    let (keys, argv) = activity.publish_command();
-    let reply = redis
-        .run(&PUBLISH, &keys, &argv)
-        .map_err(|e| glue::redis_unavailable("load activity", e))?;
-    let (_, stock_left) = activity::decode_publish(&reply)?;
-    redis
-        .execute(
-            "SADD",
-            &[Arg::from(ACTIVITY_INDEX), Arg::Int(activity.id.get())],
-        )
-        .map_err(|e| glue::redis_unavailable("load activity", e))?;
-    Ok(stock_left)
 }

@@ -1,14 +1,16 @@
-//! The claim component: `POST /api/activities/:id/claims`.
+//! The claim component: `POST /api/activities/:id/claims`, and the claim passes of
+//! anti-bot activities, `POST /api/activities/:id/passes`.
 //!
 //! The hot path is exactly one Redis connection and one EVALSHA; every check and every
-//! effect (stock, per-user count, tickets, claim log, idempotency) happens in claim.lua.
+//! effect (stock, per-user and global rate, tickets, claim log, idempotency) happens in
+//! claim.lua.
 
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
 
 use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, IdempotencyKey};
-use flashclaim_core::scripts::CLAIM;
+use flashclaim_core::scripts::{CLAIM, PASS};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -23,7 +25,8 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
         (Method::Post, ["api", "activities", id, "claims"]) => post_claim(req, id),
-        (_, ["api", "activities", _, "claims"]) => Err(ApiError::MethodNotAllowed),
+        (Method::Post, ["api", "activities", id, "passes"]) => post_pass(req, id),
+        (_, ["api", "activities", _, "claims" | "passes"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -42,17 +45,8 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         .transpose()?
         .map(IdempotencyKey::parse)
         .transpose()?;
-    let rate = glue::optional_var("claim_rate_limit")
-        .map(|v| {
-            RateLimit::parse(&v).ok_or_else(|| {
-                eprintln!(
-                    "flashclaim: claim_rate_limit `{v}` is not `<attempts>/<window ms>` or `0`"
-                );
-                ApiError::Internal
-            })
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let rate = rate_limit("claim_rate_limit")?.unwrap_or_default();
+    let global_rate = rate_limit("claim_global_rate_limit")?.unwrap_or(RateLimit::OFF);
     let prefixes: Vec<String> = (0..request.quantity)
         .map(|_| claim::code_prefix(random_bytes::<5>()))
         .collect();
@@ -65,6 +59,7 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         &claim::claim_id(random_bytes::<16>()),
         &prefixes,
         rate,
+        global_rate,
     );
 
     // apply: one connection, one script
@@ -87,4 +82,31 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         }
     })?;
     Ok(claim::encode(activity, &outcome))
+}
+
+/// A rate-limit variable; a malformed one is a deployment error, said in the log.
+fn rate_limit(variable: &str) -> Result<Option<RateLimit>, ApiError> {
+    glue::optional_var(variable)
+        .map(|v| {
+            RateLimit::parse(&v).ok_or_else(|| {
+                eprintln!("flashclaim: {variable} `{v}` is not `<attempts>/<window ms>` or `0`");
+                ApiError::Internal
+            })
+        })
+        .transpose()
+}
+
+/// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).
+fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
+    let activity = ActivityId::parse(id)?;
+    let principal = glue::principal(req)?;
+    let factor = glue::optional_var("claim_pass_factor")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(claim::PASS_FACTOR);
+    let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
+    let reply = glue::redis_for(activity, "pass")?
+        .run(&PASS, &keys, &argv)
+        .map_err(|e| glue::redis_unavailable("pass", e))?;
+    claim::decode_pass(activity, &reply)
 }

@@ -216,6 +216,56 @@ pub fn decode_publish(reply: &[Reply]) -> Result<(bool, i64), ApiError> {
     }
 }
 
+/// Activities per page of `GET /api/activities`, unless `limit` says otherwise.
+pub const DEFAULT_PAGE: i64 = 20;
+pub const MAX_PAGE: i64 = 100;
+/// Cached listing pages live briefly: a new activity shows up within this time.
+pub const LIST_TTL_MS: i64 = 2_000;
+
+/// `GET /api/activities?cursor=<c>&limit=<n>`: the cursor is the `next_cursor` of the
+/// previous page (opaque to clients; it is the last id seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    pub after: i64,
+    pub limit: i64,
+}
+
+impl ListQuery {
+    pub fn parse(query: &str) -> Result<Self, ApiError> {
+        let mut q = ListQuery {
+            after: 0,
+            limit: DEFAULT_PAGE,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "cursor" => {
+                    q.after =
+                        value.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                            ApiError::invalid("cursor is not one this API gave out")
+                        })?
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}"))
+                        })?
+                }
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter `{}`",
+                        other.chars().take(40).collect::<String>()
+                    )))
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
 /// What the activity cache holds for an id Postgres does not know, so a flood of random
 /// ids is answered from Redis.
 pub const NOT_FOUND_MARKER: &str = "-";
@@ -295,6 +345,38 @@ mod tests {
         assert_eq!(v["status"], "published");
         assert_eq!(v["stock_left"], 7);
         assert_eq!(v["id"], 3);
+    }
+
+    #[test]
+    fn list_queries_default_and_bound_the_page() {
+        assert_eq!(
+            ListQuery::parse("").unwrap(),
+            ListQuery {
+                after: 0,
+                limit: DEFAULT_PAGE
+            }
+        );
+        assert_eq!(
+            ListQuery::parse("cursor=42&limit=5").unwrap(),
+            ListQuery {
+                after: 42,
+                limit: 5
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "cursor=-1",
+            "cursor=",
+            "page=2",
+        ] {
+            assert_eq!(
+                ListQuery::parse(bad).unwrap_err().code(),
+                "invalid_request",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -56,7 +56,8 @@ impl ClaimRequest {
     }
 }
 
-/// Per-user rate limit applied inside the claim script.
+/// A rate limit applied inside the claim script: per user (`claim_rate_limit`) or on the
+/// whole activity (`claim_global_rate_limit`, which sheds load before it reaches the stock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub attempts: i64,
@@ -73,13 +74,15 @@ impl Default for RateLimit {
 }
 
 impl RateLimit {
+    pub const OFF: RateLimit = RateLimit {
+        attempts: 0,
+        window_ms: 1000,
+    };
+
     /// `"<attempts>/<window ms>"`, e.g. `"20/1000"`; `"0"` turns the limit off.
     pub fn parse(text: &str) -> Option<Self> {
         if text.trim() == "0" {
-            return Some(RateLimit {
-                attempts: 0,
-                window_ms: 1000,
-            });
+            return Some(RateLimit::OFF);
         }
         let (a, w) = text.trim().split_once('/')?;
         let (attempts, window_ms) = (a.parse().ok()?, w.parse().ok()?);
@@ -124,6 +127,7 @@ impl ClaimCommand {
         claim_id: &str,
         code_prefixes: &[String],
         rate: RateLimit,
+        global_rate: RateLimit,
     ) -> Self {
         let k = ActivityKeys::new(activity);
         let keys = vec![
@@ -138,6 +142,7 @@ impl ClaimCommand {
             k.rate(user),
             k.pool(),
             k.pass(user),
+            k.flood(),
         ];
         let argv = vec![
             Arg::from(user.as_str()),
@@ -149,6 +154,8 @@ impl ClaimCommand {
             Arg::Int(IDEMPOTENCY_TTL_MS),
             Arg::Int(rate.attempts),
             Arg::Int(rate.window_ms),
+            Arg::Int(global_rate.attempts),
+            Arg::Int(global_rate.window_ms),
         ];
         ClaimCommand { keys, argv }
     }
@@ -264,6 +271,45 @@ pub fn encode(activity: ActivityId, outcome: &ClaimOutcome) -> HttpResponse {
             .push(("idempotent-replayed", "true".into()));
     }
     response
+}
+
+/// Claim passes handed out per ticket of stock, unless `claim_pass_factor` says otherwise.
+pub const PASS_FACTOR: i64 = 3;
+
+/// pass.lua's KEYS and ARGV.
+pub fn pass_command(
+    activity: ActivityId,
+    user: &UserId,
+    now: Millis,
+    factor: i64,
+) -> (Vec<String>, Vec<Arg>) {
+    let k = ActivityKeys::new(activity);
+    (
+        vec![k.meta(), k.passes(), k.pass(user)],
+        vec![Arg::Int(now.0), Arg::Int(factor)],
+    )
+}
+
+/// pass.lua's reply as the response: 201 for a new pass, 200 when the user had one.
+pub fn decode_pass(activity: ActivityId, reply: &[Reply]) -> Result<HttpResponse, ApiError> {
+    let state = reply.get(1).and_then(Reply::as_text);
+    let status = match (reply.first().and_then(Reply::as_int), state) {
+        (Some(1), Some(_)) => 201,
+        (Some(2), Some(_)) => 200,
+        (Some(-1), _) => return Err(ApiError::NotFound),
+        (Some(-4), _) => return Err(ApiError::Ended),
+        (Some(-8), _) => return Err(ApiError::SoldOut),
+        (Some(-13), _) => {
+            return Err(ApiError::Conflict(
+                "this activity does not use claim passes".into(),
+            ))
+        }
+        _ => return Err(ApiError::Internal),
+    };
+    Ok(HttpResponse::json(
+        status,
+        &serde_json::json!({ "activity_id": activity, "pass": state }),
+    ))
 }
 
 #[cfg(test)]
@@ -382,10 +428,13 @@ mod tests {
             "cid",
             &["AAAA".into(), "BBBB".into()],
             RateLimit::default(),
+            RateLimit::OFF,
         );
-        assert_eq!(cmd.keys.len(), 11);
+        assert_eq!(cmd.keys.len(), 12);
         assert_eq!(cmd.keys[0], "fc:{a:5}:meta");
-        assert_eq!(cmd.argv.len(), 9);
+        assert_eq!(cmd.keys[11], "fc:{a:5}:flood");
+        assert_eq!(cmd.argv.len(), 11);
+        assert_eq!(cmd.argv[9], Arg::Int(0));
         assert_eq!(cmd.argv[4], Arg::from("AAAA,BBBB"));
         assert_eq!(cmd.argv[5], Arg::Int(0));
     }
@@ -413,5 +462,35 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["tickets"][0]["code"], "5-X-1");
         assert_eq!(v["activity_id"], 5);
+    }
+
+    #[test]
+    fn pass_replies_map_to_statuses_and_codes() {
+        let a = ActivityId::parse("3").unwrap();
+        let text = |t: &str| Reply::Bytes(t.as_bytes().to_vec());
+        assert_eq!(
+            decode_pass(a, &[Reply::Int(1), text("issued")])
+                .unwrap()
+                .status,
+            201
+        );
+        assert_eq!(
+            decode_pass(a, &[Reply::Int(2), text("used")])
+                .unwrap()
+                .status,
+            200
+        );
+        for (code, expected) in [
+            (-1, "not_found"),
+            (-4, "ended"),
+            (-8, "sold_out"),
+            (-13, "conflict"),
+        ] {
+            assert_eq!(
+                decode_pass(a, &[Reply::Int(code)]).unwrap_err().code(),
+                expected
+            );
+        }
+        assert_eq!(decode_pass(a, &[]).unwrap_err(), ApiError::Internal);
     }
 }

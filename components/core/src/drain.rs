@@ -1,5 +1,10 @@
 //! The drain: decode a batch of claim-log entries taken by drain_read.lua, and shape them
 //! into the column arrays the drain's idempotent Postgres statements take.
+//!
+//! Entries are applied in log order: a code returned to a pool and claimed again appears
+//! as claim, return, claim, and the second ticket can only be inserted once the first one
+//! is marked returned. So a batch becomes a sequence of [`Step`]s, each a run of claims
+//! (one bulk insert) or a run of status changes (one bulk update).
 
 use serde::Deserialize;
 
@@ -22,6 +27,19 @@ pub enum LogEvent {
         codes: Vec<String>,
         at: String,
     },
+    /// The owner gave the ticket back (return.lua).
+    Return(TicketChange),
+    /// An operator redeemed the ticket (redeem.lua).
+    Redeem(TicketChange),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TicketChange {
+    pub claim: String,
+    pub activity: String,
+    pub user: String,
+    pub code: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,49 +87,123 @@ impl Batch {
             .collect()
     }
 
-    /// Column arrays for the claims and tickets inserts, in log order.
+    /// Every claim of the batch as column arrays (what the report counts).
     pub fn rows(&self) -> Rows {
-        let mut rows = Rows::default();
-        for entry in &self.entries {
-            let LogEvent::Claim {
-                claim,
-                activity,
-                user,
-                codes,
-                at,
-            } = &entry.event;
-            let (activity, at) = (activity.parse().unwrap_or(0), at.parse().unwrap_or(0));
-            rows.claim_ids.push(claim.clone());
-            rows.claim_activities.push(activity);
-            rows.claim_users.push(user.clone());
-            rows.claim_quantities.push(codes.len() as i64);
-            rows.claim_at_ms.push(at);
-            for code in codes {
-                rows.ticket_claims.push(claim.clone());
-                rows.ticket_activities.push(activity);
-                rows.ticket_codes.push(code.clone());
-                rows.ticket_users.push(user.clone());
-                rows.ticket_at_ms.push(at);
-            }
+        rows_of(self.entries.iter())
+    }
+
+    /// The batch as runs to apply in order: claims inserted, then changes applied, ...
+    pub fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut start = 0;
+        while start < self.entries.len() {
+            let is_claim = |e: &LogEntry| matches!(e.event, LogEvent::Claim { .. });
+            let first_is_claim = is_claim(&self.entries[start]);
+            let end = self.entries[start..]
+                .iter()
+                .position(|e| is_claim(e) != first_is_claim)
+                .map_or(self.entries.len(), |n| start + n);
+            let run = &self.entries[start..end];
+            steps.push(if first_is_claim {
+                Step::Insert(rows_of(run.iter()))
+            } else {
+                Step::Change(changes_of(run))
+            });
+            start = end;
         }
-        rows
+        steps
     }
 }
 
-impl LogEvent {
-    fn is_well_formed(&self) -> bool {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Insert(Rows),
+    Change(Changes),
+}
+
+/// Column arrays for the status update: the ticket (activity, code, claim) and its new
+/// status with the time it changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub activities: Vec<i64>,
+    pub codes: Vec<String>,
+    pub claims: Vec<String>,
+    pub statuses: Vec<String>,
+    pub at_ms: Vec<i64>,
+}
+
+fn changes_of(entries: &[LogEntry]) -> Changes {
+    let mut changes = Changes::default();
+    for entry in entries {
+        let (change, status) = match &entry.event {
+            LogEvent::Return(c) => (c, "returned"),
+            LogEvent::Redeem(c) => (c, "redeemed"),
+            LogEvent::Claim { .. } => continue,
+        };
+        changes
+            .activities
+            .push(change.activity.parse().unwrap_or(0));
+        changes.codes.push(change.code.clone());
+        changes.claims.push(change.claim.clone());
+        changes.statuses.push(status.to_string());
+        changes.at_ms.push(change.at.parse().unwrap_or(0));
+    }
+    changes
+}
+
+fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
+    let mut rows = Rows::default();
+    for entry in entries {
         let LogEvent::Claim {
             claim,
             activity,
             user,
             codes,
             at,
-        } = self;
-        !claim.is_empty()
-            && ActivityId::parse(activity).is_ok()
-            && !user.is_empty()
-            && !codes.is_empty()
-            && at.parse::<i64>().is_ok()
+        } = &entry.event
+        else {
+            continue;
+        };
+        let (activity, at) = (activity.parse().unwrap_or(0), at.parse().unwrap_or(0));
+        rows.claim_ids.push(claim.clone());
+        rows.claim_activities.push(activity);
+        rows.claim_users.push(user.clone());
+        rows.claim_quantities.push(codes.len() as i64);
+        rows.claim_at_ms.push(at);
+        for code in codes {
+            rows.ticket_claims.push(claim.clone());
+            rows.ticket_activities.push(activity);
+            rows.ticket_codes.push(code.clone());
+            rows.ticket_users.push(user.clone());
+            rows.ticket_at_ms.push(at);
+        }
+    }
+    rows
+}
+
+impl LogEvent {
+    fn is_well_formed(&self) -> bool {
+        match self {
+            LogEvent::Claim {
+                claim,
+                activity,
+                user,
+                codes,
+                at,
+            } => {
+                !claim.is_empty()
+                    && ActivityId::parse(activity).is_ok()
+                    && !user.is_empty()
+                    && !codes.is_empty()
+                    && at.parse::<i64>().is_ok()
+            }
+            LogEvent::Return(c) | LogEvent::Redeem(c) => {
+                !c.claim.is_empty()
+                    && ActivityId::parse(&c.activity).is_ok()
+                    && !c.code.is_empty()
+                    && c.at.parse::<i64>().is_ok()
+            }
+        }
     }
 }
 
@@ -242,6 +334,42 @@ mod tests {
         );
         assert_eq!(entry_millis("1700000000123-4"), Some(1_700_000_000_123));
         assert_eq!(entry_millis("junk"), None);
+    }
+
+    #[test]
+    fn a_code_returned_and_claimed_again_is_applied_in_log_order() {
+        let reply = [
+            b("1-0"),
+            b(r#"{"t":"claim","claim":"c1","activity":"5","user":"u1","codes":["X"],"at":"1"}"#),
+            b("2-0"),
+            b(r#"{"t":"claim","claim":"c2","activity":"5","user":"u2","codes":["Y"],"at":"2"}"#),
+            b("3-0"),
+            b(r#"{"t":"return","claim":"c1","activity":"5","user":"u1","code":"X","at":"3"}"#),
+            b("4-0"),
+            b(r#"{"t":"redeem","claim":"c2","activity":"5","user":"u2","code":"Y","at":"4"}"#),
+            b("5-0"),
+            b(r#"{"t":"claim","claim":"c3","activity":"5","user":"u3","codes":["X"],"at":"5"}"#),
+        ];
+        let batch = Batch::decode(&reply);
+        assert!(batch.malformed.is_empty());
+        let steps = batch.steps();
+        assert_eq!(steps.len(), 3);
+        let Step::Insert(first) = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(first.claim_ids, vec!["c1", "c2"]);
+        let Step::Change(changes) = &steps[1] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(changes.statuses, vec!["returned", "redeemed"]);
+        assert_eq!(changes.codes, vec!["X", "Y"]);
+        assert_eq!(changes.claims, vec!["c1", "c2"]);
+        assert_eq!(changes.at_ms, vec![3, 4]);
+        let Step::Insert(last) = &steps[2] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(last.ticket_codes, vec!["X"]);
+        assert_eq!(batch.rows().claim_ids, vec!["c1", "c2", "c3"]);
     }
 
     #[test]

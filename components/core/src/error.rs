@@ -29,6 +29,14 @@ pub enum ApiError {
     PassRequired,
     #[error("{0}")]
     Conflict(String),
+    #[error("the ticket's verification data does not match")]
+    VerificationFailed,
+    /// An upload of codes with bad or duplicate entries: nothing of it was stored.
+    #[error("the upload was rejected: {} bad, {} duplicate; nothing was stored", bad.len(), duplicates.len())]
+    CodesRejected {
+        bad: Vec<String>,
+        duplicates: Vec<String>,
+    },
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
@@ -59,6 +67,7 @@ impl ApiError {
             | ApiError::LimitReached { .. }
             | ApiError::PassRequired
             | ApiError::Conflict(_) => 409,
+            ApiError::VerificationFailed | ApiError::CodesRejected { .. } => 422,
             ApiError::RateLimited { .. } => 429,
             ApiError::Internal => 500,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown => 503,
@@ -79,6 +88,8 @@ impl ApiError {
             ApiError::LimitReached { .. } => "limit_reached",
             ApiError::PassRequired => "pass_required",
             ApiError::Conflict(_) => "conflict",
+            ApiError::VerificationFailed => "verification_failed",
+            ApiError::CodesRejected { .. } => "codes_rejected",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown => "unavailable",
             ApiError::Internal => "internal",
@@ -93,6 +104,7 @@ impl ApiError {
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
+            422 => "Unprocessable Content",
             429 => "Too Many Requests",
             503 => "Service Unavailable",
             _ => "Internal Server Error",
@@ -114,6 +126,23 @@ impl ApiError {
             ApiError::LimitReached { limit } => body["limit"] = (*limit).into(),
             ApiError::Unavailable(_) => body["claimed"] = false.into(),
             ApiError::OutcomeUnknown => body["claimed"] = serde_json::Value::Null,
+            ApiError::CodesRejected { bad, duplicates } => {
+                // The first few of each, enough to fix the file; the counts say the rest.
+                body["bad"] = bad
+                    .iter()
+                    .take(100)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .into();
+                body["bad_count"] = bad.len().into();
+                body["duplicates"] = duplicates
+                    .iter()
+                    .take(100)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .into();
+                body["duplicate_count"] = duplicates.len().into();
+            }
             _ => {}
         }
         let mut response =
@@ -179,6 +208,22 @@ mod tests {
             (Some(503), Some("unavailable"))
         );
         assert!(b["claimed"].is_null());
+    }
+
+    #[test]
+    fn rejected_uploads_list_what_to_fix() {
+        let e = ApiError::CodesRejected {
+            bad: vec!["line 2: `a b`".into()],
+            duplicates: (0..150).map(|n| n.to_string()).collect(),
+        };
+        let b = body(&e);
+        assert_eq!(
+            (b["status"].as_u64(), b["code"].as_str()),
+            (Some(422), Some("codes_rejected"))
+        );
+        assert_eq!(b["duplicates"].as_array().unwrap().len(), 100);
+        assert_eq!(b["duplicate_count"], 150);
+        assert_eq!(b["bad"][0], "line 2: `a b`");
     }
 
     #[test]

@@ -65,6 +65,18 @@ impl ActivityKeys {
     pub fn pass(&self, user: &UserId) -> String {
         self.key(&format!("pass:{user}"))
     }
+    /// Claim passes handed out so far.
+    pub fn passes(&self) -> String {
+        self.key("passes")
+    }
+    /// Attempts on the whole activity in the current global rate window.
+    pub fn flood(&self) -> String {
+        self.key("flood")
+    }
+    /// Held by the one reader rebuilding the cached view (stampede protection).
+    pub fn view_lock(&self) -> String {
+        self.key("view:lock")
+    }
 }
 
 /// The Redis endpoints, one per shard; `redis_address` holds them comma-separated.

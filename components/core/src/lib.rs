@@ -6,7 +6,10 @@
 //! talks to Redis or Postgres.
 
 pub mod activity;
+pub mod admin;
+pub mod auth;
 pub mod claim;
+pub mod codes;
 pub mod drain;
 pub mod error;
 pub mod http;

@@ -8,7 +8,7 @@
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
 
-use flashclaim_core::drain::{self, Batch, DrainReport, Health};
+use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, Step};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
@@ -208,44 +208,23 @@ fn drain_activity(
     }
 }
 
-/// One transaction per batch; replaying a batch inserts nothing twice.
+/// One transaction per batch, its steps in log order; replaying a batch changes nothing:
+/// inserts skip existing (claim, code) rows and status changes only touch active tickets.
 fn write(pg: &pg4::Connection, batch: &Batch) -> Result<(), String> {
-    let rows = batch.rows();
-    if rows.claim_ids.is_empty() {
+    let steps = batch.steps();
+    if steps.is_empty() {
         return Ok(());
     }
     // PgError is spin-sdk's own type; the closure only shortens the transaction's `?`s.
     #[allow(clippy::result_large_err)]
     let run = || -> Result<(), pg4::PgError> {
         pg.execute("BEGIN", &[])?;
-        pg.execute(
-            "INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at) \
-             SELECT c.id, c.activity_id, c.user_id, c.quantity, to_timestamp(c.at / 1000.0) \
-             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
-                  AS c(id, activity_id, user_id, quantity, at) \
-             ON CONFLICT (id) DO NOTHING",
-            &[
-                glue::str_array(&rows.claim_ids),
-                glue::int_array(&rows.claim_activities),
-                glue::str_array(&rows.claim_users),
-                glue::int_array(&rows.claim_quantities),
-                glue::int_array(&rows.claim_at_ms),
-            ],
-        )?;
-        pg.execute(
-            "INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at) \
-             SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0) \
-             FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[]) \
-                  AS t(claim_id, activity_id, user_id, code, at) \
-             ON CONFLICT (claim_id, code) DO NOTHING",
-            &[
-                glue::str_array(&rows.ticket_claims),
-                glue::int_array(&rows.ticket_activities),
-                glue::str_array(&rows.ticket_users),
-                glue::str_array(&rows.ticket_codes),
-                glue::int_array(&rows.ticket_at_ms),
-            ],
-        )?;
+        for step in &steps {
+            match step {
+                Step::Insert(rows) => insert_claims(pg, rows)?,
+                Step::Change(changes) => change_tickets(pg, changes)?,
+            }
+        }
         pg.execute("COMMIT", &[])?;
         Ok(())
     };
@@ -253,6 +232,60 @@ fn write(pg: &pg4::Connection, batch: &Batch) -> Result<(), String> {
         let _ = pg.execute("ROLLBACK", &[]);
         glue::pg_error_text(&e)
     })
+}
+
+#[allow(clippy::result_large_err)]
+fn insert_claims(pg: &pg4::Connection, rows: &Rows) -> Result<(), pg4::PgError> {
+    pg.execute(
+        "INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at) \
+         SELECT c.id, c.activity_id, c.user_id, c.quantity, to_timestamp(c.at / 1000.0) \
+         FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
+              AS c(id, activity_id, user_id, quantity, at) \
+         ON CONFLICT (id) DO NOTHING",
+        &[
+            glue::str_array(&rows.claim_ids),
+            glue::int_array(&rows.claim_activities),
+            glue::str_array(&rows.claim_users),
+            glue::int_array(&rows.claim_quantities),
+            glue::int_array(&rows.claim_at_ms),
+        ],
+    )?;
+    pg.execute(
+        "INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at) \
+         SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0) \
+         FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[]) \
+              AS t(claim_id, activity_id, user_id, code, at) \
+         ON CONFLICT (claim_id, code) DO NOTHING",
+        &[
+            glue::str_array(&rows.ticket_claims),
+            glue::int_array(&rows.ticket_activities),
+            glue::str_array(&rows.ticket_users),
+            glue::str_array(&rows.ticket_codes),
+            glue::int_array(&rows.ticket_at_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::result_large_err)]
+fn change_tickets(pg: &pg4::Connection, changes: &Changes) -> Result<(), pg4::PgError> {
+    pg.execute(
+        "UPDATE tickets t SET status = u.status, \
+           returned_at = CASE WHEN u.status = 'returned' THEN to_timestamp(u.at / 1000.0) ELSE t.returned_at END, \
+           redeemed_at = CASE WHEN u.status = 'redeemed' THEN to_timestamp(u.at / 1000.0) ELSE t.redeemed_at END \
+         FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+              AS u(activity_id, code, claim_id, status, at) \
+         WHERE t.activity_id = u.activity_id AND t.code = u.code AND t.claim_id = u.claim_id \
+           AND t.status = 'active'",
+        &[
+            glue::int_array(&changes.activities),
+            glue::str_array(&changes.codes),
+            glue::str_array(&changes.claims),
+            glue::str_array(&changes.statuses),
+            glue::int_array(&changes.at_ms),
+        ],
+    )?;
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,6 +1,10 @@
 //! The ticket component: `GET /api/tickets` (the caller's tickets, from Postgres once the
-//! drain has recorded them) and `GET /api/tickets/:code` (live, from Redis; owner or admin
-//! only, and 404 for anyone else so a code's existence is never revealed).
+//! drain has recorded them), `GET /api/tickets/:code` (live, from Redis; owner or admin
+//! only, and 404 for anyone else so a code's existence is never revealed) and
+//! `DELETE /api/tickets/:code` (the owner returns it: return.lua).
+//!
+//! DESIGN.md names the claim component for the DELETE, but Spin routes by path only, so
+//! the GET and DELETE of one path must live in one component: this one.
 
 #[path = "../../shared/spin_glue.rs"]
 mod glue;
@@ -8,8 +12,8 @@ mod glue;
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
-use flashclaim_core::ticket::{TicketRecord, TicketView};
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply, RETURN};
+use flashclaim_core::ticket::{self, TicketRecord, TicketView};
 use flashclaim_core::time::Millis;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
@@ -28,6 +32,7 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["api", "tickets"]) => list_tickets(&glue::principal(req)?),
         (Method::Get, ["api", "tickets", code]) => get_ticket(&glue::principal(req)?, code),
+        (Method::Delete, ["api", "tickets", code]) => return_ticket(&glue::principal(req)?, code),
         (_, ["api", "tickets"] | ["api", "tickets", _]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
@@ -53,10 +58,34 @@ fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> 
     if record.user != caller.user.as_str() && !caller.is_admin() {
         return Err(ApiError::NotFound);
     }
-    Ok(HttpResponse::json(200, &TicketView::new(&ticket, &record)))
+    let secret = glue::var("ticket_secret")?;
+    Ok(HttpResponse::json(
+        200,
+        &TicketView::new(&ticket, &record, secret.as_bytes()),
+    ))
+}
+
+/// The owner gives a ticket back before the activity ends; anyone else gets 404.
+fn return_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
+    let ticket = TicketRef::parse(code)?;
+    let (keys, argv) = ticket::return_command(&ticket, caller.user.as_str(), glue::now());
+    let reply = glue::redis_for(ticket.activity, "return ticket")?
+        .run(&RETURN, &keys, &argv)
+        .map_err(|e| glue::redis_unavailable("return ticket", e))?;
+    let stock_left = ticket::decode_ticket_change(&reply)?.and_then(Reply::as_int);
+    Ok(HttpResponse::json(
+        200,
+        &serde_json::json!({
+            "code": ticket.to_string(),
+            "activity_id": ticket.activity,
+            "status": "returned",
+            "stock_left": stock_left,
+        }),
+    ))
 }
 
 fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
+    let secret = glue::var("ticket_secret")?;
     let pg = glue::pg_open()?;
     let rows = pg
         .query(
@@ -79,7 +108,7 @@ fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
                 status: glue::text(&r[3])?,
                 claimed_at: Millis(glue::int(&r[4])?),
             };
-            Some(TicketView::new(&ticket, &record))
+            Some(TicketView::new(&ticket, &record, secret.as_bytes()))
         })
         .collect();
     Ok(HttpResponse::json(

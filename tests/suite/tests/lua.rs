@@ -7,8 +7,10 @@ use flashclaim_core::drain::{decode_ack, Batch, LogEvent};
 use flashclaim_core::ids::{ActivityId, IdempotencyKey, UserId};
 use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
 use flashclaim_core::scripts::{
-    run_script, Arg, RedisCommands, Reply, CLAIM, DRAIN_ACK, DRAIN_READ, PUBLISH,
+    run_script, Arg, RedisCommands, Reply, CLAIM, DRAIN_ACK, DRAIN_READ, PASS, POOL, PUBLISH,
+    REDEEM, RETURN,
 };
+use flashclaim_core::ticket;
 use flashclaim_core::time::Millis;
 use flashclaim_core::ApiError;
 use flashclaim_tests::{fresh_redis_db, NativeRedis};
@@ -21,6 +23,7 @@ struct Lab {
     conn: redis::aio::MultiplexedConnection,
     activity: Activity,
     rate: RateLimit,
+    global_rate: RateLimit,
     seq: u32,
 }
 
@@ -47,10 +50,8 @@ impl Lab {
             redis: NativeRedis::new(conn.clone()),
             conn,
             activity,
-            rate: RateLimit {
-                attempts: 0,
-                window_ms: 1000,
-            },
+            rate: RateLimit::OFF,
+            global_rate: RateLimit::OFF,
             seq: 0,
         };
         lab.publish_expect(true);
@@ -94,6 +95,7 @@ impl Lab {
             &format!("claim-{}", self.seq),
             &prefixes,
             self.rate,
+            self.global_rate,
         );
         claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap())
     }
@@ -304,13 +306,197 @@ async fn a_pass_is_required_and_used_once_when_the_activity_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_code_pool_hands_out_uploaded_codes() {
-    let mut a = activity(2, 2);
+async fn a_code_pool_hands_out_uploaded_codes_and_an_empty_pool_is_sold_out() {
+    let mut a = activity(5, 2);
     a.kind = Kind::Codes;
     let mut lab = Lab::new(a).await;
-    lab.cmd(&["RPUSH", &lab.keys().pool(), "CODE-A", "CODE-B"]);
+    lab.cmd(&["RPUSH", &lab.keys().pool(), "CODE-A", "CODE-B", "CODE-C"]);
     let c = claimed(lab.claim("a", 2));
     assert_eq!(c.codes, vec!["CODE-A", "CODE-B"]);
+    // Stock is left (3) but only one code: two tickets cannot be had, and nothing changes.
+    let before = lab.snapshot().await;
+    assert_eq!(lab.claim("b", 2), Err(ApiError::SoldOut));
+    assert_eq!(lab.snapshot().await, before);
+    claimed(lab.claim("b", 1));
+    assert_eq!(lab.claim("c", 1), Err(ApiError::SoldOut));
+}
+
+fn pool(lab: &Lab, mode: &str, codes: &[&str]) -> (i64, i64) {
+    let keys = [lab.keys().meta(), lab.keys().pool()];
+    let mut argv = vec![Arg::from(mode)];
+    argv.extend(codes.iter().map(|c| Arg::from(*c)));
+    let r = run_script(&lab.redis, &POOL, &keys, &argv).unwrap();
+    (r[0].as_int().unwrap(), r[1].as_int().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_is_loaded_once_and_later_uploads_are_appended() {
+    let mut a = activity(5, 1);
+    a.kind = Kind::Codes;
+    let lab = Lab::new(a).await;
+    assert_eq!(
+        pool(&lab, "add", &["EARLY"]),
+        (0, 0),
+        "before the load: Postgres has them"
+    );
+    let many: Vec<String> = (0..25_000).map(|n| format!("C{n}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        pool(&lab, "load", &refs),
+        (25_000, 25_000),
+        "beyond Lua's unpack limit"
+    );
+    assert_eq!(
+        pool(&lab, "load", &["AGAIN"]),
+        (0, 25_000),
+        "a second load does nothing"
+    );
+    assert_eq!(pool(&lab, "add", &["LATE1", "LATE2"]), (2, 25_002));
+}
+
+fn give_back(lab: &Lab, code: &str, user: &str, now: i64) -> Result<Option<Reply>, ApiError> {
+    let t = flashclaim_core::ids::TicketRef {
+        activity: lab.activity.id,
+        code: code.to_string(),
+    };
+    let (keys, argv) = ticket::return_command(&t, user, Millis(now));
+    let reply = run_script(&lab.redis, &RETURN, &keys, &argv).unwrap();
+    ticket::decode_ticket_change(&reply).map(|r| r.cloned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returned_ticket_puts_the_stock_back_once_and_lets_the_user_claim_again() {
+    let mut lab = Lab::new(activity(1, 1)).await;
+    let code = claimed(lab.claim("a", 1)).codes[0].clone();
+    assert_eq!(lab.claim("b", 1), Err(ApiError::SoldOut));
+    let before = lab.snapshot().await;
+    assert_eq!(
+        give_back(&lab, &code, "b", START + 20),
+        Err(ApiError::NotFound),
+        "not the owner"
+    );
+    assert_eq!(
+        give_back(&lab, "NOPE", "a", START + 20),
+        Err(ApiError::NotFound)
+    );
+    assert_eq!(give_back(&lab, &code, "a", END), Err(ApiError::Ended));
+    assert_eq!(lab.snapshot().await, before, "refusals change nothing");
+    assert_eq!(
+        give_back(&lab, &code, "a", START + 20),
+        Ok(Some(Reply::Int(1)))
+    );
+    let again = give_back(&lab, &code, "a", START + 21).unwrap_err();
+    assert_eq!(
+        (again.status(), again.to_string()),
+        (409, "the ticket is returned".into())
+    );
+    assert_eq!(
+        lab.int(&["GET", &lab.keys().stock()]),
+        1,
+        "exactly one back"
+    );
+    assert_eq!(
+        lab.int(&["XLEN", &lab.keys().log()]),
+        2,
+        "claim + return logged"
+    );
+    claimed(lab.claim("b", 1));
+    assert_eq!(lab.claim("a", 1).map(|_| ()), Err(ApiError::SoldOut));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returned_code_goes_back_to_the_pool() {
+    let mut a = activity(1, 1);
+    a.kind = Kind::Codes;
+    let mut lab = Lab::new(a).await;
+    lab.cmd(&["RPUSH", &lab.keys().pool(), "ONLY"]);
+    claimed(lab.claim("a", 1));
+    give_back(&lab, "ONLY", "a", START + 20).unwrap();
+    assert_eq!(claimed(lab.claim("b", 1)).codes, vec!["ONLY"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_is_redeemed_once() {
+    let mut lab = Lab::new(activity(2, 1)).await;
+    let code = claimed(lab.claim("a", 1)).codes[0].clone();
+    let t = flashclaim_core::ids::TicketRef {
+        activity: lab.activity.id,
+        code: code.clone(),
+    };
+    let redeem = || {
+        let (keys, argv) = ticket::redeem_command(&t, Millis(START + 30));
+        let reply = run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
+        ticket::decode_ticket_change(&reply).map(|r| r.cloned())
+    };
+    assert_eq!(redeem(), Ok(Some(Reply::Bytes(b"a".to_vec()))));
+    assert_eq!(redeem().unwrap_err().to_string(), "the ticket is redeemed");
+    assert_eq!(
+        give_back(&lab, &code, "a", START + 40)
+            .unwrap_err()
+            .status(),
+        409,
+        "a used ticket cannot be returned"
+    );
+    let missing = flashclaim_core::ids::TicketRef {
+        activity: lab.activity.id,
+        code: "NOPE".into(),
+    };
+    let (keys, argv) = ticket::redeem_command(&missing, Millis(START));
+    let reply = run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
+    assert_eq!(
+        ticket::decode_ticket_change(&reply),
+        Err(ApiError::NotFound)
+    );
+}
+
+fn take_pass(lab: &Lab, user: &str, now: i64) -> Result<u16, ApiError> {
+    let id = lab.activity.id;
+    let (keys, argv) = claim::pass_command(id, &UserId::parse(user).unwrap(), Millis(now), 2);
+    claim::decode_pass(id, &run_script(&lab.redis, &PASS, &keys, &argv).unwrap()).map(|r| r.status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passes_are_one_per_user_bounded_by_stock_times_factor_and_single_use() {
+    let mut a = activity(1, 1);
+    a.require_pass = true;
+    let mut lab = Lab::new(a).await;
+    assert_eq!(lab.claim("a", 1), Err(ApiError::PassRequired));
+    assert_eq!(take_pass(&lab, "a", START), Ok(201));
+    assert_eq!(take_pass(&lab, "a", START), Ok(200), "one per user");
+    assert_eq!(take_pass(&lab, "b", START), Ok(201));
+    assert_eq!(
+        take_pass(&lab, "c", START),
+        Err(ApiError::SoldOut),
+        "stock 1 x factor 2"
+    );
+    assert_eq!(take_pass(&lab, "d", END), Err(ApiError::Ended));
+    claimed(lab.claim("a", 1));
+    let plain = Lab::new(activity(1, 1)).await;
+    let e = take_pass(&plain, "a", START).unwrap_err();
+    assert_eq!(
+        e.code(),
+        "conflict",
+        "no passes for an activity without require_pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_global_rate_limit_sheds_attempts_over_all_users() {
+    let mut lab = Lab::new(activity(100, 1)).await;
+    lab.global_rate = RateLimit {
+        attempts: 3,
+        window_ms: 60_000,
+    };
+    for u in ["a", "b", "c"] {
+        claimed(lab.claim(u, 1));
+    }
+    match lab.claim("d", 1) {
+        Err(ApiError::RateLimited { retry_after_secs }) => {
+            assert!((1..=60).contains(&retry_after_secs))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 97);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,7 +514,10 @@ async fn the_drain_reads_in_pairs_acknowledges_and_empties_the_log() {
         activity,
         codes,
         ..
-    } = &first.entries[0].event;
+    } = &first.entries[0].event
+    else {
+        panic!("{:?}", first.entries[0].event)
+    };
     assert_eq!(
         (user.as_str(), activity.as_str(), codes.len()),
         ("a", "7", 1)

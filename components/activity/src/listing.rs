@@ -1,0 +1,97 @@
+//! `GET /api/activities`: published activities that have not ended, oldest id first, a
+//! page at a time. Pages are cached briefly in Redis (on the first endpoint) so a crowd
+//! refreshing the list reads Postgres once per page per TTL; stock is always live.
+
+use std::collections::BTreeMap;
+
+use flashclaim_core::activity::{ListQuery, LIST_TTL_MS};
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::keys::ActivityKeys;
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::pg4::ParameterValue;
+
+use crate::glue::{self, SpinRedis};
+
+pub fn list(query: &str) -> Result<HttpResponse, ApiError> {
+    let query = ListQuery::parse(query)?;
+    let shards = glue::redis_shards()?;
+    let unavailable = |e| glue::redis_unavailable("list activities", e);
+    let home = SpinRedis::open(&shards.all()[0]).map_err(unavailable)?;
+    let page_key = format!("fc:list:{}:{}", query.after, query.limit);
+    let cached = home
+        .execute("GET", &[Arg::from(page_key.as_str())])
+        .map_err(unavailable)?;
+    let mut page: serde_json::Value = match cached.first().and_then(Reply::as_text) {
+        Some(text) => serde_json::from_str(text).map_err(|_| ApiError::Internal)?,
+        None => {
+            let page = read_page(query)?;
+            let _ = home.execute(
+                "SET",
+                &[
+                    Arg::from(page_key),
+                    Arg::from(page.to_string()),
+                    Arg::from("PX"),
+                    Arg::Int(LIST_TTL_MS),
+                ],
+            );
+            page
+        }
+    };
+    // Live stock: one MGET per Redis endpoint holding activities of the page.
+    let mut by_shard: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let items = page["activities"]
+        .as_array_mut()
+        .ok_or(ApiError::Internal)?;
+    for (i, item) in items.iter().enumerate() {
+        let id = ActivityId::from_db(item["id"].as_i64().ok_or(ApiError::Internal)?);
+        by_shard.entry(shards.for_activity(id)).or_default().push(i);
+    }
+    for (address, positions) in by_shard {
+        let redis = SpinRedis::open(address).map_err(unavailable)?;
+        let keys: Vec<Arg> = positions
+            .iter()
+            .map(|i| {
+                let id = ActivityId::from_db(items[*i]["id"].as_i64().unwrap_or(0));
+                Arg::from(ActivityKeys::new(id).stock())
+            })
+            .collect();
+        let stocks = redis.execute("MGET", &keys).map_err(unavailable)?;
+        for (i, stock) in positions.iter().zip(stocks.iter()) {
+            if let Some(stock) = stock.as_int() {
+                items[*i]["stock_left"] = stock.into();
+            }
+        }
+    }
+    Ok(HttpResponse::json(200, &page))
+}
+
+fn read_page(query: ListQuery) -> Result<serde_json::Value, ApiError> {
+    let rows = glue::pg_open()?
+        .query(
+            &format!(
+                "SELECT {} FROM activities \
+                 WHERE status = 'published' AND ends_at > now() AND id > $1 \
+                 ORDER BY id LIMIT $2",
+                glue::ACTIVITY_COLUMNS
+            ),
+            &[
+                ParameterValue::Int64(query.after),
+                ParameterValue::Int64(query.limit + 1),
+            ],
+        )
+        .map_err(|e| glue::pg_internal("list activities", e))?;
+    let mut activities: Vec<serde_json::Value> = rows
+        .rows
+        .iter()
+        .filter_map(|r| glue::activity_row(r))
+        .map(|a| a.view(a.stock_total))
+        .collect();
+    let more = activities.len() as i64 > query.limit;
+    activities.truncate(query.limit as usize);
+    let next_cursor = more
+        .then(|| activities.last().and_then(|a| a["id"].as_i64()))
+        .flatten()
+        .map(|id| id.to_string());
+    Ok(serde_json::json!({ "activities": activities, "next_cursor": next_cursor }))
+}
