@@ -28,9 +28,10 @@ deps:
 wasm:
 	cargo build --target wasm32-wasip2 --release $(WASM_FLAGS)
 
-## Tier 1: pure unit tests (no services needed).
+## Tier 1: pure unit tests and the API document's contract (no services needed).
 test-unit:
 	cargo test $(NATIVE) --lib
+	cargo test $(NATIVE) --test contract
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:
@@ -40,6 +41,7 @@ test-lua:
 ## Postgres outage test, which stops the shared Postgres and so runs on its own.
 test-e2e:
 	cargo test $(NATIVE) --test e2e
+	cargo test $(NATIVE) --test api
 	cargo test $(NATIVE) --test outage
 
 ## The test host itself, on the real fixture component (needs services and wasm).

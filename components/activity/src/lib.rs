@@ -119,6 +119,11 @@ fn rebuild(
             "the activity is being loaded; try again shortly",
         ));
     }
+    // The previous holder may have filled the cache between our miss and our lock.
+    if let Some(view) = cached(redis, keys)? {
+        let _ = redis.execute("DEL", &[Arg::from(keys.view_lock())]);
+        return Ok(view);
+    }
     let loaded = glue::load_activity(&glue::pg_open()?, id);
     let result = store_view(redis, keys, loaded);
     let _ = redis.execute("DEL", &[Arg::from(keys.view_lock())]);

@@ -54,6 +54,59 @@ impl ApiError {
         ApiError::InvalidRequest(detail.into())
     }
 
+    /// One of every variant, so the API document can be checked against what the service
+    /// can answer. Adding a variant fails to compile until it is listed here too.
+    pub fn examples() -> Vec<ApiError> {
+        let all = vec![
+            ApiError::InvalidRequest(String::new()),
+            ApiError::Unauthenticated(""),
+            ApiError::Forbidden(""),
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::NotStarted {
+                starts_at: Millis(0),
+            },
+            ApiError::Ended,
+            ApiError::SoldOut,
+            ApiError::LimitReached { limit: 1 },
+            ApiError::PassRequired,
+            ApiError::Conflict(String::new()),
+            ApiError::VerificationFailed,
+            ApiError::CodesRejected {
+                bad: Vec::new(),
+                duplicates: Vec::new(),
+            },
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::Unavailable(""),
+            ApiError::OutcomeUnknown,
+            ApiError::Internal,
+        ];
+        for e in &all {
+            match e {
+                ApiError::InvalidRequest(_)
+                | ApiError::Unauthenticated(_)
+                | ApiError::Forbidden(_)
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed
+                | ApiError::NotStarted { .. }
+                | ApiError::Ended
+                | ApiError::SoldOut
+                | ApiError::LimitReached { .. }
+                | ApiError::PassRequired
+                | ApiError::Conflict(_)
+                | ApiError::VerificationFailed
+                | ApiError::CodesRejected { .. }
+                | ApiError::RateLimited { .. }
+                | ApiError::Unavailable(_)
+                | ApiError::OutcomeUnknown
+                | ApiError::Internal => {}
+            }
+        }
+        all
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::InvalidRequest(_) => 400,

@@ -89,10 +89,8 @@ fn redis_benchmark(redis_db: u32, concurrency: usize) -> f64 {
         Millis(now_ms()),
         "bench-claim-__rand_int__",
         &["BENCH".to_string()],
-        RateLimit {
-            attempts: 0,
-            window_ms: 1000,
-        },
+        RateLimit::OFF,
+        RateLimit::OFF,
     );
     let mut args: Vec<String> = vec![
         "-p".into(),

@@ -298,3 +298,47 @@ impl TestApp {
             .get::<_, i64>(0)
     }
 }
+
+/// Asserts an RFC 9457 problem with the given status and stable code.
+pub fn problem(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["code"], code, "{}", r.text());
+}
+
+impl TestApp {
+    /// A request as `user` (a token signed with the test secret).
+    pub async fn as_user(&self, user: &str, method: &str, path: &str, body: &str) -> Response {
+        self.send(method, path, Some(&bearer(&token(user, None))), body)
+            .await
+    }
+
+    pub async fn as_admin(&self, method: &str, path: &str, body: &str) -> Response {
+        self.send(method, path, Some(&self.admin), body).await
+    }
+
+    /// A request with an explicit content type (uploads).
+    pub async fn send_typed(
+        &self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        content_type: &str,
+        body: String,
+    ) -> Response {
+        self.client
+            .send(
+                method,
+                path,
+                &[("content-type", content_type), ("authorization", auth)],
+                body,
+            )
+            .await
+            .unwrap()
+    }
+}

@@ -8,20 +8,8 @@ use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::{b64url_encode, sign, Claims};
 use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
 use flashclaim_core::scripts::{run_script, Arg, DRAIN_READ};
-use flashclaim_tests::{bearer, token, NativeRedis, TestApp, JWT_SECRET};
-use spin_test_host::client::Response;
+use flashclaim_tests::{bearer, problem, token, NativeRedis, TestApp, JWT_SECRET};
 use tokio::sync::Semaphore;
-
-fn problem(r: &Response, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text());
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        r.text()
-    );
-    assert_eq!(r.json()["code"], code, "{}", r.text());
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_claim_drain_and_read_tickets_end_to_end() {
@@ -513,7 +501,7 @@ fn every_component_stays_small_because_it_is_instantiated_per_request() {
         .filter_map(|l| l.strip_prefix("source = \""))
         .map(|s| s.trim_end_matches('"'))
         .collect();
-    assert_eq!(sources.len(), 5);
+    assert_eq!(sources.len(), 6);
     for source in sources {
         let size = std::fs::metadata(flashclaim_tests::root().join(source))
             .unwrap()

@@ -1,0 +1,130 @@
+//! The API document (`docs/openapi.json`, OpenAPI 3.1) against the service: every route in
+//! spin.toml is documented, every documented path is routed, and every status and problem
+//! code the components can answer appears in it. Needs no services.
+
+use std::collections::BTreeSet;
+
+use flashclaim_core::ApiError;
+
+fn document() -> serde_json::Value {
+    let text = std::fs::read_to_string(flashclaim_tests::root().join("docs/openapi.json")).unwrap();
+    serde_json::from_str(&text).expect("docs/openapi.json is JSON")
+}
+
+/// spin.toml's HTTP routes, `:param` written as OpenAPI's `{param}`.
+fn manifest_routes() -> Vec<String> {
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(flashclaim_tests::root().join("spin.toml")).unwrap(),
+    )
+    .unwrap();
+    manifest["trigger"]["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["route"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .map(|s| match s.strip_prefix(':') {
+                    Some(p) => format!("{{{p}}}"),
+                    None => s.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+fn documented_paths() -> Vec<String> {
+    document()["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_document_is_openapi_3_1() {
+    assert_eq!(document()["openapi"], "3.1.0");
+}
+
+#[test]
+fn every_route_in_the_manifest_is_documented() {
+    let paths = documented_paths();
+    for route in manifest_routes() {
+        let covered = match route.strip_suffix("/...") {
+            Some(prefix) => paths
+                .iter()
+                .any(|p| p.starts_with(&format!("{prefix}/")) || *p == prefix),
+            None => paths.contains(&route),
+        };
+        assert!(
+            covered,
+            "route {route} of spin.toml is not in docs/openapi.json"
+        );
+    }
+}
+
+#[test]
+fn every_documented_path_is_routed_by_the_manifest() {
+    let routes = manifest_routes();
+    for path in documented_paths() {
+        let routed = routes.iter().any(|r| match r.strip_suffix("/...") {
+            Some(prefix) => path.starts_with(&format!("{prefix}/")) || path == prefix,
+            None => *r == path,
+        });
+        assert!(
+            routed,
+            "{path} is documented but no component is routed for it"
+        );
+    }
+}
+
+#[test]
+fn every_status_and_code_the_service_answers_is_documented() {
+    let doc = document();
+    let codes: BTreeSet<&str> = doc["components"]["schemas"]["Problem"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let mut statuses = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            for status in operation["responses"].as_object().unwrap().keys() {
+                statuses.insert(status.clone());
+            }
+        }
+    }
+    for e in ApiError::examples() {
+        assert!(
+            codes.contains(e.code()),
+            "code {} is not in the Problem schema",
+            e.code()
+        );
+        assert!(
+            statuses.contains(&e.status().to_string()),
+            "status {} is never documented",
+            e.status()
+        );
+        // And the documented text says which operations answer it.
+        assert!(
+            doc.to_string().contains(&format!("`{}`", e.code())),
+            "no operation names `{}`",
+            e.code()
+        );
+    }
+    assert_eq!(
+        codes.len(),
+        ApiError::examples()
+            .iter()
+            .map(ApiError::code)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        "no stale codes"
+    );
+}
