@@ -740,3 +740,141 @@ async fn authorization_matrix_every_route_by_anonymous_user_other_user_and_admin
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_on_the_new_routes_is_a_4xx_problem_and_changes_nothing() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(5, r#","kind":"codes""#).await;
+    t.publish(id).await;
+    let long_user = "u".repeat(65);
+    let cases: Vec<(&str, String, Option<String>, &str, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/users".into(),
+            None,
+            "not json",
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/users".into(),
+            None,
+            r#"{"username":"ok_name","password":"12345678","role":"admin"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sessions".into(),
+            None,
+            r#"{"username":1}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/api/activities?cursor=abc".into(),
+            None,
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/activities/abc/passes".into(),
+            Some(bearer(&flashclaim_tests::token("a", None))),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/tickets/not-a-ticket".into(),
+            Some(bearer(&flashclaim_tests::token("a", None))),
+            "",
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            format!("/admin/activities/{id}"),
+            Some(t.admin.clone()),
+            "[1]",
+            400,
+            "invalid_request",
+        ),
+        (
+            "PATCH",
+            format!("/admin/activities/{id}"),
+            Some(t.admin.clone()),
+            r#"{"name":"'; DROP TABLE activities; --"}"#,
+            200,
+            "",
+        ),
+        (
+            "POST",
+            format!("/admin/activities/{id}/codes"),
+            Some(t.admin.clone()),
+            r#"{"codes":"x"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            format!("/admin/blacklist/{long_user}"),
+            Some(t.admin.clone()),
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/admin/blacklist/someone".into(),
+            Some(t.admin.clone()),
+            r#"{"reason":5}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/admin/tickets/{id}-NOPE/redeem"),
+            Some(t.admin.clone()),
+            "{}",
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/activities/0/stats".into(),
+            Some(t.admin.clone()),
+            "",
+            404,
+            "not_found",
+        ),
+    ];
+    let snapshot = || async {
+        (
+            t.count("SELECT count(*) FROM users").await,
+            t.count("SELECT count(*) FROM blacklist").await,
+            t.count("SELECT count(*) FROM ticket_codes").await,
+            t.count("SELECT count(*) FROM activities").await,
+        )
+    };
+    let before = snapshot().await;
+    for (method, path, auth, body, status, code) in cases {
+        let r = t.send(method, &path, auth.as_deref(), body).await;
+        if status == 200 {
+            // SQL-looking input is stored and returned verbatim, never executed.
+            assert_eq!(
+                r.json()["name"],
+                "'; DROP TABLE activities; --",
+                "{}",
+                r.text()
+            );
+        } else {
+            problem(&r, status, code);
+        }
+    }
+    assert_eq!(snapshot().await, before);
+}
