@@ -741,13 +741,16 @@ async fn authorization_matrix_every_route_by_anonymous_user_other_user_and_admin
     }
 }
 
+/// method, path, authorization, body, expected status, expected problem code.
+type BadInput<'a> = (&'a str, String, Option<String>, &'a str, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_on_the_new_routes_is_a_4xx_problem_and_changes_nothing() {
     let t = TestApp::start().await;
     let id = t.create_activity(5, r#","kind":"codes""#).await;
     t.publish(id).await;
     let long_user = "u".repeat(65);
-    let cases: Vec<(&str, String, Option<String>, &str, u16, &str)> = vec![
+    let cases: Vec<BadInput> = vec![
         (
             "POST",
             "/api/users".into(),
