@@ -42,7 +42,8 @@ test-lua:
 test-e2e:
 	cargo test $(NATIVE) --test e2e
 	cargo test $(NATIVE) --test api
-	cargo test $(NATIVE) --test outage
+	cargo test $(NATIVE) --test faults -- --nocapture
+	cargo test $(NATIVE) --test outage -- --nocapture
 
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:

@@ -15,9 +15,11 @@ ARGV[3]  ends_at, ms since the epoch
 ARGV[4]  per-user limit
 ARGV[5]  kind: counter | codes
 ARGV[6]  require_pass: 1 | 0
-ARGV[7]  initial stock (stock_total)
+ARGV[7]  stock_total
 ARGV[8]  status: published | closed
 ARGV[9]  consumer group of the drain
+ARGV[10] stock to set when none is loaded: stock_total less the tickets Postgres already
+         holds, so a reload after Redis lost its data never hands out drained stock again
 
 Returns { loaded, stock_left }: loaded is 1 when the stock was set now, 0 when it was
 already there.
@@ -31,7 +33,7 @@ redis.call('HSET', meta,
 
 local loaded = 0
 if redis.call('EXISTS', stock) == 0 then
-  redis.call('SET', stock, ARGV[7])
+  redis.call('SET', stock, ARGV[10])
   loaded = 1
 end
 

@@ -12,7 +12,7 @@ use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::Request;
 use spin_sdk::pg4::{Connection, ParameterValue};
 
-use crate::glue;
+use crate::glue::{self, SpinRedis};
 
 pub fn create(req: &Request) -> Result<HttpResponse, ApiError> {
     let new = NewActivity::parse(req.body())?;
@@ -172,12 +172,26 @@ pub fn close(id: &str) -> Result<HttpResponse, ApiError> {
 /// Loads the activity's settings (and, the first time, its stock and code pool) into
 /// Redis, indexes it for the drain and the blacklist, and copies the blacklist into its
 /// deny set; returns the live stock.
+///
+/// "The first time" is also the first time after Redis lost its data: then the stock is
+/// what Postgres has not seen issued, and the users' counts and tickets are rebuilt from
+/// Postgres, so nothing drained is handed out twice and nobody exceeds their limit.
 fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError> {
     let redis = glue::redis_for(activity.id, "load activity")?;
     let unavailable = |e| glue::redis_unavailable("load activity", e);
-    let (keys, argv) = activity.publish_command();
+    let issued = pg
+        .query(
+            "SELECT code, user_id, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
+             FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
+            &[ParameterValue::Int64(activity.id.get())],
+        )
+        .map_err(|e| glue::pg_internal("load issued tickets", e))?;
+    let (keys, argv) = activity.publish_command(issued.rows.len() as i64);
     let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
-    let (_, stock_left) = activity::decode_publish(&reply)?;
+    let (loaded, stock_left) = activity::decode_publish(&reply)?;
+    if loaded && !issued.rows.is_empty() {
+        restore_issued(&redis, activity.id, &issued.rows).map_err(unavailable)?;
+    }
     // Indexed before the blacklist is read: a user blacklisted meanwhile is either read
     // here or finds this activity in the index (operations::blacklist).
     redis
@@ -202,9 +216,13 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
         redis.execute("SADD", &sadd).map_err(unavailable)?;
     }
     if activity.kind == Kind::Codes {
+        // Codes already issued (after a Redis data loss) never go back into the pool.
         let codes = pg
             .query(
-                "SELECT code FROM ticket_codes WHERE activity_id = $1 ORDER BY uploaded_at, code",
+                "SELECT code FROM ticket_codes c WHERE activity_id = $1 AND NOT EXISTS \
+                   (SELECT 1 FROM tickets t WHERE t.activity_id = c.activity_id AND t.code = c.code \
+                      AND t.status <> 'returned') \
+                 ORDER BY uploaded_at, code",
                 &[ParameterValue::Int64(activity.id.get())],
             )
             .map_err(|e| glue::pg_internal("load codes", e))?;
@@ -221,6 +239,40 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
             .map_err(unavailable)?;
     }
     Ok(stock_left)
+}
+
+/// Puts drained tickets back into a freshly loaded activity: the users' counts and the
+/// ticket records (so returns, redeems and ticket reads keep working).
+fn restore_issued(
+    redis: &SpinRedis,
+    id: ActivityId,
+    rows: &[Vec<spin_sdk::pg4::DbValue>],
+) -> Result<(), flashclaim_core::scripts::RedisFailure> {
+    let keys = ActivityKeys::new(id);
+    let mut per_user: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut records = vec![Arg::from(keys.tickets())];
+    for row in rows {
+        let (Some(code), Some(user), Some(claim), Some(status), Some(at)) = (
+            glue::text(&row[0]),
+            glue::text(&row[1]),
+            glue::text(&row[2]),
+            glue::text(&row[3]),
+            glue::int(&row[4]),
+        ) else {
+            continue;
+        };
+        *per_user.entry(user.clone()).or_default() += 1;
+        records.push(Arg::from(code));
+        records.push(Arg::from(format!("{user}|{claim}|{status}|{at}")));
+    }
+    let mut counts = vec![Arg::from(keys.claimed())];
+    for (user, n) in per_user {
+        counts.push(Arg::from(user));
+        counts.push(Arg::Int(n));
+    }
+    redis.execute("HSET", &counts)?;
+    redis.execute("HSET", &records)?;
+    Ok(())
 }
 
 /// `POST .../codes`: all or nothing. The codes are inserted in one transaction; when the

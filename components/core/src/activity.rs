@@ -186,8 +186,9 @@ impl Activity {
         v
     }
 
-    /// The publish script's KEYS and ARGV for this activity.
-    pub fn publish_command(&self) -> (Vec<String>, Vec<Arg>) {
+    /// The publish script's KEYS and ARGV for this activity; `already_issued` is the count of
+    /// live tickets Postgres holds (0 on a first publish).
+    pub fn publish_command(&self, already_issued: i64) -> (Vec<String>, Vec<Arg>) {
         let k = ActivityKeys::new(self.id);
         let keys = vec![k.meta(), k.stock(), k.log(), k.view()];
         let argv = vec![
@@ -200,6 +201,7 @@ impl Activity {
             Arg::Int(self.stock_total),
             Arg::from(self.status.as_str()),
             Arg::from(DRAIN_GROUP),
+            Arg::Int((self.stock_total - already_issued).max(0)),
         ];
         (keys, argv)
     }

@@ -178,7 +178,7 @@ async fn run() {
         kind: Kind::Counter,
         require_pass: false,
     };
-    let (keys, argv) = bench_activity.publish_command();
+    let (keys, argv) = bench_activity.publish_command(0);
     run_script(&native, &PUBLISH, &keys, &argv).unwrap();
     let limits: Vec<f64> = LEVELS
         .iter()

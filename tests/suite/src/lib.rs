@@ -178,9 +178,16 @@ impl TestApp {
     }
 
     pub async fn start_with(extra: &[(&str, &str)]) -> TestApp {
-        let s = services();
         let (redis_url, _) = fresh_redis_db().await;
         let pg_url = fresh_pg_db().await;
+        Self::start_on(&redis_url, &pg_url, extra).await
+    }
+
+    /// The app on given stores: a second app on the same data (a restarted or differently
+    /// configured deployment), or one on a private Redis.
+    pub async fn start_on(redis_url: &str, pg_url: &str, extra: &[(&str, &str)]) -> TestApp {
+        let s = services();
+        let (redis_url, pg_url) = (redis_url.to_string(), pg_url.to_string());
         let mut env: HashMap<String, String> = [
             ("SPIN_VARIABLE_REDIS_ADDRESS", redis_url.clone()),
             (
