@@ -28,10 +28,11 @@ deps:
 wasm:
 	cargo build --target wasm32-wasip2 --release $(WASM_FLAGS)
 
-## Tier 1: pure unit tests and the API document's contract (no services needed).
+## Tier 1: pure unit tests, the hostile-input properties and corpus, and the API
+## document's contract (no services needed).
 test-unit:
 	cargo test $(NATIVE) --lib
-	cargo test $(NATIVE) --test contract
+	cargo test $(NATIVE) --test contract --test hostile
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:

@@ -881,3 +881,222 @@ async fn bad_input_on_the_new_routes_is_a_4xx_problem_and_changes_nothing() {
     }
     assert_eq!(snapshot().await, before);
 }
+
+fn b64(bytes: &[u8]) -> String {
+    flashclaim_core::jwt::b64url_encode(bytes)
+}
+
+/// A token with the given header and claims, signed HS256 with `secret`.
+fn forged(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_attacks_are_refused_everywhere_a_token_matters() {
+    let t = TestApp::start().await;
+    let id = t.create_activity(5, "").await;
+    t.publish(id).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let secret = flashclaim_tests::JWT_SECRET.as_bytes();
+    let hs = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+    let admin_claims = serde_json::json!({"sub": "attacker", "exp": now + 3600, "role": "admin"});
+    let attacks: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","typ":"JWT"}"#),
+                b64(admin_claims.to_string().as_bytes())
+            ),
+        ),
+        (
+            "HS/RS confusion",
+            forged(&serde_json::json!({"alg": "RS256"}), &admin_claims, secret),
+        ),
+        (
+            "wrong secret",
+            forged(&hs, &admin_claims, b"not-the-secret"),
+        ),
+        (
+            "expired",
+            forged(
+                &hs,
+                &serde_json::json!({"sub": "attacker", "exp": now - 120, "role": "admin"}),
+                secret,
+            ),
+        ),
+        (
+            "not yet valid",
+            forged(
+                &hs,
+                &serde_json::json!({"sub": "attacker", "exp": now + 3600, "nbf": now + 600, "role": "admin"}),
+                secret,
+            ),
+        ),
+        (
+            "missing sub",
+            forged(
+                &hs,
+                &serde_json::json!({"exp": now + 3600, "role": "admin"}),
+                secret,
+            ),
+        ),
+        (
+            "empty sub",
+            forged(
+                &hs,
+                &serde_json::json!({"sub": "", "exp": now + 3600, "role": "admin"}),
+                secret,
+            ),
+        ),
+        (
+            "oversized",
+            forged(
+                &hs,
+                &serde_json::json!({"sub": "attacker", "exp": now + 3600, "role": "admin", "pad": "x".repeat(5000)}),
+                secret,
+            ),
+        ),
+        ("not a token", "a.b".into()),
+    ];
+    let before = t.count("SELECT count(*) FROM activities").await;
+    for (attack, token) in attacks {
+        let auth = bearer(&token);
+        for (method, path) in [
+            ("POST", format!("/api/activities/{id}/claims")),
+            ("GET", "/api/tickets".to_string()),
+            ("POST", "/admin/activities".to_string()),
+            ("POST", "/admin/drain".to_string()),
+        ] {
+            let r = t.send(method, &path, Some(&auth), "{}").await;
+            problem(&r, 401, "unauthenticated");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{attack}");
+        }
+    }
+    assert_eq!(t.count("SELECT count(*) FROM activities").await, before);
+    let stats = t
+        .as_admin("GET", &format!("/admin/activities/{id}/stats"), "")
+        .await
+        .json();
+    assert_eq!(stats["stock_left"], 5, "no attack claimed anything");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn script_looking_input_is_stored_and_returned_verbatim_never_run() {
+    let t = TestApp::start().await;
+    let id = t
+        .create_activity(
+            5,
+            r#","description":"redis.call('FLUSHALL') -- ]] '; DROP TABLE claims; --""#,
+        )
+        .await;
+    t.publish(id).await;
+    let user = "redis.call('FLUSHALL')";
+    let r = t.claim(id, user, "").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    t.drain().await;
+    let stored: String = t
+        .pg()
+        .await
+        .query_one("SELECT user_id FROM claims", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, user);
+    let view = t
+        .send("GET", &format!("/api/activities/{id}"), None, "")
+        .await
+        .json();
+    assert_eq!(
+        view["description"],
+        "redis.call('FLUSHALL') -- ]] '; DROP TABLE claims; --"
+    );
+    assert_eq!(view["stock_left"], 4, "Redis still holds the activity");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_limit_is_a_clear_4xx() {
+    let t = TestApp::start().await;
+    let id = t
+        .create_activity(500, r#","kind":"codes","per_user_limit":100"#)
+        .await;
+    let big_csv: String = (0..100_001).map(|n| format!("C{n}\n")).collect();
+    let huge_csv = "A".repeat(flashclaim_core::codes::MAX_UPLOAD_BYTES + 1);
+    let codes = format!("/admin/activities/{id}/codes");
+    problem(
+        &t.send_typed("POST", &codes, &t.admin, "text/csv", big_csv)
+            .await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &t.send_typed("POST", &codes, &t.admin, "text/csv", huge_csv)
+            .await,
+        400,
+        "invalid_request",
+    );
+    let r = t
+        .send_typed(
+            "POST",
+            &codes,
+            &t.admin,
+            "text/csv",
+            (0..100_000).map(|n| format!("C{n}\n")).collect(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["accepted"].as_i64()),
+        (201, Some(100_000)),
+        "exactly the limit is fine"
+    );
+    t.publish(id).await;
+    let claims = format!("/api/activities/{id}/claims");
+    problem(
+        &t.as_user("a", "POST", &claims, r#"{"quantity":101}"#).await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &t.as_user("a", "POST", &claims, &" ".repeat(2048)).await,
+        400,
+        "invalid_request",
+    );
+    problem(
+        &t.send("GET", "/api/activities?limit=101", None, "").await,
+        400,
+        "invalid_request",
+    );
+    let padded = format!(r#"{{"name":"x","description":"{}"}}"#, "d".repeat(20_000));
+    problem(
+        &t.as_admin("POST", "/admin/activities", &padded).await,
+        400,
+        "invalid_request",
+    );
+    let long_password = format!(
+        r#"{{"username":"longpw","password":"{}"}}"#,
+        "p".repeat(5000)
+    );
+    problem(
+        &t.send("POST", "/api/users", None, &long_password).await,
+        400,
+        "invalid_request",
+    );
+    assert_eq!(
+        t.as_user("a", "POST", &claims, r#"{"quantity":100}"#)
+            .await
+            .status,
+        201,
+        "the largest quantity allowed"
+    );
+}
