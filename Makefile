@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test deps wasm test-unit test-lua test-e2e test-host services-start services-stop serve bench fmt lint
+.PHONY: test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,7 +18,7 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -45,6 +45,11 @@ test-e2e:
 	cargo test $(NATIVE) --test api
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
+
+## Schemathesis (PyPI) against docs/openapi.json and the running app: no 5xx, every
+## response as documented (needs services and wasm).
+test-schema:
+	scripts/schemathesis.sh
 
 ## The test host itself, on the real fixture component (needs services and wasm).
 test-host:
