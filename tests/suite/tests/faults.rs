@@ -561,3 +561,47 @@ async fn a_trapping_request_never_affects_the_requests_around_it() {
     let health = t.send("GET", "/healthz", None, "").await;
     assert_eq!(health.status, 200, "{}", health.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_stuck_waiting_never_delays_the_others_and_ends_with_a_clear_503() {
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(500, "").await;
+    t.publish(id).await;
+    // A rebuild lock that nobody releases (its holder died): readers of the cold activity
+    // wait for the view, then give up with a 503 instead of hanging.
+    let mut redis = redis_conn(&t.redis_url).await;
+    let lock = ActivityKeys::new(ActivityId::from_db(id)).view_lock();
+    let () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("1")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut stuck = Vec::new();
+    for _ in 0..20 {
+        let t = t.clone();
+        stuck.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = t
+                .send("GET", &format!("/api/activities/{id}"), None, "")
+                .await;
+            (r.status, r.json()["code"].clone(), started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = storm(t.clone(), id, "u", 200, 16, Arc::new(AtomicUsize::new(0))).await;
+    assert!(seen.iter().all(|s| s.status == 201));
+    let slowest = seen.iter().map(|s| s.took).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "claims beside stuck readers stay fast: {slowest:?}"
+    );
+    for task in stuck {
+        let (status, code, took) = task.await.unwrap();
+        assert_eq!((status, code.as_str()), (503, Some("unavailable")));
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+    eprintln!("RELIABILITY stuck readers: 20 waited and answered 503; 200 claims beside them, slowest {slowest:?}");
+}
