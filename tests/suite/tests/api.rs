@@ -181,6 +181,9 @@ async fn return_then_reclaim_keeps_stock_exact_and_the_drain_records_it() {
         .await
         .json();
     assert_eq!(report["ok"], true, "{report}");
+    let minutes = stats["claims_per_minute"].as_array().unwrap();
+    let total: i64 = minutes.iter().map(|m| m["claims"].as_i64().unwrap()).sum();
+    assert_eq!(total, 3, "three claims in the last hour: {stats}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1099,4 +1102,18 @@ async fn every_limit_is_a_clear_4xx() {
         201,
         "the largest quantity allowed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_global_rate_limit_answers_429_with_retry_after() {
+    let t = TestApp::start_with(&[("SPIN_VARIABLE_CLAIM_GLOBAL_RATE_LIMIT", "3/60000")]).await;
+    let id = t.create_activity(100, "").await;
+    t.publish(id).await;
+    for user in ["a", "b", "c"] {
+        assert_eq!(t.claim(id, user, "").await.status, 201);
+    }
+    let r = t.claim(id, "d", "").await;
+    problem(&r, 429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
 }
