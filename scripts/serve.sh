@@ -21,8 +21,11 @@ if [ ! -f "$secrets" ]; then
   {
     echo "SPIN_VARIABLE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     echo "SPIN_VARIABLE_TICKET_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    echo "FLASHCLAIM_DEV_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } >"$secrets"
+fi
+# Added separately so secrets files from before the operator account get one too.
+if ! grep -q '^FLASHCLAIM_DEV_ADMIN_PASSWORD=' "$secrets"; then
+  (umask 077; echo "FLASHCLAIM_DEV_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$secrets")
 fi
 set -a
 # shellcheck disable=SC1090
