@@ -10,7 +10,8 @@ listen=${LISTEN:-127.0.0.1:3000}
 
 scripts/deps.sh
 make --no-print-directory wasm >/dev/null
-[ -f .data/services.env ] || scripts/services.sh start
+# A served app keeps its Redis data across restarts (AOF, fsync on every write).
+[ -f .data/services.env ] || scripts/services.sh start --durable
 # shellcheck disable=SC1091
 . .data/services.env
 
@@ -71,10 +72,12 @@ if [ -z "$(psql "$SPIN_VARIABLE_PG_ADDRESS" -qtAX -c "SELECT id FROM activities 
   now=$(date -u +%s)
   body=$(printf '{"name":"Demo: free ride","description":"A demo activity seeded by make serve","starts_at":"%s","ends_at":"%s","stock_total":100,"per_user_limit":1}' \
     "$(date -u -d "@$now" +%Y-%m-%dT%H:%M:%SZ)" "$(date -u -d "@$((now + 7 * 86400))" +%Y-%m-%dT%H:%M:%SZ)")
-  id=$(curl -s -X POST "http://$listen/admin/activities" -H "authorization: Bearer $admin" -d "$body" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
-  curl -s -o /dev/null -X POST "http://$listen/admin/activities/$id/publish" -H "authorization: Bearer $admin"
+  curl -s -o /dev/null -X POST "http://$listen/admin/activities" -H "authorization: Bearer $admin" -d "$body"
 fi
 id=$(psql "$SPIN_VARIABLE_PG_ADDRESS" -qtAX -c "SELECT id FROM activities WHERE name = 'Demo: free ride' LIMIT 1")
+# Publishing is idempotent, and after a Redis that lost its data it reloads the activity
+# from what Postgres recorded.
+curl -s -o /dev/null -X POST "http://$listen/admin/activities/$id/publish" -H "authorization: Bearer $admin"
 
 cat <<MSG
 
