@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what flashclaim needs on a fresh Debian/Ubuntu machine, and nothing that is
-# already there: the wasm32-wasip2 Rust target, Redis and PostgreSQL.
+# already there: the wasm32-wasip2 Rust target, Redis, PostgreSQL (with its contrib
+# modules, for pg_stat_statements), curl, and Python with venv (Schemathesis runs from a
+# virtualenv under .data/).
 set -euo pipefail
 
 need_apt=()
@@ -12,6 +14,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

@@ -10,10 +10,7 @@ cd "$root"
 
 venv=.data/venv
 if [ ! -x "$venv/bin/st" ]; then
-  python3 -m venv "$venv" 2>/dev/null || {
-    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  }
+  python3 -m venv "$venv" # python3-venv comes from scripts/deps.sh
   "$venv/bin/pip" install -q "schemathesis==4.32.5"
 fi
 
