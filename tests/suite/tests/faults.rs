@@ -241,6 +241,40 @@ async fn check_stock(t: &TestApp, id: i64, stock_total: i64) {
     );
 }
 
+/// Drains to the end, then checks that exactly `expected` claims were acknowledged, each is
+/// in Postgres once with one ticket, and the stock adds up.
+async fn assert_each_claim_once(t: &TestApp, id: i64, seen: &[Seen], stock: i64, expected: usize) {
+    drain_to_empty(t).await;
+    let (acked, present) = check_invariants(t, id, seen, 1).await;
+    assert_eq!((acked, present), (expected, expected));
+    let tickets = t
+        .count(&format!(
+            "SELECT count(*) FROM tickets WHERE activity_id = {id}"
+        ))
+        .await;
+    assert_eq!(tickets as usize, expected, "nothing doubled");
+    check_stock(t, id, stock).await;
+}
+
+/// `POST /admin/drain` in a loop until `stop`, `pause` between runs, as a scheduler would;
+/// returns (runs, runs that did not answer 200).
+fn drain_loop(
+    t: Arc<TestApp>,
+    stop: Arc<AtomicBool>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut runs, mut failed) = (0, 0);
+        while !stop.load(Ordering::SeqCst) {
+            let r = t.send("POST", "/admin/drain", Some(&t.admin), "").await;
+            runs += 1;
+            failed += usize::from(r.status != 200);
+            tokio::time::sleep(pause).await;
+        }
+        (runs, failed)
+    })
+}
+
 /// Kills Redis once `after` claims are acknowledged, keeps it down for `down`, restarts it.
 fn killer(
     redis: Arc<tokio::sync::Mutex<PrivateRedis>>,
@@ -354,21 +388,7 @@ async fn redis_killed_mid_storm_with_default_persistence_loses_at_most_the_undra
     t.publish(id).await;
     // The drain runs every 200 ms, as the cron trigger would (every second on Spin).
     let stop = Arc::new(AtomicBool::new(false));
-    let drains = {
-        let (t, stop) = (t.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut last_ok: Option<Instant> = None;
-            while !stop.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                let r = t.send("POST", "/admin/drain", Some(&t.admin), "").await;
-                if r.status == 200 {
-                    last_ok = Some(started);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            last_ok
-        })
-    };
+    let drains = drain_loop(t.clone(), stop.clone(), Duration::from_millis(200));
     let redis = Arc::new(tokio::sync::Mutex::new(redis));
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let kill = killer(
@@ -479,15 +499,7 @@ async fn a_drain_run_killed_after_reading_or_after_committing_loses_and_doubles_
         assert_eq!(healthy.drain().await["entries"], 0, "{point}");
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(healthy.drain().await["entries"], 50, "{point}");
-        drain_to_empty(&healthy).await;
-        let (acked, present) = check_invariants(&healthy, id, &seen, 1).await;
-        assert_eq!((acked, present), (50, 50), "{point}");
-        assert_eq!(
-            healthy.count("SELECT count(*) FROM tickets").await,
-            50,
-            "{point}: nothing doubled"
-        );
-        check_stock(&healthy, id, 60).await;
+        assert_each_claim_once(&healthy, id, &seen, 60, 50).await;
     }
 }
 
@@ -499,39 +511,23 @@ async fn overlapping_drain_runs_that_steal_each_others_entries_double_nothing() 
     let id = t.create_activity(3_000, "").await;
     t.publish(id).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut drains = Vec::new();
-    for _ in 0..6 {
-        let (t, stop) = (t.clone(), stop.clone());
-        drains.push(tokio::spawn(async move {
-            let mut runs = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let r = t.send("POST", "/admin/drain", Some(&t.admin), "").await;
-                assert_eq!(r.status, 200, "{}", r.text());
-                runs += 1;
-            }
-            runs
-        }));
-    }
+    let drains: Vec<_> = (0..6)
+        .map(|_| drain_loop(t.clone(), stop.clone(), Duration::ZERO))
+        .collect();
     let schedulers = t.app.spawn_cron_schedulers();
     let seen = storm(t.clone(), id, "u", 2_000, 32, Arc::new(AtomicUsize::new(0))).await;
     stop.store(true, Ordering::SeqCst);
     let mut runs = 0;
     for d in drains {
-        runs += d.await.unwrap();
+        let (ran, failed) = d.await.unwrap();
+        assert_eq!(failed, 0, "every overlapping run succeeds");
+        runs += ran;
     }
     for s in schedulers {
         s.abort();
     }
-    drain_to_empty(&t).await;
-    let (acked, present) = check_invariants(&t, id, &seen, 1).await;
-    eprintln!("RELIABILITY overlapping drains: {runs} concurrent runs, acknowledged {acked}, in postgres {present}");
-    assert_eq!((acked, present), (2_000, 2_000));
-    assert_eq!(
-        t.count("SELECT count(*) FROM tickets").await,
-        2_000,
-        "nothing doubled"
-    );
-    check_stock(&t, id, 3_000).await;
+    assert_each_claim_once(&t, id, &seen, 3_000, 2_000).await;
+    eprintln!("RELIABILITY overlapping drains: {runs} concurrent runs, 2000 acknowledged, 2000 in postgres");
 }
 
 #[tokio::test(flavor = "multi_thread")]
