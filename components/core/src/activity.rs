@@ -98,18 +98,7 @@ struct NewActivityBody {
 
 impl NewActivity {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        if body.len() > MAX_ACTIVITY_BODY {
-            return Err(ApiError::invalid(format!(
-                "the body exceeds {MAX_ACTIVITY_BODY} bytes"
-            )));
-        }
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(ApiError::invalid("the body must be a JSON object"));
-        }
-        let b: NewActivityBody =
-            serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let b: NewActivityBody = crate::http::json_body(body, MAX_ACTIVITY_BODY)?;
         let name = b.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(ApiError::invalid("name must be 1-200 characters"));

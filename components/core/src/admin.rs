@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::activity::{Activity, NewActivity, Status, MAX_ACTIVITY_BODY};
 use crate::error::ApiError;
+use crate::http::{json_body, json_object, reject_unknown};
 use crate::ticket::TicketRecord;
 
 /// Fields that describe an activity to people; they may change after publish. Everything
@@ -27,19 +28,8 @@ const ALL_FIELDS: [&str; 9] = [
 /// `PATCH /admin/activities/{id}`: the activity after the change, validated exactly like a
 /// new one (the patch is laid over the current definition and parsed as a create request).
 pub fn apply_patch(current: &Activity, body: &[u8]) -> Result<Activity, ApiError> {
-    if body.len() > MAX_ACTIVITY_BODY {
-        return Err(ApiError::invalid(format!(
-            "the body exceeds {MAX_ACTIVITY_BODY} bytes"
-        )));
-    }
-    let patch: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-    let patch = patch
-        .as_object()
-        .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    if let Some(unknown) = patch.keys().find(|k| !ALL_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(format!("unknown field `{unknown}`")));
-    }
+    let patch = json_object(body, MAX_ACTIVITY_BODY)?;
+    reject_unknown(&patch, &ALL_FIELDS)?;
     match current.status {
         Status::Closed => {
             return Err(ApiError::Conflict(
@@ -67,7 +57,7 @@ pub fn apply_patch(current: &Activity, body: &[u8]) -> Result<Activity, ApiError
         "require_pass": current.require_pass,
     });
     for (field, value) in patch {
-        merged[field] = value.clone();
+        merged[field.as_str()] = value;
     }
     if merged["image_url"].is_null() {
         merged.as_object_mut().map(|m| m.remove("image_url"));
@@ -99,11 +89,7 @@ pub fn parse_blacklist_reason(body: &[u8]) -> Result<String, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(String::new());
     }
-    if body.len() > 2048 {
-        return Err(ApiError::invalid("the body exceeds 2048 bytes"));
-    }
-    let b: Body = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the body must be {{\"reason\": \"...\"}}: {e}")))?;
+    let b: Body = json_body(body, 2048)?;
     if b.reason.chars().count() > 500 {
         return Err(ApiError::invalid("reason must be at most 500 characters"));
     }

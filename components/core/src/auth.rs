@@ -7,6 +7,7 @@ use argon2::Argon2;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::http::json_body;
 use crate::jwt::{self, Claims};
 use crate::time::Millis;
 
@@ -50,20 +51,6 @@ struct CredentialsBody {
     password: String,
 }
 
-fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.len() > MAX_AUTH_BODY {
-        return Err(ApiError::invalid(format!(
-            "the body exceeds {MAX_AUTH_BODY} bytes"
-        )));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid("the body must be a JSON object"));
-    }
-    serde_json::from_value(value).map_err(|e| ApiError::invalid(e.to_string()))
-}
-
 /// 3-32 characters of a-z 0-9 _ . - (after lower-casing).
 pub fn normalize_username(text: &str) -> Option<String> {
     let name = text.trim().to_ascii_lowercase();
@@ -76,7 +63,7 @@ pub fn normalize_username(text: &str) -> Option<String> {
 
 impl Registration {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let b: RegistrationBody = json_object(body)?;
+        let b: RegistrationBody = json_body(body, MAX_AUTH_BODY)?;
         let username = normalize_username(&b.username).ok_or_else(|| {
             ApiError::invalid("username must be 3-32 characters of a-z 0-9 _ . -")
         })?;
@@ -106,7 +93,7 @@ impl Credentials {
     /// A malformed body is a 400; a well-formed one naming no valid account is the same
     /// 401 as a wrong password.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let b: CredentialsBody = json_object(body)?;
+        let b: CredentialsBody = json_body(body, MAX_AUTH_BODY)?;
         Ok(Credentials {
             username: b.username.trim().to_ascii_lowercase(),
             password: b.password,

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::http::HttpResponse;
+use crate::http::{json_object, reject_unknown, HttpResponse};
 use crate::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
 use crate::keys::ActivityKeys;
 use crate::scripts::{Arg, Reply};
@@ -25,22 +25,11 @@ pub struct ClaimRequest {
 impl ClaimRequest {
     /// An empty body means one ticket.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        if body.len() > MAX_CLAIM_BODY {
-            return Err(ApiError::invalid(format!(
-                "the body exceeds {MAX_CLAIM_BODY} bytes"
-            )));
-        }
-        if body.iter().all(u8::is_ascii_whitespace) {
+        if body.len() <= MAX_CLAIM_BODY && body.iter().all(u8::is_ascii_whitespace) {
             return Ok(ClaimRequest { quantity: 1 });
         }
-        let parsed: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-        let object = parsed
-            .as_object()
-            .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-        if let Some(unknown) = object.keys().find(|k| *k != "quantity") {
-            return Err(ApiError::invalid(format!("unknown field `{unknown}`")));
-        }
+        let object = json_object(body, MAX_CLAIM_BODY)?;
+        reject_unknown(&object, &["quantity"])?;
         let quantity = match object.get("quantity") {
             None => 1,
             Some(v) => v

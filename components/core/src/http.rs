@@ -1,6 +1,43 @@
 //! A transport-neutral HTTP response, so the library can build every body and header
 //! without depending on spin-sdk; components copy it into Spin's response type.
 
+use crate::error::ApiError;
+
+/// A request body that must be one JSON object of at most `max` bytes (checked before any
+/// parsing work).
+pub fn json_object(
+    body: &[u8],
+    max: usize,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if body.len() > max {
+        return Err(ApiError::invalid(format!("the body exceeds {max} bytes")));
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::invalid("the body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Refuses the first field of `object` not in `allowed`.
+pub fn reject_unknown(
+    object: &serde_json::Map<String, serde_json::Value>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid(format!("unknown field `{unknown}`"))),
+        None => Ok(()),
+    }
+}
+
+/// A JSON object body read into `T` (whose serde attributes refuse unknown fields).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
+    serde_json::from_value(serde_json::Value::Object(json_object(body, max)?))
+        .map_err(|e| ApiError::invalid(e.to_string()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: u16,

@@ -47,17 +47,8 @@ pub fn qr_payload(secret: &[u8], ticket: &TicketRef, user: &str) -> String {
 
 /// A redeem request: `{"qr": "<payload>"}` as scanned, or `{"verification": "<tag>"}`.
 pub fn parse_redeem(body: &[u8]) -> Result<RedeemProof, ApiError> {
-    if body.len() > 1024 {
-        return Err(ApiError::invalid("the body exceeds 1024 bytes"));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    if let Some(unknown) = object.keys().find(|k| *k != "qr" && *k != "verification") {
-        return Err(ApiError::invalid(format!("unknown field `{unknown}`")));
-    }
+    let object = crate::http::json_object(body, 1024)?;
+    crate::http::reject_unknown(&object, &["qr", "verification"])?;
     let field = |name: &str| -> Result<Option<String>, ApiError> {
         object
             .get(name)
