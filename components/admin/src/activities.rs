@@ -179,18 +179,30 @@ pub fn close(id: &str) -> Result<HttpResponse, ApiError> {
 fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError> {
     let redis = glue::redis_for(activity.id, "load activity")?;
     let unavailable = |e| glue::redis_unavailable("load activity", e);
+    let id_param = [ParameterValue::Int64(activity.id.get())];
+    // Only the count here: the rows are read only in the rare case they must be restored.
     let issued = pg
         .query(
-            "SELECT code, user_id, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
-             FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
-            &[ParameterValue::Int64(activity.id.get())],
+            "SELECT count(*)::int8 FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
+            &id_param,
         )
-        .map_err(|e| glue::pg_internal("load issued tickets", e))?;
-    let (keys, argv) = activity.publish_command(issued.rows.len() as i64);
+        .map_err(|e| glue::pg_internal("count issued tickets", e))?
+        .rows
+        .first()
+        .and_then(|r| glue::int(&r[0]))
+        .unwrap_or(0);
+    let (keys, argv) = activity.publish_command(issued);
     let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
     let (loaded, stock_left) = activity::decode_publish(&reply)?;
-    if loaded && !issued.rows.is_empty() {
-        restore_issued(&redis, activity.id, &issued.rows).map_err(unavailable)?;
+    if loaded && issued > 0 {
+        let rows = pg
+            .query(
+                "SELECT code, user_id, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
+                 FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
+                &id_param,
+            )
+            .map_err(|e| glue::pg_internal("load issued tickets", e))?;
+        restore_issued(&redis, activity.id, &rows.rows).map_err(unavailable)?;
     }
     // Indexed before the blacklist is read: a user blacklisted meanwhile is either read
     // here or finds this activity in the index (operations::blacklist).
