@@ -87,11 +87,6 @@ impl Batch {
             .collect()
     }
 
-    /// Every claim of the batch as column arrays (what the report counts).
-    pub fn rows(&self) -> Rows {
-        rows_of(self.entries.iter())
-    }
-
     /// The batch as runs to apply in order: claims inserted, then changes applied, ...
     pub fn steps(&self) -> Vec<Step> {
         let mut steps = Vec::new();
@@ -286,7 +281,10 @@ mod tests {
         let batch = Batch::decode(&reply);
         assert_eq!(batch.entries.len(), 2);
         assert_eq!(batch.ids(), vec!["1-0", "2-0"]);
-        let rows = batch.rows();
+        let steps = batch.steps();
+        let [Step::Insert(rows)] = steps.as_slice() else {
+            panic!("one run of claims is one insert: {steps:?}")
+        };
         assert_eq!(rows.claim_ids, vec!["c1", "c2"]);
         assert_eq!(rows.claim_quantities, vec![2, 1]);
         assert_eq!(rows.ticket_codes, vec!["A-1", "B-2", "C-3"]);
@@ -369,7 +367,15 @@ mod tests {
             panic!("{steps:?}")
         };
         assert_eq!(last.ticket_codes, vec!["X"]);
-        assert_eq!(batch.rows().claim_ids, vec!["c1", "c2", "c3"]);
+        let claims: Vec<&String> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Insert(rows) => Some(&rows.claim_ids),
+                Step::Change(_) => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(claims, vec!["c1", "c2", "c3"]);
     }
 
     #[test]

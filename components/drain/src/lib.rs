@@ -191,17 +191,21 @@ fn drain_activity(
                 "flashclaim drain: activity {id}: skipping malformed log entry {entry}: {payload}"
             );
         }
-        write(pg, &batch)?;
+        let steps = batch.steps();
+        write(pg, &steps)?;
         crash_at("after_commit");
         let mut ack = vec![Arg::from(DRAIN_GROUP)];
         ack.extend(batch.ids().into_iter().map(Arg::from));
         let acked = redis
             .run(&DRAIN_ACK, &log, &ack)
             .map_err(|e| e.to_string())?;
-        let rows = batch.rows();
         report.entries += taken;
-        report.claims += rows.claim_ids.len();
-        report.tickets += rows.ticket_codes.len();
+        for step in &steps {
+            if let Step::Insert(rows) = step {
+                report.claims += rows.claim_ids.len();
+                report.tickets += rows.ticket_codes.len();
+            }
+        }
         report.malformed += batch.malformed.len();
         if taken < drain::BATCH_SIZE as usize {
             report.backlog += drain::decode_ack(&acked).map_or(0, |(_, left)| left);
@@ -212,8 +216,7 @@ fn drain_activity(
 
 /// One transaction per batch, its steps in log order; replaying a batch changes nothing:
 /// inserts skip existing (claim, code) rows and status changes only touch active tickets.
-fn write(pg: &pg4::Connection, batch: &Batch) -> Result<(), String> {
-    let steps = batch.steps();
+fn write(pg: &pg4::Connection, steps: &[Step]) -> Result<(), String> {
     if steps.is_empty() {
         return Ok(());
     }
@@ -221,7 +224,7 @@ fn write(pg: &pg4::Connection, batch: &Batch) -> Result<(), String> {
     #[allow(clippy::result_large_err)]
     let run = || -> Result<(), pg4::PgError> {
         pg.execute("BEGIN", &[])?;
-        for step in &steps {
+        for step in steps {
             match step {
                 Step::Insert(rows) => insert_claims(pg, rows)?,
                 Step::Change(changes) => change_tickets(pg, changes)?,
