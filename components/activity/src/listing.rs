@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use flashclaim_core::activity::{ListQuery, LIST_TTL_MS};
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::ActivityKeys;
+use flashclaim_core::keys::{self, ActivityKeys};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::pg4::ParameterValue;
@@ -18,7 +18,7 @@ pub fn list(query: &str) -> Result<HttpResponse, ApiError> {
     let shards = glue::redis_shards()?;
     let unavailable = |e| glue::redis_unavailable("list activities", e);
     let home = SpinRedis::open(&shards.all()[0]).map_err(unavailable)?;
-    let page_key = format!("fc:list:{}:{}", query.after, query.limit);
+    let page_key = keys::list_page(query.after, query.limit);
     let cached = home
         .execute("GET", &[Arg::from(page_key.as_str())])
         .map_err(unavailable)?;

@@ -9,6 +9,11 @@ pub const ACTIVITY_INDEX: &str = "fc:activities";
 /// The consumer group through which drain runs take log entries.
 pub const DRAIN_GROUP: &str = "drain";
 
+/// A cached page of `GET /api/activities` (kept on the first endpoint).
+pub fn list_page(after: i64, limit: i64) -> String {
+    format!("fc:list:{after}:{limit}")
+}
+
 #[derive(Debug, Clone)]
 pub struct ActivityKeys {
     prefix: String,
