@@ -7,8 +7,7 @@
 //! with a jittered TTL; unknown and unpublished ids are cached as "not found", so a flood
 //! of random ids never reaches Postgres.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 mod listing;
 

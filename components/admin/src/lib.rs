@@ -4,8 +4,7 @@
 //! The handler is the async form only so the claims export can stream its body; every
 //! other route answers a whole response.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 mod activities;
 mod operations;

@@ -2,8 +2,7 @@
 //! JWT signed with `jwt_secret`). Passwords are stored as argon2id hashes; a wrong password
 //! and an unknown user get the same answer after the same work.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 use flashclaim_core::auth::{self, Credentials, Registration, BAD_CREDENTIALS};
 use flashclaim_core::{ApiError, HttpResponse};

@@ -5,8 +5,7 @@
 //! effect (stock, per-user and global rate, tickets, claim log, idempotency) happens in
 //! claim.lua.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, IdempotencyKey};

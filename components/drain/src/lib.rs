@@ -5,8 +5,7 @@
 //! writes: a batch is written in one transaction with ON CONFLICT DO NOTHING and only then
 //! acknowledged; entries of a run that died are taken over after the reclaim timeout.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, Step};
 use flashclaim_core::ids::ActivityId;

@@ -6,8 +6,7 @@
 //! DESIGN.md names the claim component for the DELETE, but Spin routes by path only, so
 //! the GET and DELETE of one path must live in one component: this one.
 
-#[path = "../../shared/spin_glue.rs"]
-mod glue;
+use flashclaim_spin as glue;
 
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;

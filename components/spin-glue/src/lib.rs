@@ -1,7 +1,6 @@
-//! The Spin side of every component: Spin's Redis, Postgres, variables, clock and random
-//! wired to the core library's types. One source file, compiled into each component
-//! (`#[path]`), because the core library must stay free of spin-sdk.
-#![allow(dead_code)]
+//! The Spin side of every WASIp2 component: Spin's Redis, Postgres, variables, clock and
+//! random wired to the core library's types. A crate of its own because the core library
+//! must stay free of spin-sdk.
 
 use flashclaim_core::jwt::{self, Principal};
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
