@@ -11,6 +11,20 @@ wasmtime::component::bindgen!({
     },
 });
 
+/// The Spin 4 interfaces of a WASIp3 component (spin-sdk 7). Their functions are WIT
+/// `async func`s, so each gets an `Accessor` instead of `&mut self` and awaits its I/O
+/// without holding the store: the other requests the instance is serving run meanwhile.
+pub mod p3 {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "flashclaim:test-host/spin-imports-p3",
+        require_store_data_send: true,
+        with: {
+            "spin:redis/redis.connection": crate::redis_host::RedisConnection,
+        },
+    });
+}
+
 /// The cron trigger's world (`fermyon:spin-cron@2.0.0`): one exported function.
 pub mod cron {
     wasmtime::component::bindgen!({

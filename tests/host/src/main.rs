@@ -1,25 +1,45 @@
 //! `spin-test-host --manifest spin.toml --listen 127.0.0.1:3000`: runs a Spin app on a
-//! machine without Spin. Variables come from `SPIN_VARIABLE_*` as with `spin up`.
+//! machine without Spin. Variables come from `SPIN_VARIABLE_*` as with `spin up`; the
+//! WASIp3 instance reuse limits take `spin up`'s flags and defaults.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use spin_test_host::{App, AppConfig};
 
-const USAGE: &str =
-    "usage: spin-test-host [--manifest spin.toml] [--listen 127.0.0.1:3000] [--no-cron]";
+const USAGE: &str = "usage: spin-test-host [--manifest spin.toml] [--listen 127.0.0.1:3000] \
+                     [--no-cron] [--max-instance-reuse-count 128] \
+                     [--max-instance-concurrent-reuse-count 16]";
+
+fn count(value: Option<String>, flag: &str) -> Result<usize> {
+    let value = value.context(USAGE)?;
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => bail!("{flag} takes a whole number of at least 1, not `{value}`"),
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut manifest = PathBuf::from("spin.toml");
     let mut listen = "127.0.0.1:3000".to_string();
     let mut cron = true;
+    let mut config = AppConfig {
+        process_env: true,
+        ..AppConfig::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--manifest" | "-f" => manifest = args.next().context(USAGE)?.into(),
             "--listen" => listen = args.next().context(USAGE)?,
             "--no-cron" => cron = false,
+            "--max-instance-reuse-count" => {
+                config.max_instance_reuse_count = count(args.next(), &arg)?
+            }
+            "--max-instance-concurrent-reuse-count" => {
+                config.max_instance_concurrent_reuse_count = count(args.next(), &arg)?
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -27,12 +47,8 @@ async fn main() -> Result<()> {
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    let app = App::load(AppConfig {
-        manifest,
-        env: Default::default(),
-        process_env: true,
-    })
-    .await?;
+    config.manifest = manifest;
+    let app = App::load(config).await?;
     let _schedulers = if cron {
         app.spawn_cron_schedulers()
     } else {

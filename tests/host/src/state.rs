@@ -1,10 +1,12 @@
-//! Per-request state: one `Store` per request (or cron tick), as Spin creates one instance
-//! per request. Holds WASI, WASI-HTTP and the component's own outbound and variable view.
+//! Per-instance state: one `Store` per instance. A WASIp2 instance serves one request (or
+//! cron tick); a WASIp3 instance serves up to Spin's reuse limits, so whatever a guest keeps
+//! in its table (an open Redis connection) outlives a request. Holds WASI, WASI-HTTP and the
+//! component's own outbound and variable view.
 
 use std::collections::HashMap;
 
 use std::future::Future;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Accessor, HasSelf, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use wasmtime_wasi_http::{
@@ -12,7 +14,8 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::bindings::fermyon::spin::variables::{self, Error as VariableError};
+use crate::bindings::fermyon::spin::variables as variables2;
+use crate::bindings::p3::spin::variables::variables as variables3;
 use crate::outbound::AllowedHosts;
 
 /// What the host knows about one component of the app, fixed at start-up.
@@ -101,18 +104,58 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl variables::Host for HostState {
-    async fn get(&mut self, name: String) -> Result<String, VariableError> {
+/// Why a variable look-up failed; both WIT versions have these cases.
+enum VariableFailure {
+    InvalidName(String),
+    Undefined(String),
+    Provider(String),
+}
+
+impl ComponentRuntime {
+    /// A `[component.X.variables]` entry as Spin answers `get`.
+    fn variable(&self, name: String) -> Result<String, VariableFailure> {
         if crate::manifest::check_variable_name(&name).is_err() {
-            return Err(VariableError::InvalidName(name));
+            return Err(VariableFailure::InvalidName(name));
         }
-        match self.component.variables.get(&name) {
-            None => Err(VariableError::Undefined(format!(
+        match self.variables.get(&name) {
+            None => Err(VariableFailure::Undefined(format!(
                 "no variable for \"{}\".\"{name}\"",
-                self.component.id
+                self.id
             ))),
             Some(Ok(value)) => Ok(value.clone()),
-            Some(Err(reason)) => Err(VariableError::Provider(reason.clone())),
+            Some(Err(reason)) => Err(VariableFailure::Provider(reason.clone())),
         }
+    }
+}
+
+macro_rules! variable_error {
+    ($wit:ident) => {
+        impl From<VariableFailure> for $wit::Error {
+            fn from(f: VariableFailure) -> Self {
+                match f {
+                    VariableFailure::InvalidName(n) => $wit::Error::InvalidName(n),
+                    VariableFailure::Undefined(n) => $wit::Error::Undefined(n),
+                    VariableFailure::Provider(n) => $wit::Error::Provider(n),
+                }
+            }
+        }
+    };
+}
+
+variable_error!(variables2);
+variable_error!(variables3);
+
+impl variables2::Host for HostState {
+    async fn get(&mut self, name: String) -> Result<String, variables2::Error> {
+        Ok(self.component.variable(name)?)
+    }
+}
+
+impl variables3::Host for HostState {}
+
+impl<T> variables3::HostWithStore<T> for HasSelf<HostState> {
+    async fn get(accessor: &Accessor<T, Self>, name: String) -> Result<String, variables3::Error> {
+        let component = accessor.with(|mut access| access.get().component.clone());
+        Ok(component.variable(name)?)
     }
 }

@@ -56,6 +56,7 @@ async fn start(extra: &[(&str, &str)]) -> (Arc<App>, RunningServer, HttpClient) 
         manifest: manifest(),
         env: fixture_env(extra),
         process_env: false,
+        ..AppConfig::default()
     })
     .await
     .expect("fixture app loads");
@@ -134,6 +135,7 @@ async fn an_unrouted_path_is_404_from_the_host() {
         manifest: path,
         env: fixture_env(&[]),
         process_env: false,
+        ..AppConfig::default()
     })
     .await
     .unwrap();
@@ -229,6 +231,7 @@ async fn a_required_variable_without_a_value_fails_start_up() {
         manifest: manifest(),
         env,
         process_env: false,
+        ..AppConfig::default()
     })
     .await
     .err()
@@ -457,6 +460,7 @@ async fn a_manifest_error_names_the_field_at_start_up() {
         manifest: path,
         env: fixture_env(&[]),
         process_env: false,
+        ..AppConfig::default()
     })
     .await
     .err()

@@ -210,6 +210,7 @@ impl TestApp {
             manifest: root().join("spin.toml"),
             env,
             process_env: false,
+            ..AppConfig::default()
         })
         .await
         .expect("flashclaim loads on the test host (was `make wasm` run?)");
