@@ -51,9 +51,10 @@ test-e2e:
 test-schema:
 	scripts/schemathesis.sh
 
-## The test host itself, on the real fixture component (needs services and wasm).
+## The test host itself, on the real fixture components, WASIp2 and WASIp3 (needs services
+## and wasm).
 test-host:
-	cargo test $(NATIVE) --test host
+	cargo test $(NATIVE) --test host --test p3
 
 ## The benchmark: claims/s and latency through the full stack, drain rows/s, each beside
 ## the physical limit measured in the same run (see BENCHMARKS.md).
