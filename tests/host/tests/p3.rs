@@ -279,6 +279,30 @@ async fn a_redis_connection_outlives_the_request_in_its_instance() {
             "one connection per instance, kept across its requests: {per_instance:?}"
         );
     }
+
+    // Concurrent requests of one instance share its connection; each gets its own reply.
+    let shared = unique("fixture-p3:shared:");
+    let tasks = (0..64).map(|_| {
+        let client = run.client.clone();
+        let path = format!("/p3/redis/kept?key={shared}");
+        tokio::spawn(async move { within(client.get(&path)).await })
+    });
+    let mut replies: Vec<u64> = futures_join(tasks)
+        .await
+        .iter()
+        .map(|r| {
+            let incr = bare(&fields(&r.text())["incr"]);
+            let n = incr.strip_prefix("Ok(").and_then(|n| n.strip_suffix(')'));
+            n.unwrap_or_else(|| panic!("{}", r.text())).parse().unwrap()
+        })
+        .collect();
+    replies.sort();
+    assert_eq!(
+        replies,
+        (1..=64).collect::<Vec<u64>>(),
+        "64 INCRs, each reply to its own request"
+    );
+
     let mut r = redis::Client::open(format!("redis://127.0.0.1:{}", redis_port()))
         .unwrap()
         .get_multiplexed_async_connection()
@@ -286,6 +310,7 @@ async fn a_redis_connection_outlives_the_request_in_its_instance() {
         .unwrap();
     let _: () = redis::cmd("DEL")
         .arg(&key)
+        .arg(&shared)
         .query_async(&mut r)
         .await
         .unwrap();
