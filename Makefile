@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-spin test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,7 +18,7 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema test-spin || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -45,6 +45,21 @@ test-e2e:
 	cargo test $(NATIVE) --test api
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
+
+## Tier 3 again on real Spin, when a `spin` binary is found (SPIN=/path/to/spin to choose
+## one): the end-to-end and API suites with `spin up -c <HTTP components>` as on a Spin
+## without the cron plugin, then the drain on the cron trigger when the plugin is installed.
+SPIN ?= $(shell command -v spin 2>/dev/null)
+SPIN_RUN := FLASHCLAIM_SPIN=$(SPIN) FLASHCLAIM_E2E_RUNTIME=spin
+test-spin:
+	@if [ -z "$(SPIN)" ]; then \
+	  echo "test-spin: no spin binary found; the end-to-end suites ran on the test host only"; \
+	  exit 0; fi; \
+	echo "test-spin: $$($(SPIN) --version)"; \
+	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api || exit $$?; \
+	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
+	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron; \
+	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger was not tried"; fi
 
 ## Schemathesis (PyPI) against docs/openapi.json and the running app: no 5xx, every
 ## response as documented (needs services and wasm).

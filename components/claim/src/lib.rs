@@ -69,9 +69,13 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let reply = redis
         .run(&CLAIM, &command.keys, &command.argv)
         .map_err(|e| {
-            // The connection opened, so the script may have run before the failure.
             eprintln!("flashclaim: claim: {e}");
-            ApiError::OutcomeUnknown
+            if e.proves_nothing_ran() {
+                ApiError::Unavailable("claims are unavailable right now; nothing was claimed")
+            } else {
+                // The command was sent, so the script may have run before the failure.
+                ApiError::OutcomeUnknown
+            }
         })?;
 
     // encode

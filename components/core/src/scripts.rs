@@ -75,6 +75,72 @@ pub enum RedisFailure {
     Command(String),
 }
 
+impl RedisFailure {
+    /// Whether the failure proves the command never ran, so a client may be told "nothing
+    /// happened" (`"claimed": false`) rather than "outcome unknown". Redis refuses a
+    /// command as a whole with these replies before executing any of it: still loading
+    /// its data after a restart, a read-only replica, a primary that lost its replicas or
+    /// cannot persist, out of memory, busy with another script, not authenticated, a
+    /// cluster redirection, the client limit; a refused connection sent nothing. Anything
+    /// else (a generic `ERR`, a script error, a connection reset or a time-out while the
+    /// reply was awaited) may follow a command that ran, so it proves nothing.
+    pub fn proves_nothing_ran(&self) -> bool {
+        match self {
+            RedisFailure::Unreachable(_) => true,
+            RedisFailure::Command(text) => refused_before_running(text),
+        }
+    }
+}
+
+/// Error codes (as Redis sends them) and kinds (as the redis crate, and so Spin, renders
+/// them: `BusyLoadingError: Redis is loading the dataset in memory`) that mean the command
+/// was refused whole.
+const REFUSED_WHOLE: [&str; 28] = [
+    "LOADING",
+    "BusyLoadingError",
+    "READONLY",
+    "ReadOnly",
+    "MASTERDOWN",
+    "MasterDown",
+    "MISCONF",
+    "OOM",
+    "BUSY",
+    "NOAUTH",
+    "NOPERM",
+    "WRONGPASS",
+    "AuthenticationFailed",
+    "CLUSTERDOWN",
+    "ClusterDown",
+    "MOVED",
+    "Moved",
+    "ASK",
+    "Ask",
+    "TRYAGAIN",
+    "TryAgain",
+    "CROSSSLOT",
+    "CrossSlot",
+    "NOSCRIPT",
+    "NoScriptError",
+    "NOREPLICAS",
+    "NoReplicas",
+    "EXECABORT",
+];
+
+fn refused_before_running(text: &str) -> bool {
+    // Newer redis crates put a description before the kind.
+    let text = text
+        .strip_prefix("An error was signalled by the server - ")
+        .unwrap_or(text)
+        .trim_start();
+    let first = text
+        .split(|c: char| c == ':' || c.is_whitespace())
+        .next()
+        .unwrap_or("");
+    REFUSED_WHOLE.contains(&first)
+        || text.contains("max number of clients reached")
+        || text.contains("Connection refused")
+}
+
 /// The one capability scripts need from Redis: run a command and get Spin's flat reply.
 pub trait RedisCommands {
     fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure>;
@@ -118,6 +184,48 @@ mod tests {
         for s in [CLAIM, PUBLISH, DRAIN_READ, DRAIN_ACK] {
             assert_eq!(s.sha1.len(), 40, "{}", s.name);
             assert!(s.source.contains("KEYS[1]"), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn a_loading_or_read_only_redis_proves_the_command_never_ran() {
+        for text in [
+            "BusyLoadingError: Redis is loading the dataset in memory",
+            "An error was signalled by the server - BusyLoadingError: Redis is loading the dataset in memory",
+            "LOADING Redis is loading the dataset in memory",
+            "ReadOnly: You can't write against a read only replica.",
+            "MasterDown: Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "MISCONF: Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+            "OOM: command not allowed when used memory > 'maxmemory'.",
+            "BUSY: Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "NoScriptError: No matching script. Please use EVAL.",
+            "ResponseError: max number of clients reached",
+            "Connection refused (os error 111)",
+        ] {
+            assert!(
+                RedisFailure::Command(text.into()).proves_nothing_ran(),
+                "{text}"
+            );
+        }
+        assert!(RedisFailure::Unreachable("no route".into()).proves_nothing_ran());
+    }
+
+    #[test]
+    fn a_broken_connection_or_script_error_leaves_the_outcome_unknown() {
+        for text in [
+            "Connection reset by peer (os error 104)",
+            "broken pipe",
+            "Unexpected EOF",
+            "timed out",
+            "ResponseError: Error running script (call to f_1234): @user_script:12: oops",
+            "An error was signalled by the server - ResponseError: ERR something",
+            "TASK failed",
+            "",
+        ] {
+            assert!(
+                !RedisFailure::Command(text.into()).proves_nothing_ran(),
+                "{text}"
+            );
         }
     }
 

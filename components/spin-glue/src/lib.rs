@@ -104,7 +104,7 @@ impl RedisCommands for SpinRedis {
         let replies = self
             .0
             .execute(command, &args)
-            .map_err(|e| RedisFailure::Command(format!("{e:?}")))?;
+            .map_err(|e| RedisFailure::Command(redis_error_text(e)))?;
         Ok(replies
             .into_iter()
             .map(|r| match r {
@@ -114,6 +114,15 @@ impl RedisCommands for SpinRedis {
                 RedisResult::Binary(b) => Reply::Bytes(b),
             })
             .collect())
+    }
+}
+
+/// Spin's rendering of a Redis error: the reply's own text for `Other` (what callers
+/// classify, see `RedisFailure::proves_nothing_ran`), the variant's name otherwise.
+fn redis_error_text(e: redis::Error) -> String {
+    match e {
+        redis::Error::Other(text) => text,
+        other => format!("{other:?}"),
     }
 }
 

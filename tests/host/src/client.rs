@@ -11,7 +11,14 @@ use hyper_util::rt::TokioExecutor;
 pub struct HttpClient {
     base: String,
     inner: Client<HttpConnector, Full<Bytes>>,
+    timeout: std::time::Duration,
 }
+
+/// How long a request may take, headers and body, before it is a failure. Long enough for
+/// a request queued behind a claim storm; short enough that a request that never answers
+/// (spin#3671: a Postgres query with zero rows never returns on Spin 4.0.x) fails the test
+/// with a message instead of hanging CI.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -45,7 +52,14 @@ impl HttpClient {
         Self {
             base: base.into().trim_end_matches('/').to_string(),
             inner,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The same client with another per-request time limit.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -69,19 +83,24 @@ impl HttpClient {
         let req = req
             .body(Full::new(body.into()))
             .context("building request")?;
-        let resp = self
-            .inner
-            .request(req)
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        let exchange = async {
+            let resp = self.inner.request(req).await?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok(Response {
+                status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result.with_context(|| format!("{method} {path}")),
+            Err(_) => anyhow::bail!(
+                "{method} {path}: no complete answer within {:?} (a hung request)",
+                self.timeout
+            ),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Result<Response> {

@@ -162,10 +162,172 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// flashclaim on the test host, with its own Postgres database and Redis keyspace.
+/// Where the app under test runs. The end-to-end suites run once on each: the test host
+/// always, real Spin when `make test` finds a `spin` binary (it sets
+/// `FLASHCLAIM_E2E_RUNTIME=spin` and `FLASHCLAIM_SPIN=<path>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    TestHost,
+    /// `spin up` naming the HTTP components (`-c`), as on a Spin without the cron
+    /// trigger plugin: the drain runs through `POST /admin/drain`.
+    Spin,
+    /// `spin up` of the whole manifest, the cron trigger plugin included: the drain also
+    /// runs every second on its own.
+    SpinWithCron,
+}
+
+impl Runtime {
+    /// The runtime the environment asks for (the test host unless told otherwise).
+    pub fn from_env() -> Runtime {
+        match std::env::var("FLASHCLAIM_E2E_RUNTIME").as_deref() {
+            Ok("spin") => Runtime::Spin,
+            Ok("spin-cron") => Runtime::SpinWithCron,
+            Ok("host") | Err(_) => Runtime::TestHost,
+            Ok(other) => panic!("FLASHCLAIM_E2E_RUNTIME={other}: expected host, spin or spin-cron"),
+        }
+    }
+}
+
+/// The HTTP components of spin.toml: what `spin up -c` names when there is no cron plugin.
+pub const HTTP_COMPONENTS: [&str; 6] = ["activity", "claim", "auth", "ticket", "admin", "drain"];
+
+/// The `spin` binary the Spin runs use: `FLASHCLAIM_SPIN`, else `spin` on PATH.
+pub fn spin_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("FLASHCLAIM_SPIN") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("spin"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A `spin up` of flashclaim, stopped (killed and reaped) when dropped.
+pub struct SpinProcess {
+    child: std::process::Child,
+    pub base_url: String,
+    state_dir: PathBuf,
+}
+
+impl Drop for SpinProcess {
+    /// `spin up` runs each trigger as a child process (`spin trigger http`, the cron
+    /// plugin) and stops them on SIGTERM; SIGKILL would orphan them. So: SIGTERM, a grace
+    /// period, then SIGKILL to the whole process group.
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+impl SpinProcess {
+    /// Starts `spin up` on a free port with `env` as its `SPIN_VARIABLE_*` settings (and
+    /// none inherited), and waits until it answers HTTP.
+    pub async fn start(runtime: Runtime, env: &HashMap<String, String>) -> SpinProcess {
+        let spin = spin_binary().expect("a Spin runtime was asked for but no spin binary found");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free local port")
+            .port();
+        let state_dir = std::env::temp_dir().join(format!(
+            "flashclaim-spin-{}-{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut cmd = std::process::Command::new(&spin);
+        cmd.arg("up")
+            .arg("--from")
+            .arg(root().join("spin.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(&state_dir);
+        if runtime == Runtime::Spin {
+            for c in HTTP_COMPONENTS {
+                cmd.args(["-c", c]);
+            }
+            // As a Spin without the cron trigger plugin: an empty plugin directory proves
+            // that the HTTP components start without it.
+            cmd.env("XDG_DATA_HOME", state_dir.join("no-plugins"));
+        }
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SPIN_VARIABLE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // A test binary killed by a time-out runs no destructors: the kernel stops Spin then
+        // (SIGTERM, which Spin passes on to its trigger processes), so no orphan keeps a
+        // port, a Redis database or CI's output pipe. Its own process group lets Drop kill
+        // every process it started.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", spin.display()));
+        let mut process = SpinProcess {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            state_dir,
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    /// Spin compiles every component before it listens (seconds on a cold cache).
+    async fn wait_ready(&mut self) {
+        let probe = HttpClient::new(self.base_url.clone())
+            .with_timeout(std::time::Duration::from_secs(2));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("spin up exited before serving: {status}");
+            }
+            if probe.get("/healthz").await.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "spin up did not answer on {} within 120 s",
+                self.base_url
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What serves the app under test.
+pub enum Backend {
+    Host {
+        app: Arc<App>,
+        _server: RunningServer,
+    },
+    Spin(SpinProcess),
+}
+
+/// flashclaim on the test host or real Spin, with its own Postgres database and Redis
+/// keyspace.
 pub struct TestApp {
-    pub app: Arc<App>,
-    pub server: RunningServer,
+    pub backend: Backend,
+    pub runtime: Runtime,
     pub client: HttpClient,
     pub pg_url: String,
     pub redis_url: String,
@@ -186,6 +348,15 @@ impl TestApp {
     /// The app on given stores: a second app on the same data (a restarted or differently
     /// configured deployment), or one on a private Redis.
     pub async fn start_on(redis_url: &str, pg_url: &str, extra: &[(&str, &str)]) -> TestApp {
+        Self::start_on_runtime(Runtime::from_env(), redis_url, pg_url, extra).await
+    }
+
+    pub async fn start_on_runtime(
+        runtime: Runtime,
+        redis_url: &str,
+        pg_url: &str,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
         let s = services();
         let (redis_url, pg_url) = (redis_url.to_string(), pg_url.to_string());
         let mut env: HashMap<String, String> = [
@@ -206,26 +377,57 @@ impl TestApp {
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
-        let app = App::load(AppConfig {
-            manifest: root().join("spin.toml"),
-            env,
-            process_env: false,
-            ..AppConfig::default()
-        })
-        .await
-        .expect("flashclaim loads on the test host (was `make wasm` run?)");
-        let server = spin_test_host::server::start(app.clone(), "127.0.0.1:0")
-            .await
-            .unwrap();
-        let client = HttpClient::new(server.base_url());
+        let (backend, base_url) = match runtime {
+            Runtime::TestHost => {
+                let app = App::load(AppConfig {
+                    manifest: root().join("spin.toml"),
+                    env,
+                    process_env: false,
+                    ..AppConfig::default()
+                })
+                .await
+                .expect("flashclaim loads on the test host (was `make wasm` run?)");
+                let server = spin_test_host::server::start(app.clone(), "127.0.0.1:0")
+                    .await
+                    .unwrap();
+                let base = server.base_url();
+                (
+                    Backend::Host {
+                        app,
+                        _server: server,
+                    },
+                    base,
+                )
+            }
+            Runtime::Spin | Runtime::SpinWithCron => {
+                let spin = SpinProcess::start(runtime, &env).await;
+                let base = spin.base_url.clone();
+                (Backend::Spin(spin), base)
+            }
+        };
         TestApp {
-            app,
-            server,
-            client,
+            backend,
+            runtime,
+            client: HttpClient::new(base_url),
             pg_url,
             redis_url,
             admin: bearer(&token("operator", Some("admin"))),
         }
+    }
+
+    /// The test host's app, for tests of what only the test host can do (fire a cron tick,
+    /// inject faults); `None` on real Spin.
+    pub fn host_app(&self) -> Option<&Arc<App>> {
+        match &self.backend {
+            Backend::Host { app, .. } => Some(app),
+            Backend::Spin(_) => None,
+        }
+    }
+
+    /// Like [`TestApp::host_app`], for test files that only ever run on the test host.
+    pub fn app(&self) -> &Arc<App> {
+        self.host_app()
+            .expect("this test needs the test host (fault injection or a fired cron tick)")
     }
 
     pub async fn pg(&self) -> tokio_postgres::Client {
@@ -348,5 +550,84 @@ impl TestApp {
             )
             .await
             .unwrap()
+    }
+}
+
+/// How [`FakeRedis`] answers a script (`EVALSHA` / `EVAL`).
+#[derive(Debug, Clone)]
+pub enum FakeScriptReply {
+    /// An error line, e.g. `LOADING Redis is loading the dataset in memory`.
+    Error(&'static str),
+    /// Read the whole command, then close the connection without a reply: the script may
+    /// have run, and the client cannot know.
+    CloseAfterReading,
+}
+
+/// A Redis stand-in on a local port that speaks just enough RESP for a component to open
+/// a connection (every other command gets `+OK`) and answers every script as told: the
+/// replies a real Redis gives while loading, as a replica, or dying mid-command, on demand.
+pub struct FakeRedis {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeRedis {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeRedis {
+    pub async fn start(script: FakeScriptReply) -> FakeRedis {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(stream, script.clone()));
+            }
+        });
+        FakeRedis { port, task }
+    }
+
+    async fn serve(stream: tokio::net::TcpStream, script: FakeScriptReply) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        loop {
+            // A command is an array of bulk strings: *N, then N × ($len, bytes).
+            let mut line = String::new();
+            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let Some(n) = line.trim_end().strip_prefix('*').and_then(|n| n.parse().ok()) else {
+                return;
+            };
+            let mut args: Vec<Vec<u8>> = Vec::with_capacity(n);
+            for _ in 0..n {
+                line.clear();
+                if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let len: usize = line.trim_end().trim_start_matches('$').parse().unwrap_or(0);
+                let mut arg = vec![0; len + 2];
+                if read.read_exact(&mut arg).await.is_err() {
+                    return;
+                }
+                arg.truncate(len);
+                args.push(arg);
+            }
+            let name = args
+                .first()
+                .map(|a| String::from_utf8_lossy(a).to_uppercase())
+                .unwrap_or_default();
+            let reply = match (name.as_str(), &script) {
+                ("EVALSHA" | "EVAL", FakeScriptReply::Error(e)) => format!("-{e}\r\n"),
+                ("EVALSHA" | "EVAL", FakeScriptReply::CloseAfterReading) => return,
+                _ => "+OK\r\n".to_string(),
+            };
+            if write.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
     }
 }

@@ -484,7 +484,7 @@ async fn a_drain_run_killed_after_reading_or_after_committing_loses_and_doubles_
             .await;
         assert_eq!(r.status, 500, "{point}: the run died");
         seen.extend(storm(healthy.clone(), id, "v", 10, 8, none()).await);
-        let cron = dying.app.fire_cron("drain").await;
+        let cron = dying.app().fire_cron("drain-cron").await;
         assert!(
             !matches!(cron, Ok(Ok(()))),
             "{point}: the cron run died too"
@@ -514,7 +514,7 @@ async fn overlapping_drain_runs_that_steal_each_others_entries_double_nothing() 
     let drains: Vec<_> = (0..6)
         .map(|_| drain_loop(t.clone(), stop.clone(), Duration::ZERO))
         .collect();
-    let schedulers = t.app.spawn_cron_schedulers();
+    let schedulers = t.app().spawn_cron_schedulers();
     let seen = storm(t.clone(), id, "u", 2_000, 32, Arc::new(AtomicUsize::new(0))).await;
     stop.store(true, Ordering::SeqCst);
     let mut runs = 0;

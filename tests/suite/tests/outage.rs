@@ -26,7 +26,7 @@ async fn a_30_second_postgres_outage_mid_storm_loses_and_doubles_nothing() {
     let id = t.create_activity(STOCK, "").await;
     t.publish(id).await;
     // The cron trigger drains every second all along, as it would on Spin.
-    let schedulers = t.app.spawn_cron_schedulers();
+    let schedulers = t.app().spawn_cron_schedulers();
 
     // Eight users at a time claim, each a new user, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
