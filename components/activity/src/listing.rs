@@ -67,13 +67,14 @@ pub fn list(query: &str) -> Result<HttpResponse, ApiError> {
 }
 
 fn read_page(query: ListQuery) -> Result<serde_json::Value, ApiError> {
+    // One row of arrays, even for an empty page (glue::list_rows).
     let rows = glue::pg_open()?
         .query(
             &format!(
-                "SELECT {} FROM activities \
-                 WHERE status = 'published' AND ends_at > now() AND id > $1 \
-                 ORDER BY id LIMIT $2",
-                glue::ACTIVITY_COLUMNS
+                "SELECT {} FROM (SELECT * FROM activities \
+                   WHERE status = 'published' AND ends_at > now() AND id > $1 \
+                   ORDER BY id LIMIT $2) AS activities",
+                glue::ACTIVITY_ARRAYS
             ),
             &[
                 ParameterValue::Int64(query.after),
@@ -81,8 +82,7 @@ fn read_page(query: ListQuery) -> Result<serde_json::Value, ApiError> {
             ],
         )
         .map_err(|e| glue::pg_internal("list activities", e))?;
-    let mut activities: Vec<serde_json::Value> = rows
-        .rows
+    let mut activities: Vec<serde_json::Value> = glue::list_rows(rows, "list activities")?
         .iter()
         .filter_map(|r| glue::activity_row(r))
         .map(|a| a.view(a.stock_total))

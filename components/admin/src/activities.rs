@@ -195,14 +195,18 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
     let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
     let (loaded, stock_left) = activity::decode_publish(&reply)?;
     if loaded && issued > 0 {
+        // One row of arrays (glue::list_rows): returns since the count may have left none.
         let rows = pg
             .query(
-                "SELECT code, user_id, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
+                "SELECT array_agg(code ORDER BY id), array_agg(user_id ORDER BY id), \
+                        array_agg(claim_id ORDER BY id), array_agg(status ORDER BY id), \
+                        array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY id) \
                  FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
                 &id_param,
             )
             .map_err(|e| glue::pg_internal("load issued tickets", e))?;
-        restore_issued(&redis, activity.id, &rows.rows).map_err(unavailable)?;
+        let rows = glue::list_rows(rows, "load issued tickets")?;
+        restore_issued(&redis, activity.id, &rows).map_err(unavailable)?;
     }
     // Indexed before the blacklist is read: a user blacklisted meanwhile is either read
     // here or finds this activity in the index (operations::blacklist).
@@ -212,14 +216,14 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
             &[Arg::from(ACTIVITY_INDEX), Arg::Int(activity.id.get())],
         )
         .map_err(unavailable)?;
+    // One row even for an empty blacklist (glue::list_rows).
     let denied = pg
-        .query("SELECT user_id FROM blacklist", &[])
+        .query("SELECT array_agg(user_id) FROM blacklist", &[])
         .map_err(|e| glue::pg_internal("load blacklist", e))?;
     let keys = ActivityKeys::new(activity.id);
     let mut sadd = vec![Arg::from(keys.deny())];
     sadd.extend(
-        denied
-            .rows
+        glue::list_rows(denied, "load blacklist")?
             .iter()
             .filter_map(|r| glue::text(&r[0]))
             .map(Arg::from),
@@ -229,19 +233,19 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
     }
     if activity.kind == Kind::Codes {
         // Codes already issued (after a Redis data loss) never go back into the pool.
+        // One row even when no code is left (glue::list_rows).
         let codes = pg
             .query(
-                "SELECT code FROM ticket_codes c WHERE activity_id = $1 AND NOT EXISTS \
+                "SELECT array_agg(code ORDER BY uploaded_at, code) FROM ticket_codes c \
+                 WHERE activity_id = $1 AND NOT EXISTS \
                    (SELECT 1 FROM tickets t WHERE t.activity_id = c.activity_id AND t.code = c.code \
-                      AND t.status <> 'returned') \
-                 ORDER BY uploaded_at, code",
+                      AND t.status <> 'returned')",
                 &[ParameterValue::Int64(activity.id.get())],
             )
             .map_err(|e| glue::pg_internal("load codes", e))?;
         let mut argv = vec![Arg::from("load")];
         argv.extend(
-            codes
-                .rows
+            glue::list_rows(codes, "load codes")?
                 .iter()
                 .filter_map(|r| glue::text(&r[0]))
                 .map(Arg::from),
@@ -304,14 +308,15 @@ pub fn upload_codes(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     if activity.status == Status::Closed {
         return Err(ApiError::Conflict("the activity is closed".into()));
     }
+    // One row even when no code is a duplicate (glue::list_rows).
     let existing = pg
         .query(
-            "SELECT code FROM ticket_codes WHERE activity_id = $1 AND code = ANY($2::text[])",
+            "SELECT array_agg(code) FROM ticket_codes \
+             WHERE activity_id = $1 AND code = ANY($2::text[])",
             &[ParameterValue::Int64(id.get()), glue::str_array(&uploaded)],
         )
         .map_err(|e| glue::pg_internal("check codes", e))?;
-    let duplicates: Vec<String> = existing
-        .rows
+    let duplicates: Vec<String> = glue::list_rows(existing, "check codes")?
         .iter()
         .filter_map(|r| glue::text(&r[0]))
         .collect();

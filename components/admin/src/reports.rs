@@ -63,16 +63,18 @@ pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
             .and_then(|r| glue::int(&r[i]))
             .unwrap_or(0)
     };
+    // One row of arrays, even without claims in the last hour (glue::list_rows).
     let per_minute = pg
         .query(
-            "SELECT (extract(epoch FROM date_trunc('minute', claimed_at)) * 1000)::int8, count(*)::int8 \
-             FROM claims WHERE activity_id = $1 AND claimed_at > now() - interval '1 hour' \
-             GROUP BY 1 ORDER BY 1",
+            "SELECT array_agg(minute ORDER BY minute), array_agg(claims ORDER BY minute) \
+             FROM (SELECT (extract(epoch FROM date_trunc('minute', claimed_at)) * 1000)::int8 AS minute, \
+                          count(*)::int8 AS claims \
+                   FROM claims WHERE activity_id = $1 AND claimed_at > now() - interval '1 hour' \
+                   GROUP BY 1) AS per_minute",
             &[ParameterValue::Int64(id.get())],
         )
         .map_err(|e| glue::pg_internal("stats", e))?;
-    let claims_per_minute: Vec<serde_json::Value> = per_minute
-        .rows
+    let claims_per_minute: Vec<serde_json::Value> = glue::list_rows(per_minute, "stats")?
         .iter()
         .filter_map(|r| {
             Some(serde_json::json!({ "minute": Millis(glue::int(&r[0])?), "claims": glue::int(&r[1])? }))
@@ -116,14 +118,16 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
             Some((p[0].as_text()?.to_string(), record))
         })
         .collect();
+    // One row of arrays, even for an activity nothing was drained for (glue::list_rows).
     let rows = pg
         .query(
-            "SELECT code, claim_id, status FROM tickets WHERE activity_id = $1",
+            "SELECT array_agg(code ORDER BY id), array_agg(claim_id ORDER BY id), \
+                    array_agg(status ORDER BY id) \
+             FROM tickets WHERE activity_id = $1",
             &[ParameterValue::Int64(id.get())],
         )
         .map_err(|e| glue::pg_internal("reconcile", e))?;
-    let stored: Vec<StoredTicket> = rows
-        .rows
+    let stored: Vec<StoredTicket> = glue::list_rows(rows, "reconcile")?
         .iter()
         .filter_map(|r| {
             Some(StoredTicket {
@@ -184,31 +188,42 @@ pub async fn export_claims(id: ActivityId, out: ResponseOutparam) {
     };
     let mut after = 0i64;
     loop {
-        let page = pg.query(
-            "SELECT t.id, t.claim_id, t.user_id, t.code, t.status, \
-                    (extract(epoch FROM t.claimed_at) * 1000)::int8, \
-                    (extract(epoch FROM t.returned_at) * 1000)::int8, \
-                    (extract(epoch FROM t.redeemed_at) * 1000)::int8, \
-                    (extract(epoch FROM c.drained_at) * 1000)::int8 \
-             FROM tickets t JOIN claims c ON c.id = t.claim_id \
-             WHERE t.activity_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3",
-            &[
-                ParameterValue::Int64(id.get()),
-                ParameterValue::Int64(after),
-                ParameterValue::Int64(EXPORT_PAGE),
-            ],
-        );
+        // A page is one row of arrays, so the last (empty) page is a row too (glue::list_rows).
+        let page = pg
+            .query(
+                "SELECT array_agg(id ORDER BY id), array_agg(claim_id ORDER BY id), \
+                        array_agg(user_id ORDER BY id), array_agg(code ORDER BY id), \
+                        array_agg(status ORDER BY id), array_agg(claimed_at ORDER BY id), \
+                        array_agg(returned_at ORDER BY id), array_agg(redeemed_at ORDER BY id), \
+                        array_agg(drained_at ORDER BY id) \
+                 FROM (SELECT t.id, t.claim_id, t.user_id, t.code, t.status, \
+                              (extract(epoch FROM t.claimed_at) * 1000)::int8 AS claimed_at, \
+                              (extract(epoch FROM t.returned_at) * 1000)::int8 AS returned_at, \
+                              (extract(epoch FROM t.redeemed_at) * 1000)::int8 AS redeemed_at, \
+                              (extract(epoch FROM c.drained_at) * 1000)::int8 AS drained_at \
+                       FROM tickets t JOIN claims c ON c.id = t.claim_id \
+                       WHERE t.activity_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3) AS page",
+                &[
+                    ParameterValue::Int64(id.get()),
+                    ParameterValue::Int64(after),
+                    ParameterValue::Int64(EXPORT_PAGE),
+                ],
+            )
+            .map_err(|e| glue::pg_error_text(&e))
+            .and_then(|page| {
+                glue::list_rows(page, "export").map_err(|_| "unreadable page".to_string())
+            });
         let page = match page {
             Ok(page) => page,
             Err(e) => {
                 // The 200 is already sent: end the body early so the client sees a short
                 // file (no final row terminator) rather than a silently complete one.
-                eprintln!("flashclaim: export: {}", glue::pg_error_text(&e));
+                eprintln!("flashclaim: export: {e}");
                 return;
             }
         };
-        let mut chunk = String::with_capacity(page.rows.len() * 128);
-        for row in &page.rows {
+        let mut chunk = String::with_capacity(page.len() * 128);
+        for row in &page {
             after = glue::int(&row[0]).unwrap_or(after);
             let text = |v: &DbValue| glue::text(v).map(|t| csv_escape(&t)).unwrap_or_default();
             let time = |v: &DbValue| {
@@ -231,7 +246,7 @@ pub async fn export_claims(id: ActivityId, out: ResponseOutparam) {
         if !chunk.is_empty() && body.send(chunk.into_bytes()).await.is_err() {
             return;
         }
-        if (page.rows.len() as i64) < EXPORT_PAGE {
+        if (page.len() as i64) < EXPORT_PAGE {
             return;
         }
     }

@@ -60,9 +60,12 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     let credentials = Credentials::parse(req.body())?;
     let secret = glue::var("jwt_secret")?;
     let pg = glue::pg_open()?;
+    // One row whatever the name (spin#3671: a query with no row never returns on Spin
+    // 4.0.x): an unknown user is a row of NULLs.
     let rows = pg
         .query(
-            "SELECT id, password_hash, role FROM users WHERE username = $1",
+            "SELECT users.id, users.password_hash, users.role FROM (VALUES (1)) AS one(x) \
+             LEFT JOIN users ON users.username = $1",
             &[glue::str_param(&credentials.username)],
         )
         .map_err(|e| glue::pg_internal("log in", e))?;

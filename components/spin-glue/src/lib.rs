@@ -209,11 +209,62 @@ pub fn text(v: &DbValue) -> Option<String> {
     }
 }
 
+/// A boolean column, or a flag read from a list: pg4 has no boolean arrays, so lists
+/// aggregate flags as `int4` 0 / 1 (see [`ACTIVITY_ARRAYS`]).
 pub fn boolean(v: &DbValue) -> Option<bool> {
     match v {
         DbValue::Boolean(b) => Some(*b),
+        DbValue::Int32(n @ (0 | 1)) => Some(*n == 1),
         _ => None,
     }
+}
+
+/// The rows of a list read as one row of arrays, one per column, which is how every list
+/// is queried: Spin 4.0.x never returns from a query whose result has no row
+/// (spinframework/spin#3671), so a list's SQL aggregates its rows into one
+/// (`SELECT array_agg(a ORDER BY k), array_agg(b ORDER BY k) FROM ...`) and this turns
+/// the arrays back into rows of plain values. An aggregate over no row is NULL: no rows.
+/// With several columns, every aggregate of the query has the same `ORDER BY` on a unique
+/// key, so the arrays line up.
+pub fn list_rows(result: pg4::RowSet, context: &str) -> Result<Vec<Vec<DbValue>>, ApiError> {
+    let Some(row) = result.rows.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    let mut columns = Vec::with_capacity(row.len());
+    for column in row {
+        let values: Vec<DbValue> = match column {
+            DbValue::DbNull => Vec::new(),
+            DbValue::ArrayInt64(v) => v
+                .into_iter()
+                .map(|x| x.map_or(DbValue::DbNull, DbValue::Int64))
+                .collect(),
+            DbValue::ArrayInt32(v) => v
+                .into_iter()
+                .map(|x| x.map_or(DbValue::DbNull, DbValue::Int32))
+                .collect(),
+            DbValue::ArrayStr(v) => v
+                .into_iter()
+                .map(|x| x.map_or(DbValue::DbNull, DbValue::Str))
+                .collect(),
+            other => {
+                eprintln!("flashclaim: {context}: a list column is not an array: {other:?}");
+                return Err(ApiError::Internal);
+            }
+        };
+        columns.push(values.into_iter());
+    }
+    let len = columns
+        .iter()
+        .map(ExactSizeIterator::len)
+        .min()
+        .unwrap_or(0);
+    if columns.iter().any(|c| c.len() != len) {
+        eprintln!("flashclaim: {context}: the list's columns differ in length");
+        return Err(ApiError::Internal);
+    }
+    Ok((0..len)
+        .map(|_| columns.iter_mut().filter_map(Iterator::next).collect())
+        .collect())
 }
 
 pub fn str_param(s: &str) -> ParameterValue {
@@ -233,6 +284,16 @@ pub fn int_array(values: &[i64]) -> ParameterValue {
 pub const ACTIVITY_COLUMNS: &str = "id, name, description, image_url, \
      (extract(epoch FROM starts_at) * 1000)::int8, (extract(epoch FROM ends_at) * 1000)::int8, \
      status, stock_total, per_user_limit, kind, require_pass";
+
+/// [`ACTIVITY_COLUMNS`] aggregated into one row of arrays ordered by id, for lists read
+/// with [`list_rows`] (the flag as 0 / 1: pg4 has no boolean arrays).
+pub const ACTIVITY_ARRAYS: &str = "array_agg(id ORDER BY id), array_agg(name ORDER BY id), \
+     array_agg(description ORDER BY id), array_agg(image_url ORDER BY id), \
+     array_agg((extract(epoch FROM starts_at) * 1000)::int8 ORDER BY id), \
+     array_agg((extract(epoch FROM ends_at) * 1000)::int8 ORDER BY id), \
+     array_agg(status ORDER BY id), array_agg(stock_total ORDER BY id), \
+     array_agg(per_user_limit ORDER BY id), array_agg(kind ORDER BY id), \
+     array_agg(require_pass::int4 ORDER BY id)";
 
 pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activity> {
     use flashclaim_core::activity::{Activity, Kind, Status};
@@ -256,13 +317,22 @@ pub fn load_activity(
     pg: &pg4::Connection,
     id: flashclaim_core::ids::ActivityId,
 ) -> Result<Option<flashclaim_core::activity::Activity>, ApiError> {
+    // One row whatever the id (spin#3671: a query with no row never returns on Spin
+    // 4.0.x): an unknown id is a row of NULLs.
     let rows = pg
         .query(
-            &format!("SELECT {ACTIVITY_COLUMNS} FROM activities WHERE id = $1"),
+            &format!(
+                "SELECT {ACTIVITY_COLUMNS} FROM (VALUES (1)) AS one(x) \
+                 LEFT JOIN activities ON activities.id = $1"
+            ),
             &[ParameterValue::Int64(id.get())],
         )
         .map_err(|e| pg_internal("load activity", e))?;
-    let Some(row) = rows.rows.first() else {
+    let Some(row) = rows
+        .rows
+        .first()
+        .filter(|r| r.first().and_then(int).is_some())
+    else {
         return Ok(None);
     };
     activity_row(row).map(Some).ok_or_else(|| {

@@ -86,15 +86,20 @@ fn return_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiErro
 fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
     let secret = glue::var("ticket_secret")?;
     let pg = glue::pg_open()?;
+    // One row of arrays, even for a user without tickets (glue::list_rows).
     let rows = pg
         .query(
-            "SELECT activity_id, code, claim_id, status, (extract(epoch FROM claimed_at) * 1000)::int8 \
-             FROM tickets WHERE user_id = $1 ORDER BY claimed_at DESC, id DESC LIMIT $2",
+            "SELECT array_agg(activity_id ORDER BY claimed_at DESC, id DESC), \
+                    array_agg(code ORDER BY claimed_at DESC, id DESC), \
+                    array_agg(claim_id ORDER BY claimed_at DESC, id DESC), \
+                    array_agg(status ORDER BY claimed_at DESC, id DESC), \
+                    array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY claimed_at DESC, id DESC) \
+             FROM (SELECT * FROM tickets WHERE user_id = $1 \
+                   ORDER BY claimed_at DESC, id DESC LIMIT $2) AS mine",
             &[glue::str_param(caller.user.as_str()), ParameterValue::Int64(LIST_LIMIT)],
         )
         .map_err(|e| glue::pg_internal("list tickets", e))?;
-    let tickets: Vec<TicketView> = rows
-        .rows
+    let tickets: Vec<TicketView> = glue::list_rows(rows, "list tickets")?
         .iter()
         .filter_map(|r| {
             let ticket = TicketRef {
