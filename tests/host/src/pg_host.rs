@@ -2,7 +2,8 @@
 //! outbound-pg factor does, including its sharp edges: a `datetime` value is a naive
 //! timestamp (so it binds to `timestamp`, not `timestamptz`), `timestamp` (epoch seconds)
 //! binds to `timestamptz`, and reading a `timestamptz` column as a date-time fails.
-//! Components that must run on real Spin exchange instants as epoch integers.
+//! Components that must run on real Spin exchange instants as epoch integers. A query
+//! whose result has no row, which Spin 4.0.x never answers, is refused (see [`ZeroRows`]).
 
 // The error type is the WIT interface's own and cannot be boxed.
 #![allow(clippy::result_large_err)]
@@ -22,14 +23,72 @@ use crate::state::HostState;
 
 pub struct PgConnection {
     client: Arc<tokio_postgres::Client>,
+    address: String,
 }
 
 impl HostState {
+    /// The connection's client, refused when its database is marked (see [`ZeroRows`]).
     fn pg(&mut self, c: &Resource<PgConnection>) -> Result<Arc<tokio_postgres::Client>, Error> {
-        self.table
+        let c = self
+            .table
             .get(c)
-            .map(|c| c.client.clone())
-            .map_err(|_| Error::Other("could not find connection for resource".into()))
+            .map_err(|_| Error::Other("could not find connection for resource".into()))?;
+        ZeroRows::check(&self.component.id, &c.address).map_err(Error::Other)?;
+        Ok(c.client.clone())
+    }
+}
+
+/// Spin 4.0.x never returns from a Postgres `query` whose result has no row
+/// (spinframework/spin#3671): the request hangs for good and no timeout can end it. This
+/// host answers such a query with an error instead, so tests fail rather than hang, and
+/// says why on stderr. An error alone can go unnoticed: a component may ignore it, and a
+/// streamed response (the claims export) has already answered 200 and just ends its body,
+/// exactly as a correct empty export would. So the database the query ran on is also
+/// marked for the rest of the process: every later open of that address and every call on
+/// a connection to it fails with the same reason, and the next request of the test that
+/// needs Postgres fails too. Each test app has a database of its own, so one mark fails
+/// that test only.
+struct ZeroRows;
+
+/// Postgres addresses (as the component passed them) on which a query returned zero rows,
+/// with the component and the statement.
+static ZERO_ROW_DATABASES: std::sync::Mutex<Vec<(String, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl ZeroRows {
+    fn report(component: &str, address: &str, statement: &str) -> Error {
+        let sql: String = statement.chars().take(200).collect();
+        let line = format!(
+            "spin-test-host: component `{component}` ran a Postgres query that returned zero \
+             rows; on Spin 4.0.x this call never returns (spinframework/spin#3671): rewrite it \
+             to always return a row (an aggregate, count(*), array_agg, json_agg ...): {sql}"
+        );
+        eprintln!("{line}");
+        let mut marked = ZERO_ROW_DATABASES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !marked.iter().any(|(a, _, _)| a == address) {
+            marked.push((address.to_string(), component.to_string(), sql));
+        }
+        Error::Other(line)
+    }
+
+    fn check(component: &str, address: &str) -> Result<(), String> {
+        let marked = ZERO_ROW_DATABASES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match marked.iter().find(|(a, _, _)| a == address) {
+            None => Ok(()),
+            Some((_, first, sql)) => {
+                let line = format!(
+                    "spin-test-host: component `{component}`: Postgres refused on this database \
+                     for the rest of the run: component `{first}` ran a query on it that returned \
+                     zero rows, which never returns on Spin 4.0.x (spinframework/spin#3671): {sql}"
+                );
+                eprintln!("{line}");
+                Err(line)
+            }
+        }
     }
 }
 
@@ -247,6 +306,7 @@ impl wit::HostConnection for HostState {
                 )));
             }
         }
+        ZeroRows::check(&self.component.id, &address).map_err(Error::ConnectionFailed)?;
         let (client, connection) = tokio_postgres::connect(&address, NoTls)
             .await
             .map_err(|e| Error::ConnectionFailed(format!("{e:?}")))?;
@@ -257,6 +317,7 @@ impl wit::HostConnection for HostState {
         self.table
             .push(PgConnection {
                 client: Arc::new(client),
+                address,
             })
             .map_err(|e| Error::Other(e.to_string()))
     }
@@ -274,10 +335,12 @@ impl wit::HostConnection for HostState {
             .await
             .map_err(query_failed)?;
         let Some(first) = rows.first() else {
-            return Ok(RowSet {
-                columns: vec![],
-                rows: vec![],
-            });
+            let address = self
+                .table
+                .get(&c)
+                .map(|c| c.address.clone())
+                .unwrap_or_default();
+            return Err(ZeroRows::report(&self.component.id, &address, &statement));
         };
         let columns = first
             .columns()

@@ -523,3 +523,48 @@ async fn outbound_http_is_denied_as_for_a_component_without_http_hosts() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("HttpRequestDenied"), "{}", r.text());
 }
+
+/// Spin 4.0.x never returns from a query with no row (spin#3671). The host answers it with
+/// an error naming the bug and from then on refuses the database it ran on, so a component
+/// that ignores the error (or has already streamed its 200) still fails its test.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_query_with_zero_rows_is_refused_and_its_database_marked() {
+    let (_app, _server, client) = start(&[]).await;
+    // An address of this test's own (its application name), so the mark touches no other
+    // test: the host marks the address the component opened.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let addr = format!("{}?application_name=zero_rows_{nanos}", services().pg_url);
+    let path = format!("/pg/zero-rows?addr={addr}");
+    let r = client.get(&path).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = bare(&r.text());
+    let (zero, after) = text.split_once('\n').unwrap();
+    assert!(
+        zero.starts_with(
+            "zero=Err(Other(\"spin-test-host: component `fixture` ran a Postgres query that \
+             returned zero rows; on Spin 4.0.x this call never returns (spinframework/spin#3671)"
+        ),
+        "{text}"
+    );
+    assert!(zero.contains("SELECT 1 AS one WHERE false"), "{text}");
+    assert!(
+        after.starts_with("after=Err(Other(") && after.contains("spin#3671"),
+        "a query with a row on the same connection is refused too: {text}"
+    );
+    let again = client.get(&path).await.unwrap();
+    assert_eq!(again.status, 502, "{}", again.text());
+    let again = bare(&again.text());
+    assert!(
+        again.starts_with("open=ConnectionFailed(") && again.contains("spin#3671"),
+        "a later request cannot even open the database: {again}"
+    );
+    let other = client.get("/pg/roundtrip").await.unwrap();
+    assert!(
+        other.text().contains("null_param=Ok("),
+        "other addresses work as before: {}",
+        other.text()
+    );
+}
