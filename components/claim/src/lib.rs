@@ -7,13 +7,13 @@
 
 use flashclaim_spin as glue;
 
-use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
-use flashclaim_core::ids::{ActivityId, IdempotencyKey};
+use flashclaim_core::claim::{self, ClaimSettings};
+use flashclaim_core::ids::ActivityId;
 use flashclaim_core::scripts::{CLAIM, PASS};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
-use glue::{random_bytes, SpinRedis};
+use glue::SpinRedis;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
@@ -32,71 +32,36 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 
 fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     // parse
-    let activity = ActivityId::parse(id)?;
-    let principal = glue::principal(req)?;
-    let request = ClaimRequest::parse(req.body())?;
-    let idempotency = req
-        .header("idempotency-key")
-        .map(|h| {
-            h.as_str()
-                .ok_or_else(|| ApiError::invalid("Idempotency-Key must be ASCII"))
-        })
-        .transpose()?
-        .map(IdempotencyKey::parse)
-        .transpose()?;
-    let rate = rate_limit("claim_rate_limit")?.unwrap_or_default();
-    let global_rate = rate_limit("claim_global_rate_limit")?.unwrap_or(RateLimit::OFF);
-    let prefixes: Vec<String> = (0..request.quantity)
-        .map(|_| claim::code_prefix(random_bytes::<5>()))
-        .collect();
-    let command = ClaimCommand::new(
-        activity,
-        &principal.user,
-        request,
-        idempotency.as_ref(),
+    let settings = ClaimSettings::from_variables(
+        glue::var("jwt_secret")?,
+        glue::optional_var("claim_rate_limit").as_deref(),
+        glue::optional_var("claim_global_rate_limit").as_deref(),
+    )
+    .map_err(|e| {
+        eprintln!("flashclaim: {e}");
+        ApiError::Internal
+    })?;
+    let (activity, command) = claim::prepare(
+        id,
+        req.header("authorization").and_then(|h| h.as_str()),
+        req.header("idempotency-key").map(|h| h.as_bytes()),
+        req.body(),
+        &settings,
         glue::now(),
-        &claim::claim_id(random_bytes::<16>()),
-        &prefixes,
-        rate,
-        global_rate,
-    );
+        glue::random_vec,
+    )?;
 
     // apply: one connection, one script
-    let redis = SpinRedis::open(glue::redis_shards()?.for_activity(activity)).map_err(|e| {
-        eprintln!("flashclaim: claim: {e}");
-        ApiError::Unavailable("claims are unavailable right now; nothing was claimed")
-    })?;
-    let reply = redis
-        .run(&CLAIM, &command.keys, &command.argv)
-        .map_err(|e| {
-            eprintln!("flashclaim: claim: {e}");
-            if e.proves_nothing_ran() {
-                ApiError::Unavailable("claims are unavailable right now; nothing was claimed")
-            } else {
-                // The command was sent, so the script may have run before the failure.
-                ApiError::OutcomeUnknown
-            }
-        })?;
+    let reply = SpinRedis::open(glue::redis_shards()?.for_activity(activity))
+        .and_then(|redis| redis.run(&CLAIM, &command.keys, &command.argv))
+        .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
 
     // encode
-    let outcome = claim::decode(&reply).inspect_err(|e| {
+    claim::answer(activity, reply).inspect_err(|e| {
         if *e == ApiError::Internal {
-            eprintln!("flashclaim: claim script returned an unexpected reply: {reply:?}");
+            eprintln!("flashclaim: claim script returned an unexpected reply");
         }
-    })?;
-    Ok(claim::encode(activity, &outcome))
-}
-
-/// A rate-limit variable; a malformed one is a deployment error, said in the log.
-fn rate_limit(variable: &str) -> Result<Option<RateLimit>, ApiError> {
-    glue::optional_var(variable)
-        .map(|v| {
-            RateLimit::parse(&v).ok_or_else(|| {
-                eprintln!("flashclaim: {variable} `{v}` is not `<attempts>/<window ms>` or `0`");
-                ApiError::Internal
-            })
-        })
-        .transpose()
+    })
 }
 
 /// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).

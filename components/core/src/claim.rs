@@ -150,6 +150,104 @@ impl ClaimCommand {
     }
 }
 
+/// What a claim needs from the deployment (its Spin variables), read once: per request on
+/// WASIp2, once per reused instance on WASIp3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimSettings {
+    pub jwt_secret: String,
+    pub rate: RateLimit,
+    pub global_rate: RateLimit,
+}
+
+impl ClaimSettings {
+    /// From `jwt_secret`, `claim_rate_limit` and `claim_global_rate_limit` (absent or empty:
+    /// their defaults). A malformed limit is a deployment error: the text says which.
+    pub fn from_variables(
+        jwt_secret: String,
+        rate: Option<&str>,
+        global_rate: Option<&str>,
+    ) -> Result<Self, String> {
+        let limit = |name: &str, text: Option<&str>, default: RateLimit| match text
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            None => Ok(default),
+            Some(t) => RateLimit::parse(t)
+                .ok_or_else(|| format!("{name} `{t}` is not `<attempts>/<window ms>` or `0`")),
+        };
+        Ok(ClaimSettings {
+            jwt_secret,
+            rate: limit("claim_rate_limit", rate, RateLimit::default())?,
+            global_rate: limit("claim_global_rate_limit", global_rate, RateLimit::OFF)?,
+        })
+    }
+}
+
+/// The parse step of `POST /api/activities/{id}/claims`, shared by the WASIp2 and WASIp3
+/// claim components: the activity id from the path, the caller from the token, the body,
+/// the Idempotency-Key, and the script's KEYS/ARGV. `random(n)` gives `n` random bytes; it
+/// is called once per claim.
+pub fn prepare(
+    id: &str,
+    authorization: Option<&str>,
+    idempotency_key: Option<&[u8]>,
+    body: &[u8],
+    settings: &ClaimSettings,
+    now: Millis,
+    random: impl FnOnce(usize) -> Vec<u8>,
+) -> Result<(ActivityId, ClaimCommand), ApiError> {
+    let activity = ActivityId::parse(id)?;
+    let principal =
+        crate::jwt::authenticate(authorization, settings.jwt_secret.as_bytes(), now.as_secs())?;
+    let request = ClaimRequest::parse(body)?;
+    let idempotency = idempotency_key
+        .map(|k| {
+            std::str::from_utf8(k).map_err(|_| ApiError::invalid("Idempotency-Key must be ASCII"))
+        })
+        .transpose()?
+        .map(IdempotencyKey::parse)
+        .transpose()?;
+    let quantity = request.quantity as usize;
+    let bytes = random(16 + 5 * quantity);
+    let (id_bytes, code_bytes) = bytes.split_at(16);
+    let prefixes: Vec<String> = code_bytes
+        .chunks_exact(5)
+        .map(|c| code_prefix([c[0], c[1], c[2], c[3], c[4]]))
+        .collect();
+    let claim_id = claim_id(id_bytes.try_into().map_err(|_| ApiError::Internal)?);
+    if prefixes.len() != quantity {
+        return Err(ApiError::Internal);
+    }
+    let command = ClaimCommand::new(
+        activity,
+        &principal.user,
+        request,
+        idempotency.as_ref(),
+        now,
+        &claim_id,
+        &prefixes,
+        settings.rate,
+        settings.global_rate,
+    );
+    Ok((activity, command))
+}
+
+/// The encode step: the claim script's reply, or why there was none, as the answer. A
+/// failure that proves the script never ran says nothing was claimed; any other leaves the
+/// outcome unknown (the client retries with its Idempotency-Key).
+pub fn answer(
+    activity: ActivityId,
+    reply: Result<Vec<Reply>, crate::scripts::RedisFailure>,
+) -> Result<HttpResponse, ApiError> {
+    match reply {
+        Ok(reply) => decode(&reply).map(|outcome| encode(activity, &outcome)),
+        Err(e) if e.proves_nothing_ran() => Err(ApiError::Unavailable(
+            "claims are unavailable right now; nothing was claimed",
+        )),
+        Err(_) => Err(ApiError::OutcomeUnknown),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub claim_id: String,
@@ -307,6 +405,85 @@ mod tests {
 
     fn bytes(s: &str) -> Reply {
         Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    fn settings() -> ClaimSettings {
+        ClaimSettings::from_variables("secret".into(), None, Some("0")).unwrap()
+    }
+
+    fn bearer(user: &str, now: Millis) -> String {
+        let claims = crate::jwt::Claims {
+            sub: user.into(),
+            exp: now.as_secs() + 60,
+            nbf: None,
+            iat: None,
+            role: None,
+        };
+        format!("Bearer {}", crate::jwt::sign(&claims, b"secret"))
+    }
+
+    #[test]
+    fn settings_default_to_20_per_second_per_user_and_no_global_limit() {
+        let s = settings();
+        assert_eq!(s.rate, RateLimit::default());
+        assert_eq!(s.global_rate, RateLimit::OFF);
+        let e = ClaimSettings::from_variables("s".into(), Some("20 per sec"), None).unwrap_err();
+        assert!(e.contains("claim_rate_limit `20 per sec`"), "{e}");
+    }
+
+    #[test]
+    fn a_claim_draws_its_random_bytes_once_for_the_id_and_every_code() {
+        let now = Millis(1_700_000_000_000);
+        let auth = bearer("alice", now);
+        let mut asked = Vec::new();
+        let (activity, command) = prepare(
+            "42",
+            Some(&auth),
+            Some(b"key-1"),
+            br#"{"quantity": 3}"#,
+            &settings(),
+            now,
+            |n| {
+                asked.push(n);
+                (0..n as u8).collect()
+            },
+        )
+        .unwrap();
+        assert_eq!(asked, vec![16 + 5 * 3]);
+        assert_eq!(activity.get(), 42);
+        assert_eq!(command.argv[3], Arg::from(claim_id(core::array::from_fn(|i| i as u8))));
+        let prefixes = match &command.argv[4] {
+            Arg::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(prefixes.split(',').count(), 3);
+        assert_eq!(command.argv[5], Arg::Int(1), "an Idempotency-Key was given");
+    }
+
+    #[test]
+    fn a_claim_without_a_valid_token_or_id_is_refused_before_any_random_work() {
+        let now = Millis(1_700_000_000_000);
+        let never = |_: usize| -> Vec<u8> { panic!("no random bytes for a refused claim") };
+        let auth = bearer("alice", now);
+        for (id, auth, body, code) in [
+            ("x", Some(auth.as_str()), &b""[..], "not_found"),
+            ("1", None, b"", "unauthenticated"),
+            ("1", Some("Bearer nope"), b"", "unauthenticated"),
+            ("1", Some(auth.as_str()), b"{\"quantity\": 0}", "invalid_request"),
+        ] {
+            let e = prepare(id, auth, None, body, &settings(), now, never).unwrap_err();
+            assert_eq!(e.code(), code, "{id} {auth:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_script_says_nothing_was_claimed_and_a_lost_reply_says_unknown() {
+        use crate::scripts::RedisFailure;
+        let id = ActivityId::from_db(1);
+        let loading = RedisFailure::Command("BusyLoadingError: loading".into());
+        assert!(matches!(answer(id, Err(loading)), Err(ApiError::Unavailable(_))));
+        let reset = RedisFailure::Command("Connection reset by peer".into());
+        assert_eq!(answer(id, Err(reset)), Err(ApiError::OutcomeUnknown));
     }
 
     #[test]

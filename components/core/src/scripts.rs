@@ -161,18 +161,31 @@ pub fn run_script(
     keys: &[String],
     argv: &[Arg],
 ) -> Result<Vec<Reply>, RedisFailure> {
+    let args = evalsha_args(script, keys, argv);
+    match redis.execute("EVALSHA", &args) {
+        Err(RedisFailure::Command(e)) if is_noscript(&e) => {
+            redis.execute("EVAL", &eval_args(script, args))
+        }
+        other => other,
+    }
+}
+
+/// EVALSHA's arguments: the script's SHA1, the number of keys, the keys, then `argv`.
+/// Hosts with an asynchronous Redis run the same two steps as [`run_script`].
+pub fn evalsha_args(script: &Script, keys: &[String], argv: &[Arg]) -> Vec<Arg> {
     let mut args = Vec::with_capacity(2 + keys.len() + argv.len());
     args.push(Arg::from(script.sha1));
     args.push(Arg::Int(keys.len() as i64));
     args.extend(keys.iter().map(|k| Arg::from(k.as_str())));
     args.extend_from_slice(argv);
-    match redis.execute("EVALSHA", &args) {
-        Err(RedisFailure::Command(e)) if is_noscript(&e) => {
-            args[0] = Arg::from(script.source);
-            redis.execute("EVAL", &args)
-        }
-        other => other,
-    }
+    args
+}
+
+/// The same call as EVAL, after NOSCRIPT: the source in place of the SHA1 (which also
+/// loads the script for the next EVALSHA).
+pub fn eval_args(script: &Script, mut args: Vec<Arg>) -> Vec<Arg> {
+    args[0] = Arg::from(script.source);
+    args
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ pub fn now() -> Millis {
     Millis(d.as_millis() as i64)
 }
 
+pub fn random_vec(n: usize) -> Vec<u8> {
+    wasi::random::random::get_random_bytes(n as u64)
+}
+
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let bytes = wasi::random::random::get_random_bytes(N as u64);
     let mut out = [0u8; N];
