@@ -307,6 +307,34 @@ struct Outage {
 }
 
 /// Requests that began after the kill and ended before the restart.
+/// While Redis is down a claim says "nothing was claimed" (`false`) when it knows: its
+/// connection could not be opened. The WASIp3 claim keeps one connection per instance
+/// across requests, and a request on a kept connection that died cannot know whether its
+/// command left (the host reports "broken pipe" either way), so it says "unknown" (`null`,
+/// retry with the same Idempotency-Key); the instance then drops its kept connections, so
+/// that happens at most once per instance, i.e. per request in flight at a time (the storm
+/// runs 32 at once). Every `false` is checked against what was stored by
+/// `check_invariants`: a claim that says it did not happen never did.
+fn assert_outage_answers_are_honest(outage: &[&Seen]) {
+    let unknown = outage.iter().filter(|s| s.body["claimed"].is_null()).count();
+    for s in outage {
+        assert!(
+            s.body["claimed"] == false || s.body["claimed"].is_null(),
+            "{:?}",
+            s.body
+        );
+    }
+    assert!(
+        unknown <= 32,
+        "at most one outcome-unknown per kept connection: {unknown} of {}",
+        outage.len()
+    );
+    assert!(
+        outage.len() > unknown,
+        "after the first failure a claim opens a fresh connection and knows nothing was sent"
+    );
+}
+
 fn during<'a>(seen: &'a [Seen], outage: &Outage) -> Vec<&'a Seen> {
     seen.iter()
         .filter(|s| {
@@ -347,12 +375,9 @@ async fn redis_killed_mid_storm_with_aof_always_loses_no_acknowledged_claim() {
             "{:?}",
             s.body
         );
-        assert_eq!(
-            s.body["claimed"], false,
-            "nothing was claimed, and it says so"
-        );
         assert!(s.took < Duration::from_secs(2), "fails fast: {:?}", s.took);
     }
+    assert_outage_answers_are_honest(&outage);
     let slowest = outage.iter().map(|s| s.took).max().unwrap();
     let outage_count = outage.len();
     // Back up with its data: claims go on (the scripts are loaded again through EVAL).
@@ -408,9 +433,9 @@ async fn redis_killed_mid_storm_with_default_persistence_loses_at_most_the_undra
         "no 500s: {:?}",
         seen.iter().map(|s| s.status).collect::<HashSet<_>>()
     );
-    for s in during(&seen, &outage) {
-        assert_eq!((s.status, s.body["claimed"].as_bool()), (503, Some(false)));
-    }
+    let outage_answers = during(&seen, &outage);
+    assert!(outage_answers.iter().all(|s| s.status == 503));
+    assert_outage_answers_are_honest(&outage_answers);
     let pg = t.pg().await;
     let stored: HashSet<String> = pg
         .query("SELECT id FROM claims WHERE activity_id = $1", &[&id])

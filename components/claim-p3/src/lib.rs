@@ -1,0 +1,116 @@
+//! The claim component as Spin 4 runs it best: a WASIp3 component (spin-sdk 7) that Spin
+//! reuses across requests, keeping its variables and its Redis connection between them.
+//! `POST /api/activities/:id/claims` and `POST /api/activities/:id/passes`, with exactly
+//! the answers of the WASIp2 claim component (components/claim), which hosts without
+//! WASIp3 run instead.
+//!
+//! The hot path is one EVALSHA of claim.lua on a kept connection; every check and every
+//! effect happens in the script.
+
+use flashclaim_core::claim::{self, ClaimSettings};
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::scripts::{CLAIM, PASS};
+use flashclaim_core::{ApiError, HttpResponse};
+use flashclaim_spin3 as glue;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{Method, Request};
+use spin_sdk::http_service;
+use spin_sdk::wasip3::http::types::{ErrorCode, Response};
+
+#[http_service]
+async fn handle(req: Request) -> Result<Response, ErrorCode> {
+    // Released when the response is built, on every path (see OneAtATime).
+    let _one = glue::OneAtATime::enter();
+    Ok(glue::respond_result(route(req).await))
+}
+
+async fn route(req: Request) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let post = req.method() == Method::POST;
+    match (post, segments.as_slice()) {
+        (true, ["api", "activities", id, "claims"]) => post_claim(req, id).await,
+        (true, ["api", "activities", id, "passes"]) => post_pass(&req, id).await,
+        (false, ["api", "activities", _, "claims" | "passes"]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn header<'r>(req: &'r Request, name: &str) -> Option<&'r [u8]> {
+    req.headers().get(name).map(|v| v.as_bytes())
+}
+
+async fn settings() -> Result<ClaimSettings, ApiError> {
+    ClaimSettings::from_variables(
+        glue::var("jwt_secret").await?,
+        glue::optional_var("claim_rate_limit").await.as_deref(),
+        glue::optional_var("claim_global_rate_limit").await.as_deref(),
+    )
+    .map_err(|e| {
+        eprintln!("flashclaim: {e}");
+        ApiError::Internal
+    })
+}
+
+async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
+    // parse
+    let settings = settings().await?;
+    let authorization = header(&req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
+    let authorization = authorization.map(str::to_string);
+    let idempotency = header(&req, "idempotency-key").map(<[u8]>::to_vec);
+    let body = req
+        .into_body()
+        .bytes()
+        .await
+        .map_err(|_| ApiError::invalid("the body could not be read"))?;
+    let (activity, command) = claim::prepare(
+        id,
+        authorization.as_deref(),
+        idempotency.as_deref(),
+        &body,
+        &settings,
+        glue::now(),
+        glue::random_vec,
+    )?;
+
+    // apply: one script on the connection this instance keeps for the activity's shard
+    let shards = glue::redis_shards().await?;
+    let reply = glue::run_script(
+        shards.for_activity(activity),
+        &CLAIM,
+        &command.keys,
+        &command.argv,
+    )
+    .await
+    .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
+
+    // encode
+    claim::answer(activity, reply).inspect_err(|e| {
+        if *e == ApiError::Internal {
+            eprintln!("flashclaim: claim script returned an unexpected reply");
+        }
+    })
+}
+
+/// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).
+async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
+    let activity = ActivityId::parse(id)?;
+    let secret = glue::var("jwt_secret").await?;
+    let authorization = header(req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
+    let principal = flashclaim_core::jwt::authenticate(
+        authorization,
+        secret.as_bytes(),
+        glue::now().as_secs(),
+    )?;
+    let factor = glue::optional_var("claim_pass_factor")
+        .await
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(claim::PASS_FACTOR);
+    let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
+    let shards = glue::redis_shards().await?;
+    let reply = glue::run_script(shards.for_activity(activity), &PASS, &keys, &argv)
+        .await
+        .map_err(|e| glue::redis_unavailable("pass", e))?;
+    claim::decode_pass(activity, &reply)
+}

@@ -1,0 +1,258 @@
+//! The Spin side of flashclaim's WASIp3 components (spin-sdk 7): variables, Redis, clock
+//! and random wired to the core library's types, for an instance that Spin 4 reuses (up
+//! to 128 requests, 16 at once by default). What a WASIp2 component pays on every request
+//! is paid here once per instance: variable look-ups and opening a Redis connection.
+//!
+//! Two rules shape this crate:
+//! - wasip3 0.7 has no cross-task wake-ups: a request can never *wait* for another one (an
+//!   async mutex shared by two requests of one instance panics or hangs). So nothing here
+//!   waits: state lives in `thread_local` cells borrowed only between `.await`s, and a
+//!   request that finds no idle Redis connection opens one.
+//! - Two requests must never share a connection's replies: a connection belongs to one
+//!   request from [`Lease::take`] to [`Lease::release`], and only goes back to the idle
+//!   list after a complete reply.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use flashclaim_core::keys::RedisShards;
+use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
+use flashclaim_core::time::Millis;
+use flashclaim_core::{ApiError, HttpResponse};
+use spin_sdk::redis::{Connection, Error as RedisError, RedisParameter, RedisResult};
+use spin_sdk::wasip3::http::types::{Fields, Response};
+use spin_sdk::wasip3::{wit_future, wit_stream};
+
+/// No more idle connections per endpoint than Spin runs requests at once in an instance.
+const MAX_IDLE: usize = 16;
+
+thread_local! {
+    // A component instance is single-threaded; these live as long as the instance.
+    static VARIABLES: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<String, Vec<Connection>>> = RefCell::new(HashMap::new());
+}
+
+pub fn now() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Millis(d.as_millis() as i64)
+}
+
+pub fn random_vec(n: usize) -> Vec<u8> {
+    spin_sdk::wasip3::random::random::get_random_bytes(n as u64)
+}
+
+/// A variable, looked up once per instance: Spin resolves variables when the app starts,
+/// and an instance lives for seconds. Two first requests may both look it up; that costs
+/// one extra host call, never a wait. `None`: not set (or empty).
+pub async fn optional_var(name: &str) -> Option<String> {
+    if let Some(cached) = VARIABLES.with_borrow(|v| v.get(name).cloned()) {
+        return cached;
+    }
+    let value = spin_sdk::variables::get(name)
+        .await
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    VARIABLES.with_borrow_mut(|v| v.insert(name.to_string(), value.clone()));
+    value
+}
+
+/// A variable the manifest must provide; its absence is a deployment error, logged and
+/// answered as a generic 500. The value is never logged.
+pub async fn var(name: &str) -> Result<String, ApiError> {
+    optional_var(name).await.ok_or_else(|| {
+        eprintln!("flashclaim: variable `{name}` is not available");
+        ApiError::Internal
+    })
+}
+
+/// The Redis endpoints of `redis_address` (one per shard).
+pub async fn redis_shards() -> Result<RedisShards, ApiError> {
+    RedisShards::parse(&var("redis_address").await?).ok_or_else(|| {
+        eprintln!("flashclaim: redis_address lists no endpoint");
+        ApiError::Internal
+    })
+}
+
+/// A Redis connection owned by one request. Dropping it closes it: only
+/// [`Lease::release`] after a complete reply returns it to the instance's idle list, so a
+/// connection whose command failed or was cancelled (the client went away mid-command) is
+/// never reused and can never hand its late reply to another request.
+pub struct Lease {
+    conn: Connection,
+    address: String,
+}
+
+impl Lease {
+    /// An idle connection to `address` kept by this instance, or a new one.
+    pub async fn take(address: &str) -> Result<Lease, RedisFailure> {
+        let idle = IDLE.with_borrow_mut(|idle| idle.get_mut(address).and_then(Vec::pop));
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Connection::open(address)
+                .await
+                .map_err(|e| RedisFailure::Unreachable(error_text(e)))?,
+        };
+        Ok(Lease {
+            conn,
+            address: address.to_string(),
+        })
+    }
+
+    /// Back to the idle list, for the next request of this instance.
+    pub fn release(self) {
+        IDLE.with_borrow_mut(|idle| {
+            let list = idle.entry(self.address).or_default();
+            if list.len() < MAX_IDLE {
+                list.push(self.conn);
+            }
+        });
+    }
+
+    pub async fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
+        let params = args.iter().map(|a| match a {
+            Arg::Int(n) => RedisParameter::Int64(*n),
+            Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
+        });
+        let replies = self
+            .conn
+            .execute(command, params)
+            .await
+            .map_err(|e| RedisFailure::Command(error_text(e)))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                RedisResult::Nil => Reply::Nil,
+                RedisResult::Status(s) => Reply::Status(s),
+                RedisResult::Int64(n) => Reply::Int(n),
+                RedisResult::Binary(b) => Reply::Bytes(b),
+            })
+            .collect())
+    }
+
+    /// `script` with EVALSHA, and EVAL after NOSCRIPT (see `scripts::run_script`). An error
+    /// reply such as NOSCRIPT is a complete answer: the connection stays usable.
+    pub async fn run(
+        &self,
+        script: &Script,
+        keys: &[String],
+        argv: &[Arg],
+    ) -> Result<Vec<Reply>, RedisFailure> {
+        let args = scripts::evalsha_args(script, keys, argv);
+        match self.execute("EVALSHA", &args).await {
+            Err(RedisFailure::Command(e)) if scripts::is_noscript(&e) => {
+                self.execute("EVAL", &scripts::eval_args(script, args)).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// One script on the Redis endpoint at `address`, on a connection this instance keeps: the
+/// connection goes back to the idle list after a reply and is dropped after a failure (it
+/// may be broken, or hold a reply that never came). Its idle siblings go too: when Redis
+/// restarts they are all dead, and a request on a dead kept connection cannot tell whether
+/// its command left (the host says "broken pipe" either way), so it must answer "outcome
+/// unknown"; after the first such failure the instance's next request opens a fresh
+/// connection, whose refusal proves nothing was sent.
+pub async fn run_script(
+    address: &str,
+    script: &Script,
+    keys: &[String],
+    argv: &[Arg],
+) -> Result<Vec<Reply>, RedisFailure> {
+    let lease = Lease::take(address).await?;
+    match lease.run(script, keys, argv).await {
+        Ok(reply) => {
+            lease.release();
+            Ok(reply)
+        }
+        Err(e) => {
+            if !matches!(&e, RedisFailure::Command(text) if error_reply(text)) {
+                IDLE.with_borrow_mut(|idle| idle.remove(address));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether a failure is Redis answering with an error (the connection is fine) rather than
+/// the connection failing.
+fn error_reply(text: &str) -> bool {
+    text.starts_with("An error was signalled by the server")
+        || RedisFailure::Command(text.to_string()).proves_nothing_ran()
+}
+
+/// Spin's rendering of a Redis error: the reply's own text for `Other` (what
+/// `RedisFailure::proves_nothing_ran` classifies), the variant's name otherwise.
+fn error_text(e: RedisError) -> String {
+    match e {
+        RedisError::Other(text) => text,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Redis failures seen by a client: the store is unavailable, and the detail is logged.
+pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
+    eprintln!("flashclaim: {context}: {e}");
+    ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+}
+
+/// Holds WASIp3 backpressure while a request runs, so Spin starts no second request in
+/// this instance until this one has answered; concurrent requests go to other instances.
+///
+/// Why: when several requests of one instance finish in the same turn of Spin's event loop,
+/// Spin can hand hyper a response head before the body has left the guest's stream, and the
+/// body then follows in a second TCP write that Nagle holds until the client's delayed ACK
+/// (Spin 4 sets no TCP_NODELAY): measured on Spin 4.1.0-pre0, 0.2-0.9 % of claims took
+/// 40 ms more at 16 requests per instance, none at one. One request at a time also keeps
+/// one Redis connection per instance. It is the component's own
+/// `--max-instance-concurrent-reuse-count 1`, so it holds on any Spin, whatever its flags.
+pub struct OneAtATime(());
+
+impl OneAtATime {
+    pub fn enter() -> Self {
+        spin_sdk::wit_bindgen::backpressure_inc();
+        OneAtATime(())
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        spin_sdk::wit_bindgen::backpressure_dec();
+    }
+}
+
+/// A response that leaves Spin in one write: `content-length` set (without it hyper sends
+/// chunked encoding and writes the final `0\r\n\r\n` in a second write, once the stream
+/// closes, which waits ~40 ms for the client's delayed ACK on every keep-alive response),
+/// and the whole body in a single stream write started before the handler returns.
+pub fn respond(r: HttpResponse) -> Response {
+    let mut headers: Vec<(String, Vec<u8>)> = r
+        .headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    headers.push((
+        "content-length".into(),
+        r.body.len().to_string().into_bytes(),
+    ));
+    let headers = Fields::from_list(&headers).unwrap_or_else(|_| Fields::new());
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
+    let _ = response.set_status_code(r.status);
+    let body = r.body;
+    spin_sdk::wasip3::spawn(async move {
+        body_tx.write_all(body).await;
+        drop(body_tx);
+        let _ = trailers_tx.write(Ok(None)).await;
+    });
+    response
+}
+
+/// Problems are answered as they are; internal errors were logged where they happened.
+pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
+    respond(result.unwrap_or_else(|e| e.to_response()))
+}
