@@ -38,10 +38,12 @@ test-unit:
 test-lua:
 	cargo test $(NATIVE) --test lua
 
-## Tier 3: end to end over HTTP through the test host (needs services and wasm), then the
-## Postgres outage test, which stops the shared Postgres and so runs on its own.
+## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e runs
+## with spin.toml (WASIp3 claim) and spin.wasip2.toml (WASIp2 claim); then the Postgres
+## outage test, which stops the shared Postgres and so runs on its own.
 test-e2e:
 	cargo test $(NATIVE) --test e2e
+	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e
 	cargo test $(NATIVE) --test api
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
@@ -57,6 +59,7 @@ test-spin:
 	  exit 0; fi; \
 	echo "test-spin: $$($(SPIN) --version)"; \
 	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api || exit $$?; \
+	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron; \
 	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger was not tried"; fi

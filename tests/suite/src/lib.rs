@@ -188,6 +188,12 @@ impl Runtime {
     }
 }
 
+/// The manifest under test: spin.toml, or `FLASHCLAIM_MANIFEST` (relative to the
+/// repository), e.g. spin.wasip2.toml with the WASIp2 claim component.
+pub fn manifest() -> PathBuf {
+    root().join(std::env::var("FLASHCLAIM_MANIFEST").unwrap_or_else(|_| "spin.toml".into()))
+}
+
 /// The HTTP components of spin.toml: what `spin up -c` names when there is no cron plugin.
 pub const HTTP_COMPONENTS: [&str; 6] = ["activity", "claim", "auth", "ticket", "admin", "drain"];
 
@@ -247,7 +253,7 @@ impl SpinProcess {
         let mut cmd = std::process::Command::new(&spin);
         cmd.arg("up")
             .arg("--from")
-            .arg(root().join("spin.toml"))
+            .arg(manifest())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
@@ -380,7 +386,7 @@ impl TestApp {
         let (backend, base_url) = match runtime {
             Runtime::TestHost => {
                 let app = App::load(AppConfig {
-                    manifest: root().join("spin.toml"),
+                    manifest: manifest(),
                     env,
                     process_env: false,
                     ..AppConfig::default()

@@ -128,3 +128,26 @@ fn every_status_and_code_the_service_answers_is_documented() {
         "no stale codes"
     );
 }
+
+/// spin.wasip2.toml is spin.toml for hosts without WASIp3: the same app in every respect
+/// but the claim component's build, so the two can never drift apart.
+#[test]
+fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_claim_component() {
+    let read = |name: &str| -> toml::Value {
+        toml::from_str(&std::fs::read_to_string(flashclaim_tests::root().join(name)).unwrap())
+            .unwrap()
+    };
+    let p3 = read("spin.toml");
+    let mut p2 = read("spin.wasip2.toml");
+    let claim_source = |m: &toml::Value| m["component"]["claim"]["source"].clone();
+    assert_eq!(
+        claim_source(&p3).as_str(),
+        Some("target/wasm32-wasip2/release/flashclaim_claim_p3.wasm")
+    );
+    assert_eq!(
+        claim_source(&p2).as_str(),
+        Some("target/wasm32-wasip2/release/flashclaim_claim.wasm")
+    );
+    p2["component"]["claim"]["source"] = claim_source(&p3);
+    assert_eq!(p2, p3, "spin.wasip2.toml differs from spin.toml beyond the claim source");
+}

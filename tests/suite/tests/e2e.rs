@@ -499,7 +499,7 @@ async fn unknown_ids_are_negatively_cached_in_redis() {
 #[test]
 fn every_component_stays_small_because_it_is_instantiated_per_request() {
     const LIMIT: u64 = 600 * 1024;
-    let manifest = std::fs::read_to_string(flashclaim_tests::root().join("spin.toml")).unwrap();
+    let manifest = std::fs::read_to_string(flashclaim_tests::manifest()).unwrap();
     // The cron tick runs the drain's .wasm under a component id of its own.
     let sources: std::collections::BTreeSet<&str> = manifest
         .lines()
