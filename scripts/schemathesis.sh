@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck disable=SC1091
-. .data/services.env
+. "${FLASHCLAIM_DATA:-.data/test}/services.env"
 
 venv=.data/venv
 if [ ! -x "$venv/bin/st" ]; then

@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 listen=${LISTEN:-127.0.0.1:3000}
+# The served app's stores live in .data/; the tests keep theirs in .data/test/.
+export FLASHCLAIM_DATA="$root/.data"
 
 scripts/deps.sh
 make --no-print-directory wasm >/dev/null

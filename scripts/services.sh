@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (or stops) a private Redis and PostgreSQL for flashclaim on free local ports,
-# with their data under the project's .data/ directory, and writes their addresses to
-# .data/services.env for the tests, the benchmarks and the local runner.
+# with their data under $FLASHCLAIM_DATA, and writes their addresses to
+# $FLASHCLAIM_DATA/services.env. The tests and benchmarks use .data/test/ (the default);
+# `make serve` uses .data/, so a test run never touches the stores of a served app.
 #
 #   scripts/services.sh start [--durable]   # --durable: Redis AOF with appendfsync always
 #   scripts/services.sh stop
@@ -9,13 +10,15 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-data="$root/.data"
+data=${FLASHCLAIM_DATA:-$root/.data/test}
 envfile="$data/services.env"
 
 free_port() {
   local port
   for _ in $(seq 1 50); do
-    port=$(( (RANDOM % 30000) + 20000 ))
+    # Below Linux's ephemeral range (32768 up), where outgoing connections bind ports that
+    # a connect probe cannot see.
+    port=$(( (RANDOM % 12000) + 20000 ))
     if ! (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
@@ -47,7 +50,7 @@ pg_data_dir() {
   if [ "$(id -u)" -eq 0 ] && ! runuser -u "$user" -- test -x "$data" 2>/dev/null; then
     # An ancestor of the project is closed to other users (e.g. /root): keep the cluster
     # in a per-project directory that the Postgres user can reach.
-    dir="/var/tmp/flashclaim-pg-$(echo "$root" | md5sum | cut -c1-12)"
+    dir="/var/tmp/flashclaim-pg-$(echo "$data" | md5sum | cut -c1-12)"
   fi
   echo "$dir"
 }
@@ -67,7 +70,7 @@ pg_start() {
 start() {
   local durable=${1:-}
   mkdir -p "$data/redis"
-  chmod 755 "$data"
+  chmod 755 "$root/.data" "$data"
   if [ -f "$envfile" ]; then stop >/dev/null 2>&1 || true; fi
 
   local redis_port pg_port
@@ -99,6 +102,10 @@ start() {
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 || {
+    echo "services: redis did not start on $redis_port: $(tail -n 1 "$data/redis/redis.log")" >&2
+    exit 1
+  }
   # `flashclaim` serves the local app; tests copy `flashclaim_template` per test.
   local base="postgres://postgres@127.0.0.1:$pg_port"
   for db in flashclaim flashclaim_template; do

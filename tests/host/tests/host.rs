@@ -1,5 +1,5 @@
 //! The test host, proven on the real fixture component against a real Redis and Postgres
-//! (started by `scripts/services.sh`, addresses in `.data/services.env`).
+//! (started by `scripts/services.sh`, addresses in `.data/test/services.env`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,8 +16,13 @@ struct Services {
 
 fn services() -> Services {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = std::fs::read_to_string(root.join(".data/services.env")).expect(
-        "no .data/services.env: run the tests through `make test` (it starts Redis and Postgres)",
+    let env = std::fs::read_to_string(
+        std::env::var_os("FLASHCLAIM_DATA")
+            .map_or_else(|| root.join(".data/test"), std::path::PathBuf::from)
+            .join("services.env"),
+    )
+    .expect(
+        "no .data/test/services.env: run the tests through `make test` (it starts Redis and Postgres)",
     );
     let map: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
     Services {

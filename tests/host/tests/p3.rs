@@ -1,6 +1,6 @@
 //! The test host runs WASIp3 components (spin-sdk 7, `#[http_service]`) as Spin 4 does,
 //! proven on the real `host-fixture-p3` component beside the WASIp2 fixture, against the
-//! real Redis of `scripts/services.sh` (addresses in `.data/services.env`).
+//! real Redis of `scripts/services.sh` (addresses in `.data/test/services.env`).
 //!
 //! The p3 fixture keeps a counter, an in-flight count and a Redis connection in its
 //! instance and reports them with a random instance id, so reuse is seen from outside.
@@ -19,8 +19,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn services() -> HashMap<String, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = std::fs::read_to_string(root.join(".data/services.env")).expect(
-        "no .data/services.env: run the tests through `make test` (it starts Redis and Postgres)",
+    let env = std::fs::read_to_string(
+        std::env::var_os("FLASHCLAIM_DATA")
+            .map_or_else(|| root.join(".data/test"), std::path::PathBuf::from)
+            .join("services.env"),
+    )
+    .expect(
+        "no .data/test/services.env: run the tests through `make test` (it starts Redis and Postgres)",
     );
     env.lines()
         .filter_map(|l| l.split_once('='))

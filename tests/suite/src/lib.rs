@@ -19,7 +19,15 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Addresses from `.data/services.env`.
+/// The directory `scripts/services.sh` keeps the test stores in: `FLASHCLAIM_DATA`, else
+/// `.data/test` (a served app keeps its own in `.data`).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("FLASHCLAIM_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".data/test"))
+}
+
+/// Addresses from `services.env` in [`data_dir`].
 pub struct Services {
     pub redis_port: u16,
     pub pg_port: u16,
@@ -29,8 +37,8 @@ pub struct Services {
 }
 
 pub fn services() -> Services {
-    let env = std::fs::read_to_string(root().join(".data/services.env")).expect(
-        "no .data/services.env: run the tests through `make test` (it starts Redis and Postgres)",
+    let env = std::fs::read_to_string(data_dir().join("services.env")).expect(
+        "no .data/test/services.env: run the tests through `make test` (it starts Redis and Postgres)",
     );
     let map: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
     Services {
