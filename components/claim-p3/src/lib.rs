@@ -44,7 +44,9 @@ async fn settings() -> Result<ClaimSettings, ApiError> {
     ClaimSettings::from_variables(
         glue::var("jwt_secret").await?,
         glue::optional_var("claim_rate_limit").await.as_deref(),
-        glue::optional_var("claim_global_rate_limit").await.as_deref(),
+        glue::optional_var("claim_global_rate_limit")
+            .await
+            .as_deref(),
     )
     .map_err(|e| {
         eprintln!("flashclaim: {e}");

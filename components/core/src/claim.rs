@@ -451,7 +451,10 @@ mod tests {
         .unwrap();
         assert_eq!(asked, vec![16 + 5 * 3]);
         assert_eq!(activity.get(), 42);
-        assert_eq!(command.argv[3], Arg::from(claim_id(core::array::from_fn(|i| i as u8))));
+        assert_eq!(
+            command.argv[3],
+            Arg::from(claim_id(core::array::from_fn(|i| i as u8)))
+        );
         let prefixes = match &command.argv[4] {
             Arg::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
             other => panic!("{other:?}"),
@@ -469,7 +472,12 @@ mod tests {
             ("x", Some(auth.as_str()), &b""[..], "not_found"),
             ("1", None, b"", "unauthenticated"),
             ("1", Some("Bearer nope"), b"", "unauthenticated"),
-            ("1", Some(auth.as_str()), b"{\"quantity\": 0}", "invalid_request"),
+            (
+                "1",
+                Some(auth.as_str()),
+                b"{\"quantity\": 0}",
+                "invalid_request",
+            ),
         ] {
             let e = prepare(id, auth, None, body, &settings(), now, never).unwrap_err();
             assert_eq!(e.code(), code, "{id} {auth:?}");
@@ -481,7 +489,10 @@ mod tests {
         use crate::scripts::RedisFailure;
         let id = ActivityId::from_db(1);
         let loading = RedisFailure::Command("BusyLoadingError: loading".into());
-        assert!(matches!(answer(id, Err(loading)), Err(ApiError::Unavailable(_))));
+        assert!(matches!(
+            answer(id, Err(loading)),
+            Err(ApiError::Unavailable(_))
+        ));
         let reset = RedisFailure::Command("Connection reset by peer".into());
         assert_eq!(answer(id, Err(reset)), Err(ApiError::OutcomeUnknown));
     }

@@ -142,7 +142,8 @@ impl Lease {
         let args = scripts::evalsha_args(script, keys, argv);
         match self.execute("EVALSHA", &args).await {
             Err(RedisFailure::Command(e)) if scripts::is_noscript(&e) => {
-                self.execute("EVAL", &scripts::eval_args(script, args)).await
+                self.execute("EVAL", &scripts::eval_args(script, args))
+                    .await
             }
             other => other,
         }

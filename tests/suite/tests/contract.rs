@@ -149,5 +149,8 @@ fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_claim_component() {
         Some("target/wasm32-wasip2/release/flashclaim_claim.wasm")
     );
     p2["component"]["claim"]["source"] = claim_source(&p3);
-    assert_eq!(p2, p3, "spin.wasip2.toml differs from spin.toml beyond the claim source");
+    assert_eq!(
+        p2, p3,
+        "spin.wasip2.toml differs from spin.toml beyond the claim source"
+    );
 }

@@ -316,7 +316,10 @@ struct Outage {
 /// runs 32 at once). Every `false` is checked against what was stored by
 /// `check_invariants`: a claim that says it did not happen never did.
 fn assert_outage_answers_are_honest(outage: &[&Seen]) {
-    let unknown = outage.iter().filter(|s| s.body["claimed"].is_null()).count();
+    let unknown = outage
+        .iter()
+        .filter(|s| s.body["claimed"].is_null())
+        .count();
     for s in outage {
         assert!(
             s.body["claimed"] == false || s.body["claimed"].is_null(),

@@ -23,7 +23,9 @@ async fn claims_reach_postgres_on_the_cron_trigger_alone() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let tickets = t
-            .count(&format!("SELECT count(*) FROM tickets WHERE activity_id = {id}"))
+            .count(&format!(
+                "SELECT count(*) FROM tickets WHERE activity_id = {id}"
+            ))
             .await;
         if tickets == 40 {
             break;
