@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::{bare, unique};
 use spin_test_host::client::HttpClient;
 use spin_test_host::{App, AppConfig, RunningServer};
 
@@ -15,20 +18,11 @@ struct Services {
 }
 
 fn services() -> Services {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = std::fs::read_to_string(
-        std::env::var_os("FLASHCLAIM_DATA")
-            .map_or_else(|| root.join(".data/test"), std::path::PathBuf::from)
-            .join("services.env"),
-    )
-    .expect(
-        "no .data/test/services.env: run the tests through `make test` (it starts Redis and Postgres)",
-    );
-    let map: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    let map = common::services();
     Services {
-        redis_port: map["REDIS_PORT"].to_string(),
-        pg_port: map["PG_PORT"].to_string(),
-        pg_url: map["FLASHCLAIM_PG_URL"].to_string(),
+        redis_port: map["REDIS_PORT"].clone(),
+        pg_port: map["PG_PORT"].clone(),
+        pg_url: map["FLASHCLAIM_PG_URL"].clone(),
     }
 }
 
@@ -70,28 +64,6 @@ async fn start(extra: &[(&str, &str)]) -> (Arc<App>, RunningServer, HttpClient) 
         .unwrap();
     let client = HttpClient::new(server.base_url());
     (app, server, client)
-}
-
-/// The fixture reports values with their `Debug` form; wit-bindgen prefixes variants with
-/// their type (`RedisResult::Int64(1)`), which the assertions below leave out.
-fn bare(text: &str) -> String {
-    [
-        "RedisResult::",
-        "DbDataType::",
-        "DbValue::",
-        "QueryError::",
-        "Error::",
-    ]
-    .iter()
-    .fold(text.to_string(), |t, prefix| t.replace(prefix, ""))
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{nanos}:")
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {

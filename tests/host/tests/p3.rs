@@ -11,27 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{bare, services, unique};
 use spin_test_host::client::{HttpClient, Response};
 use spin_test_host::{App, AppConfig, HttpWorld, RunningServer};
 
 /// Every request of these tests answers within this, or the test fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn services() -> HashMap<String, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env = std::fs::read_to_string(
-        std::env::var_os("FLASHCLAIM_DATA")
-            .map_or_else(|| root.join(".data/test"), std::path::PathBuf::from)
-            .join("services.env"),
-    )
-    .expect(
-        "no .data/test/services.env: run the tests through `make test` (it starts Redis and Postgres)",
-    );
-    env.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn redis_port() -> String {
     services()["REDIS_PORT"].clone()
@@ -118,21 +105,6 @@ fn instance_and(r: &Response, name: &str) -> (String, u64) {
     assert_eq!(r.status, 200, "{}", r.text());
     let f = fields(&r.text());
     (f["instance"].clone(), f[name].parse().unwrap())
-}
-
-/// wit-bindgen prefixes variants with their type in `Debug`; the assertions leave it out.
-fn bare(text: &str) -> String {
-    ["RedisResult::", "Error::", "ErrorCode::"]
-        .iter()
-        .fold(text.to_string(), |t, prefix| t.replace(prefix, ""))
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{nanos}")
 }
 
 #[tokio::test(flavor = "multi_thread")]
