@@ -1,8 +1,30 @@
-//! The claim and drain benchmark (`make bench`): claims/s and latency through the full stack
-//! (HTTP → test host → claim component → one EVALSHA), beside the physical limits measured
-//! in the same run on the same machine: `redis-benchmark` running the same EVALSHA on the
-//! same Redis, and a bulk insert of the same rows into the same Postgres.
+//! The claim and drain benchmark (`make bench`, see BENCHMARKS.md).
+//!
+//! For each runtime, the test host always and real Spin when a `spin` binary is found, at
+//! each concurrency, over keep-alive HTTP/1.1 with every request from a different user:
+//!
+//! - flashclaim's claim through spin.toml (the WASIp3 claim component) and through
+//!   spin.wasip2.toml (the WASIp2 one), JWT and all;
+//! - the runtime's best component for the same work (tests/bench-fixtures): the minimal
+//!   WASIp2 and WASIp3 claims (the same claim.lua through flashclaim-core, one EVALSHA, the
+//!   user from `x-user-id` instead of a JWT) and a trivial `hello` route of each kind;
+//! - Redis connections opened per 1,000 claims (INFO stats, before and after);
+//! - the drain of every claim made on that runtime through `POST /admin/drain`, beside one
+//!   bulk `INSERT … SELECT` of as many rows into the same Postgres;
+//!
+//! and `redis-benchmark` running the claim's very EVALSHA on the same Redis. Each level
+//! gets a fresh activity (stock never runs out) and a warm-up first; the CPU used by other
+//! processes (not this benchmark, its Spin processes, Redis or Postgres) is measured during
+//! each level, and a level run while the machine was busy is run again.
+//!
+//! Knobs (environment): `FLASHCLAIM_BENCH_RUNTIMES` (`host,spin`), `FLASHCLAIM_BENCH_LEVELS`
+//! (`64,256`), `FLASHCLAIM_BENCH_REQUESTS` (20000), `FLASHCLAIM_BENCH_VARIANTS` (all; e.g.
+//! `MinimalP2,FlashclaimP2`), `FLASHCLAIM_BENCH_KEEP_BACKTRACE` (set: leave `RUST_BACKTRACE` as
+//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,20 +33,157 @@ use flashclaim_core::claim::{ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, UserId};
 use flashclaim_core::scripts::{run_script, Arg, CLAIM, PUBLISH};
 use flashclaim_core::time::Millis;
-use flashclaim_tests::{bearer, services, token, NativeRedis, TestApp};
-use tokio::sync::Semaphore;
+use flashclaim_tests::{
+    bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, Backend, ManifestApp,
+    NativeRedis, Runtime, TestApp,
+};
+use spin_test_host::client::HttpClient;
 
-const REQUESTS_PER_LEVEL: usize = 20_000;
-const LEVELS: [usize; 2] = [64, 256];
 const REDIS_BENCH_REQUESTS: usize = 200_000;
+/// Requests sent to each app at a level's concurrency before it is measured.
+const WARM_UP: usize = 1_000;
+/// Other processes' CPU (percent of one core) above which a level counts as disturbed.
+const BUSY_PCT: f64 = 25.0;
+/// Runs of one level at most (the quietest is kept).
+const MAX_RUNS: usize = 3;
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn requests_per_level() -> usize {
+    env_or("FLASHCLAIM_BENCH_REQUESTS", 20_000)
+}
+
+fn levels() -> Vec<usize> {
+    std::env::var("FLASHCLAIM_BENCH_LEVELS")
+        .unwrap_or_else(|_| "64,256".into())
+        .split(',')
+        .map(|c| c.trim().parse().expect("FLASHCLAIM_BENCH_LEVELS: numbers"))
+        .collect()
+}
+
+/// `FLASHCLAIM_BENCH_VARIANTS` (e.g. `MinimalP2,FlashclaimP2`, for profiling), else all.
+fn variants() -> Vec<Variant> {
+    match std::env::var("FLASHCLAIM_BENCH_VARIANTS") {
+        Ok(list) => Variant::ALL
+            .into_iter()
+            .filter(|v| list.split(',').any(|n| n.trim() == format!("{v:?}")))
+            .collect(),
+        Err(_) => Variant::ALL.to_vec(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    HelloP2,
+    HelloP3,
+    MinimalP2,
+    MinimalP3,
+    FlashclaimP2,
+    FlashclaimP3,
+}
+
+impl Variant {
+    const ALL: [Variant; 6] = [
+        Variant::HelloP2,
+        Variant::HelloP3,
+        Variant::MinimalP2,
+        Variant::MinimalP3,
+        Variant::FlashclaimP2,
+        Variant::FlashclaimP3,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Variant::HelloP2 => "trivial route, WASIp2 (`GET /p2/hello`)",
+            Variant::HelloP3 => "trivial route, WASIp3 (`GET /p3/hello`)",
+            Variant::MinimalP2 => "minimal claim, WASIp2 (fixture)",
+            Variant::MinimalP3 => "minimal claim, WASIp3 (fixture)",
+            Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.wasip2.toml)",
+            Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.toml)",
+        }
+    }
+
+    fn is_claim(self) -> bool {
+        !matches!(self, Variant::HelloP2 | Variant::HelloP3)
+    }
+
+    fn expected_status(self) -> u16 {
+        if self.is_claim() {
+            201
+        } else {
+            200
+        }
+    }
+
+    /// One request of this variant from `user` on `activity`.
+    fn request(self, activity: i64, user: &str) -> Req {
+        match self {
+            Variant::HelloP2 => Req::get("/p2/hello"),
+            Variant::HelloP3 => Req::get("/p3/hello"),
+            Variant::MinimalP2 | Variant::MinimalP3 => Req {
+                method: "POST",
+                path: format!(
+                    "/{}/api/activities/{activity}/claims",
+                    if self == Variant::MinimalP2 {
+                        "p2"
+                    } else {
+                        "p3"
+                    }
+                ),
+                header: Some(("x-user-id", user.to_string())),
+            },
+            Variant::FlashclaimP2 | Variant::FlashclaimP3 => Req {
+                method: "POST",
+                path: format!("/api/activities/{activity}/claims"),
+                // Signed beforehand: signing is the client's cost, not the service's.
+                header: Some(("authorization", bearer(&token(user, None)))),
+            },
+        }
+    }
+}
+
+struct Req {
+    method: &'static str,
+    path: String,
+    header: Option<(&'static str, String)>,
+}
+
+impl Req {
+    fn get(path: &str) -> Req {
+        Req {
+            method: "GET",
+            path: path.into(),
+            header: None,
+        }
+    }
+}
+
+/// One measured level: a variant on a runtime at a concurrency.
 struct Level {
+    runtime: &'static str,
+    variant: Variant,
     concurrency: usize,
-    claims_per_sec: f64,
+    per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Answers other than 201, by status (0: the request itself failed).
-    errors: std::collections::BTreeMap<u16, usize>,
+    /// Answers other than the expected one, by status (0: no answer, e.g. a time-out).
+    errors: BTreeMap<u16, usize>,
+    /// Redis connections opened per 1,000 requests (claims only).
+    redis_per_1k: Option<f64>,
+    /// CPU time per request: the runtime serving it (Spin's processes, or the test host in
+    /// this process), the load generator, Redis.
+    server_us: f64,
+    client_us: f64,
+    redis_us: f64,
+    /// CPU used by other processes meanwhile, percent of one core.
+    other_cpu: f64,
+    load1: f64,
+    runs: usize,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -32,54 +191,570 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn http_level(t: &Arc<TestApp>, id: i64, concurrency: usize, offset: usize) -> Level {
-    // Tokens are made up front: signing is the client's cost, not the service's.
-    let auths: Vec<String> = (0..REQUESTS_PER_LEVEL)
-        .map(|i| bearer(&token(&format!("bench-{}", offset + i), None)))
+/// A closed-loop load generator on a thread of its own (one core at most, like a separate
+/// client process): `concurrency` workers, each sending its next request once the last one
+/// answered, over keep-alive connections.
+async fn load(base_url: String, reqs: Vec<Req>, concurrency: usize, expect: u16) -> Loaded {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cpu_started = thread_cpu_secs();
+        rt.block_on(async move {
+            let client = HttpClient::new(base_url);
+            let reqs = Arc::new(reqs);
+            let next = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
+                workers.spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut errors = BTreeMap::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(r) = reqs.get(i) else { break };
+                        let headers: Vec<(&str, &str)> =
+                            r.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                        let sent = Instant::now();
+                        let status = client
+                            .send(r.method, &r.path, &headers, "")
+                            .await
+                            .map_or(0, |r| r.status);
+                        latencies.push(sent.elapsed());
+                        if status != expect {
+                            *errors.entry(status).or_insert(0) += 1;
+                        }
+                    }
+                    (latencies, errors)
+                });
+            }
+            let mut latencies = Vec::new();
+            let mut errors = BTreeMap::new();
+            while let Some(done) = workers.join_next().await {
+                let (l, e) = done.unwrap();
+                latencies.extend(l);
+                for (status, n) in e {
+                    *errors.entry(status).or_insert(0) += n;
+                }
+            }
+            let elapsed = started.elapsed();
+            latencies.sort();
+            Loaded {
+                elapsed,
+                latencies,
+                errors,
+                client_cpu: thread_cpu_secs() - cpu_started,
+            }
+        })
+    })
+    .await
+    .unwrap()
+}
+
+struct Loaded {
+    elapsed: Duration,
+    /// Sorted.
+    latencies: Vec<Duration>,
+    errors: BTreeMap<u16, usize>,
+    /// CPU seconds the load generator's thread used.
+    client_cpu: f64,
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu_secs() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+// ---------------------------------------------------------------------------------------
+// Other processes' CPU, from /proc: all busy time less this benchmark's own processes.
+
+fn clock_ticks() -> f64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Busy CPU ticks of the machine: user, nice, system, irq and softirq (with tick-based
+/// accounting a tick spent in an interrupt is also charged to the process it interrupted,
+/// so this matches the processes' own counts). Steal time belongs to no process here.
+fn machine_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
         .collect();
-    let gate = Arc::new(Semaphore::new(concurrency));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(REQUESTS_PER_LEVEL);
-    for auth in auths {
-        let (t, gate) = (t.clone(), gate.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.unwrap();
-            let sent = Instant::now();
-            let r = t
-                .client
-                .send(
-                    "POST",
-                    &format!("/api/activities/{id}/claims"),
-                    &[("authorization", auth.as_str())],
-                    "",
-                )
-                .await;
-            (sent.elapsed(), r.map_or(0, |r| r.status))
-        }));
+    [0, 1, 2, 5, 6].iter().filter_map(|i| f.get(*i)).sum()
+}
+
+/// `(ppid, cpu ticks)` of a process: user + system, plus reaped children's for ourselves
+/// (redis-benchmark is one).
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut ticks = n(11) + n(12);
+    if pid == std::process::id() {
+        ticks += n(13) + n(14);
     }
-    let mut latencies = Vec::with_capacity(REQUESTS_PER_LEVEL);
-    let mut errors = std::collections::BTreeMap::new();
-    for task in tasks {
-        let (latency, status) = task.await.unwrap();
-        latencies.push(latency);
-        if status != 201 {
-            *errors.entry(status).or_insert(0) += 1;
+    Some((n(1) as u32, ticks))
+}
+
+/// Whose a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Owner {
+    /// This benchmark: the load generator, and the test host when it is the runtime.
+    Bench,
+    /// Started by this benchmark: Spin and its trigger process, redis-benchmark.
+    Runtime,
+    Redis,
+    /// Postgres and its backends.
+    Postgres,
+}
+
+/// Redis's and Postgres's process ids: their CPU is part of the benchmark, not "other".
+#[derive(Debug, Clone, Copy, Default)]
+struct Stores {
+    redis: Option<u32>,
+    postgres: Option<u32>,
+}
+
+/// The processes that belong to this benchmark, and whose each is.
+fn mine(stores: Stores) -> HashMap<u32, Owner> {
+    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?.0)))
+        .collect();
+    let mut owners: HashMap<u32, Owner> = HashMap::new();
+    owners.insert(std::process::id(), Owner::Bench);
+    owners.extend(stores.redis.map(|p| (p, Owner::Redis)));
+    owners.extend(stores.postgres.map(|p| (p, Owner::Postgres)));
+    loop {
+        let before = owners.len();
+        for (pid, ppid) in &procs {
+            if owners.contains_key(pid) {
+                continue;
+            }
+            if let Some(owner) = owners.get(ppid).copied() {
+                let owner = if owner == Owner::Bench {
+                    Owner::Runtime
+                } else {
+                    owner
+                };
+                owners.insert(*pid, owner);
+            }
         }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    Level {
-        concurrency,
-        claims_per_sec: REQUESTS_PER_LEVEL as f64 / elapsed,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-        errors,
+        if owners.len() == before {
+            return owners;
+        }
     }
 }
 
-/// redis-benchmark running the claim script's EVALSHA, every call a new user.
-fn redis_benchmark(redis_db: u32, concurrency: usize) -> f64 {
+/// CPU use over a span, in CPU seconds unless said otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    /// Processes not ours, percent of one core.
+    other_pct: f64,
+    /// This process and the runtimes it started.
+    bench_and_runtime: f64,
+    redis: f64,
+}
+
+struct CpuMeter {
+    stores: Stores,
+    at: Instant,
+    busy: u64,
+    mine: HashMap<u32, (Owner, u64)>,
+}
+
+fn ticks_of(stores: Stores) -> HashMap<u32, (Owner, u64)> {
+    mine(stores)
+        .into_iter()
+        .filter_map(|(p, owner)| Some((p, (owner, proc_stat(p)?.1))))
+        .collect()
+}
+
+impl CpuMeter {
+    fn start(stores: Stores) -> CpuMeter {
+        CpuMeter {
+            stores,
+            at: Instant::now(),
+            busy: machine_busy(),
+            mine: ticks_of(stores),
+        }
+    }
+
+    fn finish(&self) -> CpuUse {
+        let busy = machine_busy().saturating_sub(self.busy);
+        let secs = self.at.elapsed().as_secs_f64().max(0.001);
+        let hz = clock_ticks();
+        let mut by_owner: HashMap<Owner, u64> = HashMap::new();
+        for (p, (owner, now)) in ticks_of(self.stores) {
+            let then = self.mine.get(&p).map_or(0, |(_, t)| *t);
+            *by_owner.entry(owner).or_insert(0) += now.saturating_sub(then);
+        }
+        let ours: u64 = by_owner.values().sum();
+        let get = |o: Owner| by_owner.get(&o).copied().unwrap_or(0) as f64 / hz;
+        CpuUse {
+            other_pct: (busy.saturating_sub(ours) as f64 / hz / secs * 100.0).max(0.0),
+            bench_and_runtime: get(Owner::Bench) + get(Owner::Runtime),
+            redis: get(Owner::Redis),
+        }
+    }
+
+    /// Percent of one core used by processes not ours since `start`.
+    fn other_pct(&self) -> f64 {
+        self.finish().other_pct
+    }
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (up to a minute) until other processes use less than [`BUSY_PCT`] of a core.
+async fn wait_quiet(stores: Stores) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let meter = CpuMeter::start(stores);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let other = meter.other_pct();
+        if other < BUSY_PCT || Instant::now() > deadline {
+            return other;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The apps of one runtime, on one Redis database and one Postgres database.
+struct Apps {
+    runtime: Runtime,
+    name: &'static str,
+    flashclaim_p3: TestApp,
+    flashclaim_p2: TestApp,
+    fixtures: ManifestApp,
+    redis: redis::aio::MultiplexedConnection,
+    stores: Stores,
+    /// Activity for warm-ups (stock for every warm-up of the run).
+    warm_activity: i64,
+    run_tag: String,
+    /// Levels measured so far: user names never repeat, even when a level is repeated.
+    seq: usize,
+}
+
+impl Apps {
+    async fn start(runtime: Runtime, stores: Stores) -> Apps {
+        let name = match runtime {
+            Runtime::TestHost => "test host",
+            _ => "Spin",
+        };
+        let (redis_url, redis) = fresh_redis_db().await;
+        let pg_url = fresh_pg_db().await;
+        let flashclaim_p3 = TestApp::start_manifest_on_runtime(
+            runtime,
+            &root().join("spin.toml"),
+            &redis_url,
+            &pg_url,
+            &[],
+        )
+        .await;
+        let flashclaim_p2 = TestApp::start_manifest_on_runtime(
+            runtime,
+            &root().join("spin.wasip2.toml"),
+            &redis_url,
+            &pg_url,
+            &[],
+        )
+        .await;
+        let env: HashMap<String, String> = [
+            ("SPIN_VARIABLE_REDIS_ADDRESS".to_string(), redis_url.clone()),
+            (
+                "SPIN_VARIABLE_REDIS_HOST".to_string(),
+                format!("127.0.0.1:{}", services().redis_port),
+            ),
+        ]
+        .into();
+        let fixtures = ManifestApp::start(
+            runtime,
+            &root().join("tests/bench-fixtures/spin.toml"),
+            &env,
+        )
+        .await;
+        for backend in [
+            &flashclaim_p3.backend,
+            &flashclaim_p2.backend,
+            &fixtures.backend,
+        ] {
+            if let Backend::Spin(spin) = backend {
+                eprintln!(
+                    "bench: {name}: spin up pid {} on {}",
+                    spin.pid(),
+                    spin.base_url
+                );
+            }
+        }
+        let warm_activity = flashclaim_p3.create_activity(1_000_000, "").await;
+        flashclaim_p3.publish(warm_activity).await;
+        Apps {
+            runtime,
+            name,
+            flashclaim_p3,
+            flashclaim_p2,
+            fixtures,
+            redis,
+            stores,
+            warm_activity,
+            run_tag: format!("{}{}", name.replace(' ', ""), now_ms()),
+            seq: 0,
+        }
+    }
+
+    fn base_url(&self, v: Variant) -> String {
+        match v {
+            Variant::FlashclaimP2 => self.flashclaim_p2.client.base_url(),
+            Variant::FlashclaimP3 => self.flashclaim_p3.client.base_url(),
+            _ => self.fixtures.client.base_url(),
+        }
+        .to_string()
+    }
+
+    async fn redis_connections(&mut self) -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats has total_connections_received")
+    }
+
+    fn requests(&self, v: Variant, activity: i64, what: &str, n: usize) -> Vec<Req> {
+        (0..n)
+            .map(|i| v.request(activity, &format!("{}-{what}-{i}", self.run_tag)))
+            .collect()
+    }
+
+    /// One level of one variant: a warm-up, then the measured run on a fresh activity,
+    /// again (up to [`MAX_RUNS`]) while other processes were busy; the quietest run is kept.
+    async fn measure(&mut self, v: Variant, concurrency: usize) -> Level {
+        let n = requests_per_level();
+        let expect = v.expected_status();
+        self.seq += 1;
+        let tag = format!("{v:?}-{concurrency}-{}", self.seq);
+        let warm = self.requests(v, self.warm_activity, &format!("warm-{tag}"), WARM_UP);
+        let warm_errors = load(self.base_url(v), warm, concurrency, expect)
+            .await
+            .errors;
+        if !warm_errors.is_empty() {
+            eprintln!(
+                "bench: {} {v:?} warm-up: unexpected answers {warm_errors:?}",
+                self.name
+            );
+        }
+        let mut best: Option<Level> = None;
+        for run in 1..=MAX_RUNS {
+            let activity = if v.is_claim() {
+                let id = self.flashclaim_p3.create_activity(n as i64 + 100, "").await;
+                self.flashclaim_p3.publish(id).await;
+                id
+            } else {
+                0
+            };
+            let reqs = self.requests(v, activity, &format!("{tag}-{run}"), n);
+            let conns_before = self.redis_connections().await;
+            let meter = CpuMeter::start(self.stores);
+            let loaded = load(self.base_url(v), reqs, concurrency, expect).await;
+            let cpu = meter.finish();
+            let opened = self.redis_connections().await - conns_before;
+            let level = Level {
+                runtime: self.name,
+                variant: v,
+                concurrency,
+                per_sec: n as f64 / loaded.elapsed.as_secs_f64(),
+                p50_ms: percentile(&loaded.latencies, 0.50),
+                p99_ms: percentile(&loaded.latencies, 0.99),
+                errors: loaded.errors,
+                redis_per_1k: v.is_claim().then(|| opened as f64 * 1000.0 / n as f64),
+                server_us: (cpu.bench_and_runtime - loaded.client_cpu).max(0.0) * 1e6 / n as f64,
+                client_us: loaded.client_cpu * 1e6 / n as f64,
+                redis_us: cpu.redis * 1e6 / n as f64,
+                other_cpu: cpu.other_pct,
+                load1: load1(),
+                runs: run,
+            };
+            eprintln!(
+                "bench: {:9} c={concurrency:<3} {:13} run {run}: {:6.0}/s p50 {:6.2} ms p99 {:6.2} ms errors {:?} redis/1k {:?} CPU µs/req server {:.0} client {:.0} redis {:.0}; other CPU {:.0}% load {:.2}",
+                self.name,
+                format!("{v:?}"),
+                level.per_sec,
+                level.p50_ms,
+                level.p99_ms,
+                level.errors,
+                level.redis_per_1k.map(|r| (r * 10.0).round() / 10.0),
+                level.server_us,
+                level.client_us,
+                level.redis_us,
+                level.other_cpu,
+                level.load1
+            );
+            let quiet = level.other_cpu < BUSY_PCT;
+            best = Some(match best {
+                Some(b) if b.other_cpu <= level.other_cpu => Level { runs: run, ..b },
+                _ => level,
+            });
+            if quiet || run == MAX_RUNS {
+                break;
+            }
+            let now = wait_quiet(self.stores).await;
+            eprintln!(
+                "bench: the machine was busy; running the level again (other CPU now {now:.0}%)"
+            );
+        }
+        best.unwrap()
+    }
+
+    /// Every claim of this runtime into Postgres through `POST /admin/drain`, then as many
+    /// rows in one bulk `INSERT … SELECT` into the same Postgres.
+    async fn drain(&self) -> Drain {
+        let t = &self.flashclaim_p3;
+        let client = HttpClient::new(t.client.base_url()).with_timeout(Duration::from_secs(600));
+        let before = t.count("SELECT count(*) FROM tickets").await;
+        let meter = CpuMeter::start(self.stores);
+        let started = Instant::now();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let r = client
+                .send(
+                    "POST",
+                    "/admin/drain",
+                    &[("authorization", t.admin.as_str())],
+                    "",
+                )
+                .await
+                .expect("the drain answers");
+            assert_eq!(r.status, 200, "drain: {}", r.text());
+            if r.json()["entries"].as_i64().unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let other_cpu = meter.other_pct();
+        let rows = t.count("SELECT count(*) FROM tickets").await - before;
+
+        // Postgres's own bulk rate for as many claim + ticket rows: one INSERT … SELECT each,
+        // in one transaction, into the very tables the drain writes (same indexes, foreign
+        // keys and WAL), then removed again. Into TEMP tables too, for reference: no WAL and
+        // no foreign keys, so not a limit the drain could reach.
+        let pg = t.pg().await;
+        let id = self.warm_activity;
+        let bulk = |claims: &str, tickets: &str| {
+            format!(
+                "BEGIN; \
+                 INSERT INTO {claims} (id, activity_id, user_id, quantity, claimed_at) \
+                   SELECT 'bulk-' || g, {id}, 'bulk-' || g, 1, now() FROM generate_series(1, {rows}) g; \
+                 INSERT INTO {tickets} (claim_id, activity_id, user_id, code, status, claimed_at) \
+                   SELECT 'bulk-' || g, {id}, 'bulk-' || g, 'BULK' || g, 'active', now() FROM generate_series(1, {rows}) g; \
+                 COMMIT"
+            )
+        };
+        let started = Instant::now();
+        pg.batch_execute(&bulk("claims", "tickets")).await.unwrap();
+        let bulk_secs = started.elapsed().as_secs_f64();
+        pg.batch_execute(
+            "DELETE FROM tickets WHERE claim_id LIKE 'bulk-%'; \
+             DELETE FROM claims WHERE id LIKE 'bulk-%'; \
+             CREATE TEMP TABLE bench_claims (LIKE claims INCLUDING ALL); \
+             CREATE TEMP TABLE bench_tickets (LIKE tickets INCLUDING ALL)",
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        pg.batch_execute(&bulk("bench_claims", "bench_tickets"))
+            .await
+            .unwrap();
+        let temp_secs = started.elapsed().as_secs_f64();
+        Drain {
+            runtime: self.name,
+            rows,
+            secs,
+            calls,
+            rate: rows as f64 / secs,
+            bulk_rate: rows as f64 / bulk_secs,
+            temp_rate: rows as f64 / temp_secs,
+            other_cpu,
+        }
+    }
+}
+
+struct Drain {
+    runtime: &'static str,
+    rows: i64,
+    secs: f64,
+    calls: usize,
+    rate: f64,
+    bulk_rate: f64,
+    /// The same bulk insert into TEMP tables (no WAL, no foreign keys).
+    temp_rate: f64,
+    other_cpu: f64,
+}
+
+struct RedisBench {
+    concurrency: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    other_cpu: f64,
+}
+
+/// redis-benchmark running the claim script's EVALSHA (same KEYS and ARGV shape as a
+/// claim), every call a new user, on an activity with room for every call.
+async fn redis_benchmark(concurrency: usize, stores: Stores) -> RedisBench {
+    let (redis_url, conn) = fresh_redis_db().await;
+    let redis_db: u32 = redis_url.rsplit('/').next().unwrap().parse().unwrap();
+    let native = NativeRedis::new(conn.clone());
     let id = ActivityId::from_db(999_999);
+    let activity = Activity {
+        id,
+        name: "redis-benchmark".into(),
+        description: String::new(),
+        image_url: None,
+        starts_at: Millis(now_ms() - 60_000),
+        ends_at: Millis(now_ms() + 3_600_000),
+        status: Status::Published,
+        stock_total: (REDIS_BENCH_REQUESTS * MAX_RUNS * 2) as i64,
+        per_user_limit: 100,
+        kind: Kind::Counter,
+        require_pass: false,
+    };
+    let (keys, argv) = activity.publish_command(0);
+    run_script(&native, &PUBLISH, &keys, &argv).unwrap();
+    // EVALSHA must find the script: load it (Redis keeps scripts per server, not per db).
+    let mut c = conn.clone();
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(CLAIM.source)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let user = UserId::parse("u__rand_int__").unwrap();
     let cmd = ClaimCommand::new(
         id,
@@ -113,22 +788,54 @@ fn redis_benchmark(redis_db: u32, concurrency: usize) -> f64 {
         Arg::Int(n) => n.to_string(),
         Arg::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
     }));
-    let out = std::process::Command::new("redis-benchmark")
-        .args(&args)
-        .output()
-        .expect("redis-benchmark runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // CSV: "test","rps",...; the data line's second field is requests per second.
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("\"EVALSHA"))
-        .unwrap_or_else(|| panic!("redis-benchmark said: {text}"));
-    line.split(',')
-        .nth(1)
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .unwrap()
+    let mut best: Option<RedisBench> = None;
+    for run in 1..=MAX_RUNS {
+        let meter = CpuMeter::start(stores);
+        let out = tokio::process::Command::new("redis-benchmark")
+            .args(&args)
+            .output()
+            .await
+            .expect("redis-benchmark runs");
+        let other_cpu = meter.other_pct();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",
+        // "p95_latency_ms","p99_latency_ms","max_latency_ms"
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("\"EVALSHA"))
+            .unwrap_or_else(|| panic!("redis-benchmark said: {text}"));
+        let f: Vec<f64> = line
+            .split(',')
+            .skip(1)
+            .map(|v| v.trim_matches('"').parse().unwrap_or(0.0))
+            .collect();
+        let result = RedisBench {
+            concurrency,
+            per_sec: f[0],
+            p50_ms: f.get(3).copied().unwrap_or(0.0),
+            p99_ms: f.get(5).copied().unwrap_or(0.0),
+            other_cpu,
+        };
+        eprintln!(
+            "bench: redis-benchmark c={concurrency} run {run}: {:.0}/s p50 {:.2} ms p99 {:.2} ms other CPU {other_cpu:.0}%",
+            result.per_sec, result.p50_ms, result.p99_ms
+        );
+        let quiet = other_cpu < BUSY_PCT;
+        best = Some(match best {
+            Some(b) if b.other_cpu <= result.other_cpu => b,
+            _ => result,
+        });
+        if quiet {
+            break;
+        }
+        if run < MAX_RUNS {
+            wait_quiet(stores).await;
+        }
+    }
+    // The script's claims stay in this database; nothing drains it.
+    let mut c = conn;
+    let () = redis::cmd("FLUSHDB").query_async(&mut c).await.unwrap();
+    best.unwrap()
 }
 
 fn now_ms() -> i64 {
@@ -138,7 +845,55 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Redis's and Postgres's process ids.
+async fn store_pids() -> Stores {
+    let s = services();
+    let mut conn = flashclaim_tests::redis_conn(&s.redis_url(0)).await;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    Stores {
+        redis: info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok()),
+        postgres: std::fs::read_to_string(Path::new(&s.pg_data).join("postmaster.pid"))
+            .ok()
+            .and_then(|f| f.lines().next()?.trim().parse::<u32>().ok()),
+    }
+}
+
+fn versions() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let spin = spin_binary()
+        .map(|s| run(&s.to_string_lossy(), &["--version"]))
+        .unwrap_or_else(|| "no spin binary".into());
+    let redis = run("redis-server", &["--version"]);
+    let redis = redis.split_whitespace().nth(2).unwrap_or("?").to_string();
+    format!("{spin}; Redis {redis}")
+}
+
 fn main() {
+    // Measured as deployed: no backtrace capture. With RUST_BACKTRACE=1 in the environment
+    // (CI and these machines set it) every anyhow error captures one, and Spin makes one on
+    // every WASIp2 request: measured here, 10-20 % of a WASIp2 claim's throughput. Cleared
+    // before any thread starts, so neither this process (the test host) nor the Spin
+    // processes it starts (they inherit it) capture any.
+    // `FLASHCLAIM_BENCH_KEEP_BACKTRACE=1` keeps them, to see the difference.
+    if std::env::var_os("FLASHCLAIM_BENCH_KEEP_BACKTRACE").is_none() {
+        for name in ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"] {
+            std::env::remove_var(name);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,98 +902,171 @@ fn main() {
 }
 
 async fn run() {
-    let t = Arc::new(TestApp::start().await);
-    const WARM_UP: usize = 200;
-    let stock = (REQUESTS_PER_LEVEL * LEVELS.len() + WARM_UP) as i64;
-    let id = t.create_activity(stock, "").await;
-    t.publish(id).await;
-
-    // Warm up: the first instantiation of each component pays for lazy work.
-    for i in 0..WARM_UP {
-        t.claim(id, &format!("warm-{i}"), "").await;
+    let stores = store_pids().await;
+    let mut runtimes = Vec::new();
+    let wanted = std::env::var("FLASHCLAIM_BENCH_RUNTIMES").unwrap_or_else(|_| "host,spin".into());
+    if wanted.split(',').any(|r| r.trim() == "host") {
+        runtimes.push(Runtime::TestHost);
     }
-    let mut levels = Vec::new();
-    for (n, c) in LEVELS.iter().enumerate() {
-        levels.push(http_level(&t, id, *c, n * REQUESTS_PER_LEVEL).await);
-    }
-
-    // The same script straight on Redis: load an activity with room for every call.
-    let redis_db: u32 = t.redis_url.rsplit('/').next().unwrap().parse().unwrap();
-    let native = NativeRedis::new(t.redis().await);
-    let bench_activity = Activity {
-        id: ActivityId::from_db(999_999),
-        name: "redis-benchmark".into(),
-        description: String::new(),
-        image_url: None,
-        starts_at: Millis(now_ms() - 60_000),
-        ends_at: Millis(now_ms() + 3_600_000),
-        status: Status::Published,
-        stock_total: (REDIS_BENCH_REQUESTS * LEVELS.len() * 2) as i64,
-        per_user_limit: 100,
-        kind: Kind::Counter,
-        require_pass: false,
-    };
-    let (keys, argv) = bench_activity.publish_command(0);
-    run_script(&native, &PUBLISH, &keys, &argv).unwrap();
-    let limits: Vec<f64> = LEVELS
-        .iter()
-        .map(|c| redis_benchmark(redis_db, *c))
-        .collect();
-
-    // Drain: every claim of the HTTP runs into Postgres, in batches, as the cron does.
-    let to_drain = t.count("SELECT count(*) FROM claims").await;
-    let started = Instant::now();
-    let mut drained = 0i64;
-    while drained < stock {
-        let report = t.drain().await;
-        let n = report["entries"].as_i64().unwrap();
-        drained += n;
-        if n == 0 {
-            break;
+    if wanted.split(',').any(|r| r.trim() == "spin") {
+        if spin_binary().is_some() {
+            runtimes.push(Runtime::Spin);
+        } else {
+            eprintln!("bench: no spin binary found (FLASHCLAIM_SPIN or PATH): test host only");
         }
     }
-    let drain_secs = started.elapsed().as_secs_f64();
-    let tickets = t.count("SELECT count(*) FROM tickets").await;
-    let drain_rate = (tickets - to_drain) as f64 / drain_secs;
+    let levels = levels();
+    let started_load = load1();
+    let mut measured: Vec<Level> = Vec::new();
+    let mut drains: Vec<Drain> = Vec::new();
+    for rt in runtimes {
+        let mut apps = Apps::start(rt, stores).await;
+        for &c in &levels {
+            for v in variants() {
+                measured.push(apps.measure(v, c).await);
+            }
+        }
+        drains.push(apps.drain().await);
+        eprintln!("bench: {} ({:?}) done", apps.name, apps.runtime);
+    }
+    let mut redis_limits = Vec::new();
+    for &c in &levels {
+        redis_limits.push(redis_benchmark(c, stores).await);
+    }
 
-    // Postgres's own bulk rate for the same rows (claim + ticket per entry) in one statement each.
-    let pg = t.pg().await;
-    pg.batch_execute(
-        "CREATE TEMP TABLE bench_claims (LIKE claims INCLUDING ALL); \
-         CREATE TEMP TABLE bench_tickets (LIKE tickets INCLUDING ALL EXCLUDING IDENTITY); \
-         ALTER TABLE bench_tickets ADD COLUMN bid bigserial",
-    )
-    .await
-    .unwrap();
-    let started = Instant::now();
-    pg.batch_execute(&format!(
-        "BEGIN; \
-         INSERT INTO bench_claims (id, activity_id, user_id, quantity, claimed_at) \
-           SELECT 'c' || g, {id}, 'u' || g, 1, now() FROM generate_series(1, {tickets}) g; \
-         INSERT INTO bench_tickets (id, claim_id, activity_id, user_id, code, status, claimed_at) \
-           SELECT g, 'c' || g, {id}, 'u' || g, 'X-' || g, 'active', now() FROM generate_series(1, {tickets}) g; \
-         COMMIT"
-    ))
-    .await
-    .unwrap();
-    let bulk_rate = tickets as f64 / started.elapsed().as_secs_f64();
-
+    // The report: markdown, pasted into BENCHMARKS.md as it is.
+    let pg_version = {
+        let pg = flashclaim_tests::pg_conn(&services().pg_url("postgres")).await;
+        let row = pg.query_one("SHOW server_version", &[]).await.unwrap();
+        row.get::<_, String>(0)
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "\n## flashclaim benchmark ({cpus} CPUs, {})\n",
-        flashclaim_core::time::Millis(now_ms())
+        "\n## flashclaim benchmark, {} ({cpus} CPUs; {}; PostgreSQL {pg_version}; load average at start {started_load:.2})\n",
+        Millis(now_ms()),
+        versions()
     );
-    println!("| measure | concurrency | result | physical limit (same run) | ratio |");
-    println!("|---|---|---|---|---|");
-    for (level, limit) in levels.iter().zip(&limits) {
+    println!(
+        "{} requests per level, each from a different user, keep-alive HTTP/1.1, a fresh activity per level.\n",
+        requests_per_level()
+    );
+    println!("| runtime | c | what | req/s | p50 ms | p99 ms | non-2xx | Redis conns / 1k req | CPU µs / req: runtime, client, Redis | other CPU | load | runs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for l in &measured {
         println!(
-            "| claims/s through HTTP → test host → claim component | {} | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, non-201: {:?}) | redis-benchmark EVALSHA claim.lua: {:.0}/s | {:.1}% |",
-            level.concurrency, level.claims_per_sec, level.p50_ms, level.p99_ms, level.errors, limit,
-            100.0 * level.claims_per_sec / limit
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0}, {:.0}, {:.0} | {:.0}% | {:.2} | {} |",
+            l.runtime,
+            l.concurrency,
+            l.variant.label(),
+            l.per_sec,
+            l.p50_ms,
+            l.p99_ms,
+            if l.errors.is_empty() {
+                "0".to_string()
+            } else {
+                format!("{:?}", l.errors)
+            },
+            l.redis_per_1k
+                .map_or("–".to_string(), |r| format!("{r:.1}")),
+            l.server_us,
+            l.client_us,
+            l.redis_us,
+            l.other_cpu,
+            l.load1,
+            l.runs
         );
     }
-    println!(
-        "| drain rows/s (claim log → Postgres, batches of 500) | 1 | {drain_rate:.0} tickets/s ({tickets} tickets in {drain_secs:.2} s) | bulk INSERT … SELECT of the same rows: {bulk_rate:.0}/s | {:.1}% |",
-        100.0 * drain_rate / bulk_rate
-    );
+    for r in &redis_limits {
+        println!(
+            "| Redis alone | {} | redis-benchmark, the claim's EVALSHA | {:.0} | {:.1} | {:.1} | – | – | – | {:.0}% | – | – |",
+            r.concurrency, r.per_sec, r.p50_ms, r.p99_ms, r.other_cpu
+        );
+    }
+    println!();
+    println!("| runtime | c | ratio | claims/s | p99 | target |");
+    println!("|---|---|---|---|---|---|");
+    let find = |rt: &str, c: usize, v: Variant| {
+        measured
+            .iter()
+            .find(|l| l.runtime == rt && l.concurrency == c && l.variant == v)
+    };
+    let mut names: Vec<&str> = measured.iter().map(|l| l.runtime).collect();
+    names.dedup();
+    for rt in names {
+        for &c in &levels {
+            let redis = redis_limits.iter().find(|r| r.concurrency == c);
+            let ratio = |a: Variant, b: Variant, target: &str, ok: &dyn Fn(f64, f64) -> bool| {
+                if let (Some(a), Some(b)) = (find(rt, c, a), find(rt, c, b)) {
+                    let (r, p) = (a.per_sec / b.per_sec, a.p99_ms / b.p99_ms);
+                    let mark = if target.is_empty() {
+                        ""
+                    } else if ok(r, p) {
+                        " ✓"
+                    } else {
+                        " ✗"
+                    };
+                    println!(
+                        "| {rt} | {c} | {} / {} | {:.0} % ({:.2}×) | {:.2}× | {target}{mark} |",
+                        a.variant.label(),
+                        b.variant.label(),
+                        r * 100.0,
+                        r,
+                        p
+                    );
+                }
+            };
+            ratio(
+                Variant::FlashclaimP2,
+                Variant::MinimalP2,
+                "≥ 95 %, p99 ≤ 1.1×",
+                &|r, p| r >= 0.95 && p <= 1.1,
+            );
+            ratio(
+                Variant::FlashclaimP3,
+                Variant::MinimalP2,
+                "≥ 3×, p99 ≤ 1×",
+                &|r, p| r >= 3.0 && p <= 1.0,
+            );
+            ratio(Variant::FlashclaimP3, Variant::MinimalP3, "", &|_, _| true);
+            ratio(Variant::MinimalP3, Variant::MinimalP2, "", &|_, _| true);
+            ratio(Variant::MinimalP2, Variant::HelloP2, "", &|_, _| true);
+            ratio(Variant::MinimalP3, Variant::HelloP3, "", &|_, _| true);
+            if let Some(redis) = redis {
+                for v in [
+                    Variant::FlashclaimP3,
+                    Variant::FlashclaimP2,
+                    Variant::MinimalP3,
+                    Variant::MinimalP2,
+                ] {
+                    if let Some(l) = find(rt, c, v) {
+                        println!(
+                            "| {rt} | {c} | {} / redis-benchmark | {:.1} % | – | |",
+                            v.label(),
+                            100.0 * l.per_sec / redis.per_sec
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for d in &drains {
+        let target = if d.runtime == "Spin" { "≥ 50 %" } else { "" };
+        let mark = match (target.is_empty(), d.rate / d.bulk_rate >= 0.5) {
+            (true, _) => "",
+            (false, true) => " ✓",
+            (false, false) => " ✗",
+        };
+        println!(
+            "| {} | 1 | drain through `POST /admin/drain` ({} claim + ticket rows in {:.2} s, {} calls, other CPU {:.0}%): {:.0} rows/s / bulk `INSERT … SELECT` into the same tables: {:.0} rows/s (into TEMP tables: {:.0} rows/s) | {:.1} % | – | {target}{mark} |",
+            d.runtime,
+            d.rows,
+            d.secs,
+            d.calls,
+            d.other_cpu,
+            d.rate,
+            d.bulk_rate,
+            d.temp_rate,
+            100.0 * d.rate / d.bulk_rate
+        );
+    }
 }

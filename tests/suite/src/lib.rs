@@ -3,7 +3,7 @@
 //! test host, and helpers that act as an operator or a user would.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -248,6 +248,42 @@ impl SpinProcess {
     /// Starts `spin up` on a free port with `env` as its `SPIN_VARIABLE_*` settings (and
     /// none inherited), and waits until it answers HTTP.
     pub async fn start(runtime: Runtime, env: &HashMap<String, String>) -> SpinProcess {
+        Self::start_from(runtime, &manifest(), env).await
+    }
+
+    /// [`SpinProcess::start`] with another flashclaim manifest (spin.toml or
+    /// spin.wasip2.toml), whatever `FLASHCLAIM_MANIFEST` says.
+    pub async fn start_from(
+        runtime: Runtime,
+        manifest: &Path,
+        env: &HashMap<String, String>,
+    ) -> SpinProcess {
+        let components: &[&str] = match runtime {
+            Runtime::Spin => &HTTP_COMPONENTS,
+            _ => &[],
+        };
+        Self::launch(manifest, components, env).await
+    }
+
+    /// `spin up` of any manifest with every component (e.g. the benchmark's fixture app,
+    /// tests/bench-fixtures/spin.toml, which has HTTP triggers only).
+    pub async fn start_manifest(manifest: &Path, env: &HashMap<String, String>) -> SpinProcess {
+        Self::launch(manifest, &[], env).await
+    }
+
+    /// The id of the `spin up` process; it runs the HTTP trigger as a child process
+    /// (`spin trigger http`), which is where requests are served (what `perf -p` wants).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `spin up --from manifest`, naming `components` with `-c` when there are any (then as
+    /// a Spin without plugins: the cron trigger's components are left out).
+    async fn launch(
+        manifest: &Path,
+        components: &[&str],
+        env: &HashMap<String, String>,
+    ) -> SpinProcess {
         let spin = spin_binary().expect("a Spin runtime was asked for but no spin binary found");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -261,13 +297,13 @@ impl SpinProcess {
         let mut cmd = std::process::Command::new(&spin);
         cmd.arg("up")
             .arg("--from")
-            .arg(manifest())
+            .arg(manifest)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(&state_dir);
-        if runtime == Runtime::Spin {
-            for c in HTTP_COMPONENTS {
+        if !components.is_empty() {
+            for c in components {
                 cmd.args(["-c", c]);
             }
             // As a Spin without the cron trigger plugin: an empty plugin directory proves
@@ -308,8 +344,8 @@ impl SpinProcess {
 
     /// Spin compiles every component before it listens (seconds on a cold cache).
     async fn wait_ready(&mut self) {
-        let probe = HttpClient::new(self.base_url.clone())
-            .with_timeout(std::time::Duration::from_secs(2));
+        let probe =
+            HttpClient::new(self.base_url.clone()).with_timeout(std::time::Duration::from_secs(2));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -335,6 +371,63 @@ pub enum Backend {
         _server: RunningServer,
     },
     Spin(SpinProcess),
+}
+
+/// `manifest` on the test host, served on a free local port: the backend and its base URL.
+async fn host_backend(manifest: &Path, env: HashMap<String, String>) -> (Backend, String) {
+    let app = App::load(AppConfig {
+        manifest: manifest.to_path_buf(),
+        env,
+        process_env: false,
+        ..AppConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{} loads on the test host (was `make wasm` run?): {e:#}",
+            manifest.display()
+        )
+    });
+    let server = spin_test_host::server::start(app.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let base = server.base_url();
+    (
+        Backend::Host {
+            app,
+            _server: server,
+        },
+        base,
+    )
+}
+
+/// Any Spin app, a manifest and its `SPIN_VARIABLE_*` settings, on the test host or real
+/// Spin (every component; no cron plugin is involved when the manifest has HTTP triggers
+/// only): the benchmark's fixture app (tests/bench-fixtures/spin.toml) beside flashclaim.
+pub struct ManifestApp {
+    pub backend: Backend,
+    pub client: HttpClient,
+}
+
+impl ManifestApp {
+    pub async fn start(
+        runtime: Runtime,
+        manifest: &Path,
+        env: &HashMap<String, String>,
+    ) -> ManifestApp {
+        let (backend, base_url) = match runtime {
+            Runtime::TestHost => host_backend(manifest, env.clone()).await,
+            Runtime::Spin | Runtime::SpinWithCron => {
+                let spin = SpinProcess::start_manifest(manifest, env).await;
+                let base = spin.base_url.clone();
+                (Backend::Spin(spin), base)
+            }
+        };
+        ManifestApp {
+            backend,
+            client: HttpClient::new(base_url),
+        }
+    }
 }
 
 /// flashclaim on the test host or real Spin, with its own Postgres database and Redis
@@ -371,6 +464,18 @@ impl TestApp {
         pg_url: &str,
         extra: &[(&str, &str)],
     ) -> TestApp {
+        Self::start_manifest_on_runtime(runtime, &manifest(), redis_url, pg_url, extra).await
+    }
+
+    /// [`TestApp::start_on_runtime`] with a given flashclaim manifest (spin.toml or
+    /// spin.wasip2.toml), so one process can run both side by side (the benchmark).
+    pub async fn start_manifest_on_runtime(
+        runtime: Runtime,
+        manifest: &Path,
+        redis_url: &str,
+        pg_url: &str,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
         let s = services();
         let (redis_url, pg_url) = (redis_url.to_string(), pg_url.to_string());
         let mut env: HashMap<String, String> = [
@@ -392,29 +497,9 @@ impl TestApp {
             env.insert(k.to_string(), v.to_string());
         }
         let (backend, base_url) = match runtime {
-            Runtime::TestHost => {
-                let app = App::load(AppConfig {
-                    manifest: manifest(),
-                    env,
-                    process_env: false,
-                    ..AppConfig::default()
-                })
-                .await
-                .expect("flashclaim loads on the test host (was `make wasm` run?)");
-                let server = spin_test_host::server::start(app.clone(), "127.0.0.1:0")
-                    .await
-                    .unwrap();
-                let base = server.base_url();
-                (
-                    Backend::Host {
-                        app,
-                        _server: server,
-                    },
-                    base,
-                )
-            }
+            Runtime::TestHost => host_backend(manifest, env).await,
             Runtime::Spin | Runtime::SpinWithCron => {
-                let spin = SpinProcess::start(runtime, &env).await;
+                let spin = SpinProcess::start_from(runtime, manifest, &env).await;
                 let base = spin.base_url.clone();
                 (Backend::Spin(spin), base)
             }
@@ -613,7 +698,11 @@ impl FakeRedis {
             if read.read_line(&mut line).await.unwrap_or(0) == 0 {
                 return;
             }
-            let Some(n) = line.trim_end().strip_prefix('*').and_then(|n| n.parse().ok()) else {
+            let Some(n) = line
+                .trim_end()
+                .strip_prefix('*')
+                .and_then(|n| n.parse().ok())
+            else {
                 return;
             };
             let mut args: Vec<Vec<u8>> = Vec::with_capacity(n);
