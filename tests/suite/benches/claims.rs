@@ -12,10 +12,13 @@
 //! - the drain of every claim made on that runtime through `POST /admin/drain`, beside one
 //!   bulk `INSERT … SELECT` of as many rows into the same Postgres;
 //!
-//! and `redis-benchmark` running the claim's very EVALSHA on the same Redis. Each level
-//! gets a fresh activity (stock never runs out) and a warm-up first; the CPU used by other
-//! processes (not this benchmark, its Spin processes, Redis or Postgres) is measured during
-//! each level, and a level run while the machine was busy is run again.
+//! and `redis-benchmark` running the claim's very EVALSHA on the same Redis. In a level each
+//! variant gets a warm-up and a fresh activity (stock never runs out), then the variants take
+//! turns, a quarter of the level's requests at a time, so that a slow spell of the shared
+//! machine falls on all of them alike. The CPU used by other processes (not this benchmark,
+//! its Spin processes, Redis or Postgres) is measured all along, and a round run while the
+//! machine was busy is run again; a fixed piece of work timed before each level (the
+//! "canary") shows when the VM's cores themselves were slower.
 //!
 //! Knobs (environment): `FLASHCLAIM_BENCH_RUNTIMES` (`host,spin`), `FLASHCLAIM_BENCH_LEVELS`
 //! (`64,256`), `FLASHCLAIM_BENCH_REQUESTS` (20000), `FLASHCLAIM_BENCH_VARIANTS` (all; e.g.
@@ -44,8 +47,11 @@ const REDIS_BENCH_REQUESTS: usize = 200_000;
 const WARM_UP: usize = 1_000;
 /// Other processes' CPU (percent of one core) above which a level counts as disturbed.
 const BUSY_PCT: f64 = 25.0;
-/// Runs of one level at most (the quietest is kept).
+/// Runs of one round at most (a round run while other processes were busy is run again).
 const MAX_RUNS: usize = 3;
+/// Each level's requests are sent in this many rounds per variant, the variants taking
+/// turns.
+const ROUNDS: usize = 4;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -77,8 +83,9 @@ fn variants() -> Vec<Variant> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 enum Variant {
+    #[default]
     HelloP2,
     HelloP3,
     MinimalP2,
@@ -183,7 +190,53 @@ struct Level {
     /// CPU used by other processes meanwhile, percent of one core.
     other_cpu: f64,
     load1: f64,
-    runs: usize,
+    /// Rounds run again because other processes were busy.
+    reruns: usize,
+    /// [`cpu_canary_ms`] before the level: how fast one core was then.
+    canary_ms: f64,
+}
+
+/// One variant's rounds of a level, added up.
+#[derive(Default)]
+struct Acc {
+    variant: Variant,
+    activity: i64,
+    tag: String,
+    requests: usize,
+    secs: f64,
+    latencies: Vec<Duration>,
+    errors: BTreeMap<u16, usize>,
+    opened: i64,
+    server: f64,
+    client: f64,
+    redis: f64,
+    /// Other processes' CPU percent × seconds.
+    other: f64,
+    reruns: usize,
+}
+
+/// Milliseconds one core takes for a fixed piece of integer work: on a shared VM the host
+/// can slow every core down (other guests) without any process here being busy, and this
+/// shows it.
+async fn cpu_canary_ms() -> f64 {
+    tokio::task::spawn_blocking(|| {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for i in 0..2_000_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x = x.wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            best = best.min(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        best
+    })
+    .await
+    .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -552,83 +605,121 @@ impl Apps {
             .collect()
     }
 
-    /// One level of one variant: a warm-up, then the measured run on a fresh activity,
-    /// again (up to [`MAX_RUNS`]) while other processes were busy; the quietest run is kept.
-    async fn measure(&mut self, v: Variant, concurrency: usize) -> Level {
+    /// One level: every variant at `concurrency`, each warmed up and given a fresh activity,
+    /// then measured in [`ROUNDS`] interleaved rounds (variant after variant, a round each
+    /// time), so that a slow spell of the shared machine falls on every variant alike. A
+    /// round run while other processes were busy is run again (up to [`MAX_RUNS`] times).
+    async fn measure_level(&mut self, variants: &[Variant], concurrency: usize) -> Vec<Level> {
         let n = requests_per_level();
-        let expect = v.expected_status();
-        self.seq += 1;
-        let tag = format!("{v:?}-{concurrency}-{}", self.seq);
-        let warm = self.requests(v, self.warm_activity, &format!("warm-{tag}"), WARM_UP);
-        let warm_errors = load(self.base_url(v), warm, concurrency, expect)
-            .await
-            .errors;
-        if !warm_errors.is_empty() {
-            eprintln!(
-                "bench: {} {v:?} warm-up: unexpected answers {warm_errors:?}",
-                self.name
-            );
-        }
-        let mut best: Option<Level> = None;
-        for run in 1..=MAX_RUNS {
+        let chunk = n.div_ceil(ROUNDS);
+        let canary_ms = cpu_canary_ms().await;
+        let mut accs = Vec::new();
+        for &v in variants {
+            self.seq += 1;
+            let tag = format!("{v:?}-{concurrency}-{}", self.seq);
+            let expect = v.expected_status();
+            let warm = self.requests(v, self.warm_activity, &format!("warm-{tag}"), WARM_UP);
+            let warm_errors = load(self.base_url(v), warm, concurrency, expect)
+                .await
+                .errors;
+            if !warm_errors.is_empty() {
+                eprintln!(
+                    "bench: {} {v:?} warm-up: unexpected answers {warm_errors:?}",
+                    self.name
+                );
+            }
             let activity = if v.is_claim() {
-                let id = self.flashclaim_p3.create_activity(n as i64 + 100, "").await;
+                // Room for every round, and for every round run again.
+                let stock = (chunk * ROUNDS * MAX_RUNS) as i64 + 100;
+                let id = self.flashclaim_p3.create_activity(stock, "").await;
                 self.flashclaim_p3.publish(id).await;
                 id
             } else {
                 0
             };
-            let reqs = self.requests(v, activity, &format!("{tag}-{run}"), n);
-            let conns_before = self.redis_connections().await;
-            let meter = CpuMeter::start(self.stores);
-            let loaded = load(self.base_url(v), reqs, concurrency, expect).await;
-            let cpu = meter.finish();
-            let opened = self.redis_connections().await - conns_before;
-            let level = Level {
-                runtime: self.name,
+            accs.push(Acc {
                 variant: v,
-                concurrency,
-                per_sec: n as f64 / loaded.elapsed.as_secs_f64(),
-                p50_ms: percentile(&loaded.latencies, 0.50),
-                p99_ms: percentile(&loaded.latencies, 0.99),
-                errors: loaded.errors,
-                redis_per_1k: v.is_claim().then(|| opened as f64 * 1000.0 / n as f64),
-                server_us: (cpu.bench_and_runtime - loaded.client_cpu).max(0.0) * 1e6 / n as f64,
-                client_us: loaded.client_cpu * 1e6 / n as f64,
-                redis_us: cpu.redis * 1e6 / n as f64,
-                other_cpu: cpu.other_pct,
-                load1: load1(),
-                runs: run,
-            };
-            eprintln!(
-                "bench: {:9} c={concurrency:<3} {:13} run {run}: {:6.0}/s p50 {:6.2} ms p99 {:6.2} ms errors {:?} redis/1k {:?} CPU µs/req server {:.0} client {:.0} redis {:.0}; other CPU {:.0}% load {:.2}",
-                self.name,
-                format!("{v:?}"),
-                level.per_sec,
-                level.p50_ms,
-                level.p99_ms,
-                level.errors,
-                level.redis_per_1k.map(|r| (r * 10.0).round() / 10.0),
-                level.server_us,
-                level.client_us,
-                level.redis_us,
-                level.other_cpu,
-                level.load1
-            );
-            let quiet = level.other_cpu < BUSY_PCT;
-            best = Some(match best {
-                Some(b) if b.other_cpu <= level.other_cpu => Level { runs: run, ..b },
-                _ => level,
+                activity,
+                tag,
+                ..Acc::default()
             });
-            if quiet || run == MAX_RUNS {
-                break;
-            }
-            let now = wait_quiet(self.stores).await;
-            eprintln!(
-                "bench: the machine was busy; running the level again (other CPU now {now:.0}%)"
-            );
         }
-        best.unwrap()
+        for round in 1..=ROUNDS {
+            for acc in accs.iter_mut() {
+                let v = acc.variant;
+                let size = chunk.min(n - acc.requests);
+                for run in 1..=MAX_RUNS {
+                    let reqs =
+                        self.requests(v, acc.activity, &format!("{}-{round}-{run}", acc.tag), size);
+                    let conns_before = self.redis_connections().await;
+                    let meter = CpuMeter::start(self.stores);
+                    let loaded =
+                        load(self.base_url(v), reqs, concurrency, v.expected_status()).await;
+                    let cpu = meter.finish();
+                    let opened = self.redis_connections().await - conns_before;
+                    let secs = loaded.elapsed.as_secs_f64();
+                    eprintln!(
+                        "bench: {:9} c={concurrency:<3} {:13} round {round} run {run}: {:6.0}/s p99 {:6.2} ms errors {:?} CPU µs/req server {:.0} client {:.0} redis {:.0}; other CPU {:.0}%",
+                        self.name,
+                        format!("{v:?}"),
+                        size as f64 / secs,
+                        percentile(&loaded.latencies, 0.99),
+                        loaded.errors,
+                        (cpu.bench_and_runtime - loaded.client_cpu).max(0.0) * 1e6 / size as f64,
+                        loaded.client_cpu * 1e6 / size as f64,
+                        cpu.redis * 1e6 / size as f64,
+                        cpu.other_pct,
+                    );
+                    if cpu.other_pct >= BUSY_PCT && run < MAX_RUNS {
+                        acc.reruns += 1;
+                        let now = wait_quiet(self.stores).await;
+                        eprintln!(
+                            "bench: the machine was busy; running the round again (other CPU now {now:.0}%)"
+                        );
+                        continue;
+                    }
+                    acc.requests += size;
+                    acc.secs += secs;
+                    acc.latencies.extend(loaded.latencies);
+                    for (status, k) in loaded.errors {
+                        *acc.errors.entry(status).or_insert(0) += k;
+                    }
+                    acc.opened += opened;
+                    acc.server += (cpu.bench_and_runtime - loaded.client_cpu).max(0.0);
+                    acc.client += loaded.client_cpu;
+                    acc.redis += cpu.redis;
+                    acc.other += cpu.other_pct * secs;
+                    break;
+                }
+            }
+        }
+        let load1 = load1();
+        accs.into_iter()
+            .map(|mut a| {
+                a.latencies.sort();
+                let per = |x: f64| x * 1e6 / a.requests as f64;
+                Level {
+                    runtime: self.name,
+                    variant: a.variant,
+                    concurrency,
+                    per_sec: a.requests as f64 / a.secs,
+                    p50_ms: percentile(&a.latencies, 0.50),
+                    p99_ms: percentile(&a.latencies, 0.99),
+                    errors: a.errors,
+                    redis_per_1k: a
+                        .variant
+                        .is_claim()
+                        .then(|| a.opened as f64 * 1000.0 / a.requests as f64),
+                    server_us: per(a.server),
+                    client_us: per(a.client),
+                    redis_us: per(a.redis),
+                    other_cpu: a.other / a.secs,
+                    load1,
+                    reruns: a.reruns,
+                    canary_ms,
+                }
+            })
+            .collect()
     }
 
     /// Every claim of this runtime into Postgres through `POST /admin/drain`, then as many
@@ -922,9 +1013,7 @@ async fn run() {
     for rt in runtimes {
         let mut apps = Apps::start(rt, stores).await;
         for &c in &levels {
-            for v in variants() {
-                measured.push(apps.measure(v, c).await);
-            }
+            measured.extend(apps.measure_level(&variants(), c).await);
         }
         drains.push(apps.drain().await);
         eprintln!("bench: {} ({:?}) done", apps.name, apps.runtime);
@@ -950,11 +1039,11 @@ async fn run() {
         "{} requests per level, each from a different user, keep-alive HTTP/1.1, a fresh activity per level.\n",
         requests_per_level()
     );
-    println!("| runtime | c | what | req/s | p50 ms | p99 ms | non-2xx | Redis conns / 1k req | CPU µs / req: runtime, client, Redis | other CPU | load | runs |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| runtime | c | what | req/s | p50 ms | p99 ms | non-2xx | Redis conns / 1k req | CPU µs / req: runtime, client, Redis | other CPU | load | canary ms | re-runs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for l in &measured {
         println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0}, {:.0}, {:.0} | {:.0}% | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0}, {:.0}, {:.0} | {:.0}% | {:.2} | {:.1} | {} |",
             l.runtime,
             l.concurrency,
             l.variant.label(),
@@ -973,12 +1062,13 @@ async fn run() {
             l.redis_us,
             l.other_cpu,
             l.load1,
-            l.runs
+            l.canary_ms,
+            l.reruns
         );
     }
     for r in &redis_limits {
         println!(
-            "| Redis alone | {} | redis-benchmark, the claim's EVALSHA | {:.0} | {:.1} | {:.1} | – | – | – | {:.0}% | – | – |",
+            "| Redis alone | {} | redis-benchmark, the claim's EVALSHA | {:.0} | {:.1} | {:.1} | – | – | – | {:.0}% | – | – | – |",
             r.concurrency, r.per_sec, r.p50_ms, r.p99_ms, r.other_cpu
         );
     }
