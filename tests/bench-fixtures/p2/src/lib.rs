@@ -10,11 +10,9 @@
 
 use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, UserId};
-use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, CLAIM};
-use flashclaim_core::time::Millis;
+use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
@@ -57,51 +55,13 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         &user,
         ClaimRequest { quantity: 1 },
         None,
-        now(),
+        flashclaim_spin::now(),
         &claim_id,
         &[prefix],
         RateLimit::OFF,
         RateLimit::OFF,
     );
-    let reply = Connection::open(&address)
-        .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))
-        .and_then(|conn| scripts::run_script(&Redis(conn), &CLAIM, &command.keys, &command.argv));
+    let reply = flashclaim_spin::SpinRedis::open(&address)
+        .and_then(|redis| redis.run(&CLAIM, &command.keys, &command.argv));
     claim::answer(activity, reply)
-}
-
-/// Spin's Redis connection speaking core's types (for `scripts::run_script`).
-struct Redis(Connection);
-
-impl RedisCommands for Redis {
-    fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
-        let args: Vec<RedisParameter> = args
-            .iter()
-            .map(|a| match a {
-                Arg::Int(n) => RedisParameter::Int64(*n),
-                Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
-            })
-            .collect();
-        let replies = self.0.execute(command, &args).map_err(|e| {
-            RedisFailure::Command(match e {
-                spin_sdk::redis::Error::Other(text) => text,
-                other => format!("{other:?}"),
-            })
-        })?;
-        Ok(replies
-            .into_iter()
-            .map(|r| match r {
-                RedisResult::Nil => Reply::Nil,
-                RedisResult::Status(s) => Reply::Status(s),
-                RedisResult::Int64(n) => Reply::Int(n),
-                RedisResult::Binary(b) => Reply::Bytes(b),
-            })
-            .collect())
-    }
-}
-
-fn now() -> Millis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Millis(d.as_millis() as i64)
 }
