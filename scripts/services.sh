@@ -70,7 +70,9 @@ pg_start() {
 start() {
   local durable=${1:-}
   mkdir -p "$data/redis"
-  chmod 755 "$root/.data" "$data"
+  # The Postgres user must be able to reach its data directory through .data/.
+  chmod 755 "$data"
+  if [ -d "$root/.data" ]; then chmod 755 "$root/.data"; fi
   if [ -f "$envfile" ]; then stop >/dev/null 2>&1 || true; fi
 
   local redis_port pg_port
