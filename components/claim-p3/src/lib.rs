@@ -104,11 +104,7 @@ async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         secret.as_bytes(),
         glue::now().as_secs(),
     )?;
-    let factor = glue::optional_var("claim_pass_factor")
-        .await
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|f| *f >= 1)
-        .unwrap_or(claim::PASS_FACTOR);
+    let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").await.as_deref());
     let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
     let shards = glue::redis_shards().await?;
     let reply = glue::run_script(shards.for_activity(activity), &PASS, &keys, &argv)

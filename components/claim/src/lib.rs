@@ -68,10 +68,7 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
 fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let activity = ActivityId::parse(id)?;
     let principal = glue::principal(req)?;
-    let factor = glue::optional_var("claim_pass_factor")
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|f| *f >= 1)
-        .unwrap_or(claim::PASS_FACTOR);
+    let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").as_deref());
     let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
     let reply = glue::redis_for(activity, "pass")?
         .run(&PASS, &keys, &argv)

@@ -363,6 +363,14 @@ pub fn encode(activity: ActivityId, outcome: &ClaimOutcome) -> HttpResponse {
 /// Claim passes handed out per ticket of stock, unless `claim_pass_factor` says otherwise.
 pub const PASS_FACTOR: i64 = 3;
 
+/// The `claim_pass_factor` variable: a whole number ≥ 1, else the default.
+pub fn pass_factor(variable: Option<&str>) -> i64 {
+    variable
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(PASS_FACTOR)
+}
+
 /// pass.lua's KEYS and ARGV.
 pub fn pass_command(
     activity: ActivityId,
@@ -420,6 +428,14 @@ mod tests {
             role: None,
         };
         format!("Bearer {}", crate::jwt::sign(&claims, b"secret"))
+    }
+
+    #[test]
+    fn a_missing_or_nonsensical_pass_factor_is_the_default() {
+        assert_eq!(pass_factor(Some("5")), 5);
+        for v in [None, Some("0"), Some("-2"), Some("x")] {
+            assert_eq!(pass_factor(v), PASS_FACTOR, "{v:?}");
+        }
     }
 
     #[test]
