@@ -7,6 +7,12 @@
 #   scripts/services.sh start [--durable]   # --durable: Redis AOF with appendfsync always
 #   scripts/services.sh stop
 #   scripts/services.sh pg-stop | pg-start       # fault tests: stop or restart Postgres only
+#   scripts/services.sh redis-stop N | redis-start N   # shard tests: kill (SIGKILL, as a
+#                                                # crash) or restart Redis shard N (0-based)
+#
+# FLASHCLAIM_REDIS_SHARDS=N (default 1) starts N Redis servers, one per shard: shard 0 is
+# the usual REDIS_PORT (data in redis/), shard i in redis-i/; services.env then also lists
+# REDIS_SHARD_PORTS and FLASHCLAIM_REDIS_SHARD_URLS (comma-separated, shard order).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,8 +73,41 @@ pg_start() {
     -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" >/dev/null
 }
 
+shard_dir() {
+  if [ "$1" -eq 0 ]; then echo "$data/redis"; else echo "$data/redis-$1"; fi
+}
+
+# Starts Redis shard $1 on port $2 with the persistence flags saved in its directory, so a
+# restart (redis-start) comes back with the same port and the same AOF settings.
+redis_start() {
+  local n=$1 port=$2 dir
+  dir=$(shard_dir "$n")
+  local persist=(--save "" --appendonly no)
+  if [ "$(cat "$dir/persistence")" = durable ]; then
+    persist=(--save "" --appendonly yes --appendfsync always)
+  fi
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
+    --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+    --maxclients 10000 --databases 256 "${persist[@]}"
+  for _ in $(seq 1 50); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "services: redis shard $n did not start on $port: $(tail -n 1 "$dir/redis.log")" >&2
+  exit 1
+}
+
+shard_port() {
+  local ports
+  IFS=, read -r -a ports <<<"$REDIS_SHARD_PORTS"
+  [ -n "${ports[$1]:-}" ] || { echo "services: no redis shard $1" >&2; exit 2; }
+  echo "${ports[$1]}"
+}
+
 start() {
   local durable=${1:-}
+  local shards=${FLASHCLAIM_REDIS_SHARDS:-1}
+  [[ "$shards" =~ ^[1-9][0-9]?$ ]] || { echo "services: FLASHCLAIM_REDIS_SHARDS must be 1-99" >&2; exit 2; }
   mkdir -p "$data/redis"
   # The Postgres user must be able to reach its data directory through .data/.
   chmod 755 "$data"
@@ -76,14 +115,19 @@ start() {
   if [ -f "$envfile" ]; then stop >/dev/null 2>&1 || true; fi
 
   local redis_port pg_port
-  redis_port=$(free_port)
-  local redis_persist=(--save "" --appendonly no)
-  if [ "$durable" = "--durable" ]; then
-    redis_persist=(--save "" --appendonly yes --appendfsync always)
-  fi
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$data/redis" \
-    --daemonize yes --pidfile "$data/redis/redis.pid" --logfile "$data/redis/redis.log" \
-    --maxclients 10000 --databases 256 "${redis_persist[@]}"
+  local persist=volatile
+  if [ "$durable" = "--durable" ]; then persist=durable; fi
+  local ports=() urls=() n port dir
+  for n in $(seq 0 $((shards - 1))); do
+    dir=$(shard_dir "$n")
+    mkdir -p "$dir"
+    echo "$persist" >"$dir/persistence"
+    port=$(free_port)
+    redis_start "$n" "$port"
+    ports+=("$port")
+    urls+=("redis://127.0.0.1:$port")
+  done
+  redis_port=${ports[0]}
 
   local user bin pgdata
   user=$(pg_user)
@@ -100,14 +144,6 @@ start() {
   # "acknowledged only after commit" is measured against a real commit.
   pg_start "$user" "$bin" "$pgdata" "$pg_port"
 
-  for _ in $(seq 1 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis-cli -p "$redis_port" ping >/dev/null 2>&1 || {
-    echo "services: redis did not start on $redis_port: $(tail -n 1 "$data/redis/redis.log")" >&2
-    exit 1
-  }
   # `flashclaim` serves the local app; tests copy `flashclaim_template` per test.
   local base="postgres://postgres@127.0.0.1:$pg_port"
   for db in flashclaim flashclaim_template; do
@@ -123,14 +159,21 @@ PG_BIN=$bin
 PG_USER=$user
 FLASHCLAIM_REDIS_URL=redis://127.0.0.1:$redis_port
 FLASHCLAIM_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres
+REDIS_SHARD_PORTS=$(IFS=,; echo "${ports[*]}")
+FLASHCLAIM_REDIS_SHARD_URLS=$(IFS=,; echo "${urls[*]}")
 ENV
-  echo "services: redis on 127.0.0.1:$redis_port, postgres on 127.0.0.1:$pg_port ($envfile)"
+  echo "services: redis on 127.0.0.1:$(IFS=,; echo "${ports[*]}"), postgres on 127.0.0.1:$pg_port ($envfile)"
 }
 
 stop() {
   [ -f "$envfile" ] || return 0
   # shellcheck disable=SC1090
   . "$envfile"
+  local port list=${REDIS_SHARD_PORTS:-}
+  for port in ${list//,/ }; do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  done
+  # services.env written before shards existed names only REDIS_PORT.
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   as_pg "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
   rm -f "$envfile"
@@ -147,5 +190,13 @@ case "${1:-}" in
   stop) stop ;;
   pg-stop) load_env; as_pg "$PG_USER" "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null ;;
   pg-start) load_env; pg_start "$PG_USER" "$PG_BIN" "$PG_DATA" "$PG_PORT" ;;
-  *) echo "usage: $0 start [--durable] | stop | pg-stop | pg-start" >&2; exit 2 ;;
+  redis-stop)
+    load_env
+    # SIGKILL: a crash, not a clean shutdown (which would write what it holds).
+    pid=$(cat "$(shard_dir "${2:?shard number}")/redis.pid")
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    ;;
+  redis-start) load_env; redis_start "${2:?shard number}" "$(shard_port "$2")" ;;
+  *) echo "usage: $0 start [--durable] | stop | pg-stop | pg-start | redis-stop N | redis-start N" >&2; exit 2 ;;
 esac
