@@ -65,4 +65,34 @@ impl HttpResponse {
             body: Vec::new(),
         }
     }
+
+    /// The first value of a header (names are stored lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Replaces every value of a header with one.
+    pub fn set_header(&mut self, name: &'static str, value: String) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name, value));
+    }
+
+    /// Adds a request header the answer depends on to one `Vary` list (once).
+    pub fn add_vary(&mut self, request_header: &str) {
+        match self.headers.iter_mut().find(|(n, _)| *n == "vary") {
+            Some((_, list)) => {
+                if !list
+                    .split(',')
+                    .any(|h| h.trim().eq_ignore_ascii_case(request_header))
+                {
+                    list.push_str(", ");
+                    list.push_str(request_header);
+                }
+            }
+            None => self.headers.push(("vary", request_header.to_string())),
+        }
+    }
 }

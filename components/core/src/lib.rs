@@ -10,13 +10,16 @@ pub mod admin;
 pub mod auth;
 pub mod claim;
 pub mod codes;
+pub mod cors;
 pub mod drain;
 pub mod error;
 pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod keys;
+pub mod qr;
 pub mod scripts;
+pub mod shards;
 pub mod ticket;
 pub mod time;
 

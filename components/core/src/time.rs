@@ -130,6 +130,36 @@ impl Millis {
     pub fn as_secs(self) -> i64 {
         self.0.div_euclid(1000)
     }
+
+    /// RFC 3339 UTC always with milliseconds (`2026-11-21T12:00:00.000Z`): the server's
+    /// clock as pages read it, one fixed shape.
+    pub fn rfc3339_millis(self) -> String {
+        let text = self.to_string();
+        match self.0.rem_euclid(1000) {
+            0 => format!("{}.000Z", text.trim_end_matches('Z')),
+            _ => text,
+        }
+    }
+
+    /// The HTTP `Date` format (RFC 9110 IMF-fixdate): `Sat, 21 Nov 2026 12:00:00 GMT`.
+    pub fn http_date(self) -> String {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let secs = self.as_secs();
+        let days = secs.div_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let rem = secs.rem_euclid(86_400);
+        format!(
+            "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+            DAYS[days.rem_euclid(7) as usize],
+            MONTHS[(m - 1) as usize],
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
 }
 
 /// RFC 3339 in UTC with millisecond precision when there are milliseconds:
@@ -188,6 +218,26 @@ mod tests {
         ] {
             assert_eq!(Millis::parse_rfc3339(text).unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn server_time_always_has_milliseconds() {
+        let t = Millis::parse_rfc3339("2026-11-21T12:00:00Z").unwrap();
+        assert_eq!(t.rfc3339_millis(), "2026-11-21T12:00:00.000Z");
+        assert_eq!(Millis(t.0 + 7).rfc3339_millis(), "2026-11-21T12:00:00.007Z");
+    }
+
+    #[test]
+    fn http_dates_name_the_right_weekday_and_month() {
+        let t = Millis::parse_rfc3339("2026-11-21T12:00:00.999Z").unwrap();
+        assert_eq!(t.http_date(), "Sat, 21 Nov 2026 12:00:00 GMT");
+        assert_eq!(Millis(0).http_date(), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            Millis::parse_rfc3339("2024-02-29T23:59:59Z")
+                .unwrap()
+                .http_date(),
+            "Thu, 29 Feb 2024 23:59:59 GMT"
+        );
     }
 
     #[test]
