@@ -127,6 +127,23 @@ impl Caching {
     }
 }
 
+/// How long an edge may keep a public activity read: as long as the server keeps a
+/// listing page, so an edge adds no more staleness than the server has. The detail's view
+/// is kept longer server-side, but its stock is live and a change drops it, so the edge
+/// gets no longer for it either (a countdown page must not see a minute-old stock).
+pub const PUBLIC_READ_MAX_AGE_SECS: i64 = crate::activity::LIST_TTL_MS / 1000;
+
+/// `GET /api/activities` and `GET /api/activities/{id}`: public unless the answer was made
+/// for the caller's token (`my_claimed`).
+pub fn activity_read(for_caller: bool) -> Caching {
+    match for_caller {
+        true => Caching::Private { max_age_secs: 0 },
+        false => Caching::Public {
+            max_age_secs: PUBLIC_READ_MAX_AGE_SECS,
+        },
+    }
+}
+
 /// The headers every API answer leaves with, after its component built it:
 /// - `Cache-Control` when the component did not choose: `no-store` for anything but a read,
 ///   and for reads without a token (errors, health); `private` for reads with a token;
@@ -320,6 +337,25 @@ mod tests {
         finish(&mut r, &request("GET", None), &AllowedOrigins::default());
         assert_eq!(r.header("cache-control"), Some("public, max-age=2"));
         assert_eq!(r.header("vary"), Some("Authorization, Origin"));
+    }
+
+    #[test]
+    fn activity_reads_are_public_for_the_server_cache_lifetime_unless_made_for_a_token() {
+        assert_eq!(
+            PUBLIC_READ_MAX_AGE_SECS * 1000,
+            crate::activity::LIST_TTL_MS
+        );
+        assert!(PUBLIC_READ_MAX_AGE_SECS >= 1);
+        let mut public = HttpResponse::empty(200);
+        activity_read(false).apply(&mut public);
+        assert_eq!(
+            public.header("cache-control").unwrap(),
+            format!("public, max-age={PUBLIC_READ_MAX_AGE_SECS}")
+        );
+        let mut mine = HttpResponse::empty(200);
+        activity_read(true).apply(&mut mine);
+        assert_eq!(mine.header("cache-control"), Some("private, no-cache"));
+        assert_eq!(mine.header("vary"), Some("Authorization"));
     }
 
     #[test]

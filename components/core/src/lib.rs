@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod keys;
+pub mod listing;
 pub mod qr;
 pub mod scripts;
 pub mod shards;
