@@ -12,7 +12,7 @@ use crate::ids::ActivityId;
 use crate::scripts::Reply;
 
 /// Entries taken per activity per read.
-pub const BATCH_SIZE: i64 = 500;
+pub const BATCH_SIZE: i64 = 2000;
 /// Entries pending longer than this are assumed to belong to a run that died.
 pub const RECLAIM_AFTER_MS: i64 = 30_000;
 
