@@ -1,0 +1,474 @@
+// The operator console: activities of every status, create / edit drafts, upload codes,
+// publish, close, a live view per activity, export, reconcile, blacklist, redeem, health.
+
+import { h, replace, field, showErrors, formatTime } from './dom.js';
+import { call, Problem, session, tokenClaims } from './api.js';
+import { t, lang, setupLanguage, problemText } from './i18n.js';
+
+const main = document.getElementById('main');
+const auth = session('flashclaim.console.session');
+let timers = [];
+let cleanups = [];
+let flash = null;
+
+function token() { return auth.get()?.token; }
+function every(ms, fn) { timers.push(setInterval(fn, ms)); }
+function setTitle(text) { document.title = `${text} · flashclaim console`; }
+function notice(text, kind = '') {
+  return h('p', { class: `notice ${kind ? `notice--${kind}` : ''}`, role: kind === 'error' ? 'alert' : 'status' }, text);
+}
+function takeFlash() { const f = flash; flash = null; return f ? notice(f.text, f.kind) : null; }
+function api(method, path, opts = {}) { return call(method, path, { token: token(), ...opts }); }
+function fail(into, e) {
+  if (e instanceof Problem && (e.code === 'unauthenticated' || e.status === 401)) { auth.clear(); updateNav(); }
+  replace(into, notice(problemText(e), 'error'));
+}
+
+// A two-step confirmation in the page (no window.confirm): the question, then Yes / Cancel.
+function confirmStep(into, question, onYes) {
+  const yes = h('button', { type: 'button', class: 'button button--warning', 'data-confirm': 'yes' }, t('confirm_yes'));
+  const no = h('button', { type: 'button', class: 'button button--secondary' }, t('confirm_no'));
+  const previous = Array.from(into.childNodes);
+  replace(into, h('div', { class: 'notice', role: 'alertdialog', 'aria-label': question },
+    h('p', {}, question), h('div', { class: 'button-group' }, yes, no)));
+  no.addEventListener('click', () => replace(into, ...previous));
+  yes.addEventListener('click', async () => { yes.disabled = true; await onYes(); });
+  yes.focus();
+}
+
+// ---- log in ---------------------------------------------------------------------------
+
+function loginView() {
+  setTitle(t('console_login_title'));
+  const form = h('form', { novalidate: true },
+    field({ name: 'username', label: t('username'), attrs: { autocomplete: 'username', autocapitalize: 'none' } }),
+    field({ name: 'password', label: t('password'), type: 'password', attrs: { autocomplete: 'current-password' } }),
+    h('button', { type: 'submit', class: 'button' }, t('login_button')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    const errors = [];
+    if (!data.username) errors.push(['username', t('required_username')]);
+    if (!data.password) errors.push(['password', t('required_password')]);
+    showErrors(form, errors, t('error_title'));
+    if (errors.length) return;
+    try {
+      const s = (await call('POST', '/api/sessions', { json: { username: data.username, password: data.password } })).body;
+      if (tokenClaims(s.token).role !== 'admin') {
+        showErrors(form, [['username', t('not_admin')]], t('error_title'));
+        return;
+      }
+      auth.set({ token: s.token, expires_at: s.expires_at, username: data.username });
+      updateNav();
+      route();
+    } catch (err) {
+      showErrors(form, [[null, problemText(err)]], t('error_title'));
+    }
+  });
+  replace(main, takeFlash(), h('h1', {}, t('console_login_title')), form);
+}
+
+// ---- activities -----------------------------------------------------------------------
+
+function statusBadge(status) { return h('strong', { class: `badge badge--${status}` }, t(`status_${status}`)); }
+
+async function listView() {
+  setTitle(t('nav_activities'));
+  const params = new URLSearchParams(location.hash.split('?')[1] || '');
+  const filter = h('form', { class: 'filter' },
+    field({ name: 'status', label: t('filter_status'), type: 'select', value: params.get('status') || '',
+      options: [['', t('status_all')], ['draft', t('status_draft')], ['published', t('status_published')], ['closed', t('status_closed')]] }),
+    h('button', { type: 'submit', class: 'button button--secondary' }, t('apply')));
+  filter.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const s = new FormData(filter).get('status');
+    location.hash = s ? `#/?status=${encodeURIComponent(s)}` : '#/';
+  });
+  const body = h('div', {}, h('p', { role: 'status' }, t('loading')));
+  replace(main, takeFlash(), h('h1', {}, t('nav_activities')),
+    h('div', { class: 'button-group' }, h('a', { class: 'button', href: '#/new' }, t('nav_new'))), filter, body);
+  const query = new URLSearchParams({ limit: '50' });
+  if (params.get('status')) query.set('status', params.get('status'));
+  if (params.get('cursor')) query.set('cursor', params.get('cursor'));
+  try {
+    const page = (await api('GET', `/admin/activities?${query}`)).body;
+    const rows = page.activities || [];
+    if (!rows.length) { replace(body, h('p', {}, t('none_found'))); return; }
+    let next = null;
+    if (page.next_cursor) {
+      const q = new URLSearchParams(params);
+      q.set('cursor', page.next_cursor);
+      next = h('a', { href: `#/?${q}` }, t('next_page'));
+    }
+    replace(body, h('div', { class: 'table-wrap' }, h('table', {},
+      h('thead', {}, h('tr', {}, ['col_id', 'col_name', 'col_status', 'col_window', 'col_stock', 'col_kind'].map((k) => h('th', { scope: 'col' }, t(k))))),
+      h('tbody', {}, rows.map((a) => h('tr', {},
+        h('td', {}, String(a.id)),
+        h('td', {}, h('a', { href: `#/a/${a.id}` }, a.name)),
+        h('td', {}, statusBadge(a.status)),
+        h('td', {}, formatTime(a.starts_at, lang), ' – ', formatTime(a.ends_at, lang)),
+        h('td', {}, `${a.stock_left ?? a.stock_total} / ${a.stock_total}`),
+        h('td', {}, t(`kind_${a.kind}`))))))), next);
+  } catch (e) { fail(body, e); }
+}
+
+// datetime-local works in the operator's local time; the API takes RFC 3339 UTC.
+function toLocalInput(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+function fromLocalInput(value) {
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? value : d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+const FORM_FIELDS = ['name', 'description', 'image_url', 'starts_at', 'ends_at', 'stock_total', 'per_user_limit', 'kind', 'require_pass'];
+
+async function editView(id) {
+  setTitle(t(id ? 'edit_title' : 'new_title'));
+  let a = { per_user_limit: 1, kind: 'counter', require_pass: false };
+  if (id) {
+    try { a = (await api('GET', `/admin/activities/${encodeURIComponent(id)}`)).body; } catch (e) { fail(main, e); return; }
+  }
+  const now = new Date(Date.now() + 10 * 60000);
+  const form = h('form', { novalidate: true, id: 'activity-form' },
+    field({ name: 'name', label: t('f_name'), value: a.name ?? '' }),
+    field({ name: 'description', label: t('f_description'), type: 'textarea', value: a.description ?? '' }),
+    field({ name: 'image_url', label: t('f_image_url'), type: 'url', value: a.image_url ?? '' }),
+    field({ name: 'starts_at', label: t('f_starts_at'), hint: t('f_time_hint'), type: 'datetime-local', value: toLocalInput(a.starts_at || now.toISOString()), attrs: { step: 1 } }),
+    field({ name: 'ends_at', label: t('f_ends_at'), hint: t('f_time_hint'), type: 'datetime-local', value: toLocalInput(a.ends_at || new Date(now.getTime() + 86400000).toISOString()), attrs: { step: 1 } }),
+    field({ name: 'stock_total', label: t('f_stock_total'), type: 'number', value: a.stock_total ?? 100, attrs: { inputmode: 'numeric' } }),
+    field({ name: 'per_user_limit', label: t('f_per_user_limit'), type: 'number', value: a.per_user_limit ?? 1, attrs: { inputmode: 'numeric' } }),
+    field({ name: 'kind', label: t('f_kind'), type: 'select', value: a.kind, options: [['counter', t('kind_counter')], ['codes', t('kind_codes')]] }),
+    field({ name: 'require_pass', label: t('f_require_pass'), type: 'checkbox', value: a.require_pass }),
+    h('button', { type: 'submit', class: 'button' }, t('save_draft')));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const body = {
+      name: data.get('name'),
+      description: data.get('description'),
+      starts_at: fromLocalInput(data.get('starts_at')),
+      ends_at: fromLocalInput(data.get('ends_at')),
+      stock_total: Number(data.get('stock_total')),
+      per_user_limit: Number(data.get('per_user_limit')),
+      kind: data.get('kind'),
+      require_pass: data.get('require_pass') === 'on',
+    };
+    if (data.get('image_url')) body.image_url = data.get('image_url');
+    try {
+      const saved = id
+        ? (await api('PATCH', `/admin/activities/${encodeURIComponent(id)}`, { json: body })).body
+        : (await api('POST', '/admin/activities', { json: body })).body;
+      flash = { text: t('saved'), kind: 'ok' };
+      location.hash = `#/a/${saved.id ?? id}`;
+    } catch (err) {
+      const detail = err.body?.detail || '';
+      showErrors(form, [[FORM_FIELDS.find((n) => detail.startsWith(n)) || null, problemText(err)]], t('error_title'));
+    }
+  });
+  replace(main, h('h1', {}, t(id ? 'edit_title' : 'new_title')), form);
+}
+
+async function detailView(id) {
+  setTitle(t('activity_n', { id }));
+  let a;
+  try { a = (await api('GET', `/admin/activities/${encodeURIComponent(id)}`)).body; } catch (e) { fail(main, e); return; }
+  setTitle(a.name);
+  const actions = h('div', { class: 'button-group', id: 'actions' });
+  const message = h('div', { 'aria-live': 'polite', id: 'action-message' });
+  const drawActions = () => {
+    replace(actions,
+      a.status === 'draft' ? h('a', { class: 'button button--secondary', href: `#/a/${id}/edit` }, t('edit')) : null,
+      a.status === 'draft' ? h('button', { type: 'button', class: 'button', id: 'publish' }, t('publish')) : null,
+      a.status === 'published' ? h('button', { type: 'button', class: 'button button--warning', id: 'close' }, t('close')) : null);
+    actions.querySelector('#publish')?.addEventListener('click', () => confirmStep(actions, t('publish_confirm'), async () => {
+      try { a = (await api('POST', `/admin/activities/${id}/publish`)).body; replace(message, notice(t('published'), 'ok')); } catch (e) { fail(message, e); }
+      refreshHeader(); drawActions();
+    }));
+    actions.querySelector('#close')?.addEventListener('click', () => confirmStep(actions, t('close_confirm'), async () => {
+      try { a = (await api('POST', `/admin/activities/${id}/close`)).body; replace(message, notice(t('closed'), 'ok')); } catch (e) { fail(message, e); }
+      refreshHeader(); drawActions();
+    }));
+  };
+  const header = h('div');
+  const refreshHeader = () => replace(header,
+    h('h1', {}, a.name),
+    h('div', { class: 'card__meta' }, statusBadge(a.status), h('span', {}, `#${a.id}`), h('span', {}, t(`kind_${a.kind}`))),
+    h('dl', { class: 'summary-list' },
+      h('dt', {}, t('f_starts_at')), h('dd', {}, formatTime(a.starts_at, lang)),
+      h('dt', {}, t('f_ends_at')), h('dd', {}, formatTime(a.ends_at, lang)),
+      h('dt', {}, t('f_stock_total')), h('dd', {}, String(a.stock_total)),
+      h('dt', {}, t('f_per_user_limit')), h('dd', {}, String(a.per_user_limit))));
+  refreshHeader();
+  drawActions();
+
+  replace(main, takeFlash(), header, actions, message,
+    liveSection(id),
+    a.kind === 'codes' ? codesSection(id) : null,
+    exportSection(id, a));
+}
+
+// ---- live view --------------------------------------------------------------------------
+
+function liveSection(id) {
+  const stats = h('div', { class: 'stats', id: 'live-stats' });
+  const soldOut = h('p', { id: 'sold-out' });
+  const chartBox = h('div', { class: 'chart', id: 'cpm-chart', role: 'img', 'aria-label': t('cpm_title') });
+  const status = h('p', { class: 'muted', role: 'status' });
+  let chart = null;
+  let soldOutAt = null;
+  const draw = (s) => {
+    replace(stats, [
+      ['s_stock_left', s.stock_left], ['s_sold', s.sold], ['s_returned', s.returned], ['s_redeemed', s.redeemed],
+      ['s_backlog', s.backlog], ['s_pool_left', s.pool_left], ['s_passes', s.passes_issued],
+    ].filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => h('div', { class: 'stat', 'data-stat': k.slice(2) },
+      h('span', { class: 'stat__value' }, String(v)), h('span', {}, t(k)))));
+    if (s.stock_left === 0 && s.stock_total > 0 && !soldOutAt) soldOutAt = s.sold_out_at ? new Date(s.sold_out_at) : new Date();
+    soldOut.textContent = soldOutAt ? t('sold_out_at', { time: soldOutAt.toLocaleTimeString(lang === 'zh' ? 'zh-CN' : 'en-GB') }) : t('not_sold_out');
+    const points = s.claims_per_minute || [];
+    const xs = points.map((p) => (typeof p.minute === 'number' ? p.minute : Date.parse(p.minute)) / 1000);
+    const ys = points.map((p) => p.claims);
+    chartBox.dataset.points = String(points.length);
+    chartBox.dataset.total = String(ys.reduce((x, y) => x + y, 0));
+    if (typeof window.uPlot !== 'function') return;
+    const width = Math.max(280, Math.min(chartBox.clientWidth || 600, 1000));
+    if (!chart) {
+      chart = new window.uPlot({
+        width, height: 200, title: t('cpm_title'),
+        series: [{}, { label: t('cpm_title'), stroke: '#1d70b8', fill: 'rgba(29,112,184,.15)', points: { show: true } }],
+        axes: [{}, { label: '' }],
+      }, [xs, ys], chartBox);
+    } else {
+      chart.setData([xs, ys]);
+    }
+  };
+  const load = async () => {
+    try {
+      const s = (await api('GET', `/admin/activities/${encodeURIComponent(id)}/stats`)).body;
+      draw(s);
+      status.textContent = `${t('refreshed')} ${new Date().toLocaleTimeString()}`;
+    } catch (e) { status.textContent = problemText(e); }
+  };
+  load();
+  every(2000, load);
+  cleanups.push(() => chart?.destroy());
+  return h('section', { 'aria-labelledby': 'live-h' }, h('h2', { id: 'live-h' }, t('live_title')),
+    h('p', { class: 'muted' }, t('live_note')), stats, soldOut, chartBox, status);
+}
+
+// ---- codes, export, reconcile -------------------------------------------------------------
+
+function codesSection(id) {
+  const form = h('form', { novalidate: true, id: 'codes-form' },
+    field({ name: 'file', label: t('codes_file'), hint: t('codes_hint'), type: 'file', attrs: { accept: '.csv,text/csv,text/plain' } }),
+    h('button', { type: 'submit', class: 'button button--secondary' }, t('upload')));
+  const result = h('div', { id: 'codes-result', 'aria-live': 'polite' });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const file = form.querySelector('input[type=file]').files[0];
+    if (!file) { showErrors(form, [['file', t('choose_file')]], t('error_title')); return; }
+    showErrors(form, [], '');
+    try {
+      const r = (await api('POST', `/admin/activities/${encodeURIComponent(id)}/codes`, { body: await file.text(), headers: { 'content-type': 'text/csv' } })).body;
+      replace(result, notice(t('uploaded', { n: r.added ?? r.accepted ?? r.count ?? '' }), 'ok'));
+    } catch (err) {
+      const b = err.body || {};
+      const lists = [];
+      if (Array.isArray(b.bad) && b.bad.length) lists.push(h('h3', {}, t('bad_lines')), h('ul', { id: 'codes-bad' }, b.bad.map((x) => h('li', { class: 'mono' }, typeof x === 'string' ? x : JSON.stringify(x)))));
+      if (Array.isArray(b.duplicates) && b.duplicates.length) lists.push(h('h3', {}, t('duplicate_lines')), h('ul', { id: 'codes-duplicates' }, b.duplicates.map((x) => h('li', { class: 'mono' }, typeof x === 'string' ? x : JSON.stringify(x)))));
+      replace(result, notice(problemText(err), 'error'), lists.length ? h('section', { 'aria-label': t('rejected_title') }, h('h2', {}, t('rejected_title')), lists) : null);
+    }
+  });
+  return h('section', { 'aria-labelledby': 'codes-h' }, h('h2', { id: 'codes-h' }, t('codes_title')), form, result);
+}
+
+function exportSection(id, a) {
+  const message = h('div', { 'aria-live': 'polite', id: 'export-message' });
+  const report = h('div', { id: 'reconcile-report' });
+  const exportButton = h('button', { type: 'button', class: 'button button--secondary', id: 'export' }, t('export_csv'));
+  const reconcileButton = h('button', { type: 'button', class: 'button button--secondary', id: 'reconcile' }, t('reconcile'));
+  exportButton.addEventListener('click', async () => {
+    try {
+      const { body } = await api('GET', `/admin/activities/${encodeURIComponent(id)}/claims.csv`, { raw: true, headers: { accept: 'text/csv' } });
+      const name = `activity-${a.id}-claims.csv`;
+      const link = h('a', { href: URL.createObjectURL(body), download: name });
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      replace(message, notice(t('exported', { name }), 'ok'));
+    } catch (e) { fail(message, e); }
+  });
+  reconcileButton.addEventListener('click', async () => {
+    try {
+      const r = (await api('GET', `/admin/activities/${encodeURIComponent(id)}/reconcile`)).body;
+      replace(report, notice(t(r.ok ? 'reconcile_ok' : 'reconcile_drift'), r.ok ? 'ok' : 'error'),
+        h('dl', { class: 'summary-list' }, Object.entries(r).filter(([k]) => k !== 'ok').map(([k, v]) => [
+          h('dt', {}, k), h('dd', { class: 'mono' }, Array.isArray(v) ? (v.join(', ') || '—') : String(v))])));
+    } catch (e) { fail(report, e); }
+  });
+  return h('section', { 'aria-labelledby': 'export-h' }, h('h2', { id: 'export-h' }, t('export_title')),
+    h('div', { class: 'button-group' }, exportButton, reconcileButton), message, report);
+}
+
+// ---- blacklist ------------------------------------------------------------------------------
+
+async function blacklistView() {
+  setTitle(t('blacklist_title'));
+  const list = h('div', { id: 'blacklist' }, h('p', { role: 'status' }, t('loading')));
+  const message = h('div', { 'aria-live': 'polite' });
+  const form = h('form', { novalidate: true, id: 'blacklist-form' },
+    field({ name: 'user_id', label: t('user_id') }),
+    field({ name: 'reason', label: t('reason') }),
+    h('button', { type: 'submit', class: 'button button--warning' }, t('add')));
+  const load = async () => {
+    try {
+      const r = (await api('GET', '/admin/blacklist')).body;
+      const entries = r.users || r.blacklist || r.entries || [];
+      if (!entries.length) { replace(list, h('p', {}, t('blacklist_empty'))); return; }
+      replace(list, h('div', { class: 'table-wrap' }, h('table', {},
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, t('user_id')), h('th', { scope: 'col' }, t('reason')), h('th', { scope: 'col' }, h('span', { class: 'skip-link' }, t('remove'))))),
+        h('tbody', {}, entries.map((entry) => {
+          const user = entry.user_id ?? entry;
+          const remove = h('button', { type: 'button', class: 'button button--secondary', 'aria-label': `${t('remove')} ${user}` }, t('remove'));
+          remove.addEventListener('click', async () => {
+            try { await api('DELETE', `/admin/blacklist/${encodeURIComponent(user)}`); replace(message, notice(t('removed'), 'ok')); load(); } catch (e) { fail(message, e); }
+          });
+          return h('tr', {}, h('td', { class: 'mono' }, user), h('td', {}, entry.reason || ''), h('td', {}, remove));
+        })))));
+    } catch (e) { fail(list, e); }
+  };
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    if (!data.user_id) { showErrors(form, [['user_id', t('user_id')]], t('error_title')); return; }
+    showErrors(form, [], '');
+    try {
+      await api('PUT', `/admin/blacklist/${encodeURIComponent(data.user_id)}`, data.reason ? { json: { reason: data.reason } } : {});
+      replace(message, notice(t('added'), 'ok'));
+      form.reset();
+      load();
+    } catch (err) { showErrors(form, [[err.body?.detail?.startsWith('reason') ? 'reason' : 'user_id', problemText(err)]], t('error_title')); }
+  });
+  replace(main, h('h1', {}, t('blacklist_title')), form, message, list);
+  load();
+}
+
+// ---- redeem ------------------------------------------------------------------------------------
+
+function redeemView() {
+  setTitle(t('redeem_title'));
+  const form = h('form', { novalidate: true, id: 'redeem-form' },
+    field({ name: 'qr', label: t('qr_payload'), hint: t('qr_hint'), type: 'textarea', attrs: { spellcheck: 'false', autocapitalize: 'none' } }),
+    h('div', { class: 'button-group' }, h('button', { type: 'submit', class: 'button' }, t('redeem_button'))));
+  const message = h('div', { id: 'redeem-message', 'aria-live': 'assertive' });
+  const redeem = async (payload) => {
+    const qr = payload.trim();
+    if (!qr) { showErrors(form, [['qr', t('required_payload')]], t('error_title')); return; }
+    showErrors(form, [], '');
+    // The payload is FC1.<ticket id>.<tag>: the id names the route, the server checks the rest.
+    const rest = qr.startsWith('FC1.') ? qr.slice(4) : qr;
+    const code = rest.includes('.') ? rest.slice(0, rest.lastIndexOf('.')) : rest;
+    try {
+      const r = (await api('POST', `/admin/tickets/${encodeURIComponent(code)}/redeem`, { json: { qr } })).body;
+      replace(message, notice(t('redeemed', { code: r.code ?? code }), 'ok'));
+      form.reset();
+    } catch (e) {
+      showErrors(form, [['qr', problemText(e)]], t('error_title'));
+      replace(message);
+    }
+  };
+  form.addEventListener('submit', (e) => { e.preventDefault(); redeem(new FormData(form).get('qr')); });
+  let camera = null;
+  if ('BarcodeDetector' in window && navigator.mediaDevices?.getUserMedia) {
+    const button = h('button', { type: 'button', class: 'button button--secondary' }, t('scan'));
+    const video = h('video', { playsinline: true, muted: true, hidden: true });
+    button.addEventListener('click', async () => {
+      if (camera) { stopCamera(); return; }
+      try {
+        camera = await navigator.mediaDevices.getUserMedia({ video: { facingMode: 'environment' } });
+        video.srcObject = camera;
+        video.hidden = false;
+        await video.play();
+        button.textContent = t('scan_stop');
+        const detector = new window.BarcodeDetector({ formats: ['qr_code'] });
+        const scan = async () => {
+          if (!camera) return;
+          const codes = await detector.detect(video).catch(() => []);
+          if (codes.length) { form.querySelector('textarea').value = codes[0].rawValue; stopCamera(); redeem(codes[0].rawValue); return; }
+          requestAnimationFrame(scan);
+        };
+        scan();
+      } catch (e) { replace(message, notice(String(e.message || e), 'error')); }
+    });
+    const stopCamera = () => {
+      camera?.getTracks().forEach((track) => track.stop());
+      camera = null;
+      video.hidden = true;
+      button.textContent = t('scan');
+    };
+    cleanups.push(stopCamera);
+    form.querySelector('.button-group').append(button);
+    form.append(video);
+  }
+  replace(main, h('h1', {}, t('redeem_title')), form, message);
+}
+
+// ---- health --------------------------------------------------------------------------------------
+
+async function healthView() {
+  setTitle(t('health_title'));
+  const box = h('div', { id: 'health' }, h('p', { role: 'status' }, t('loading')));
+  replace(main, h('h1', {}, t('health_title')), box);
+  const load = async () => {
+    let s;
+    try { s = (await call('GET', '/healthz')).body; } catch (e) { s = e.body; if (!s || s.status === undefined) { fail(box, e); return; } }
+    replace(box, h('dl', { class: 'summary-list' },
+      h('dt', {}, t('h_status')), h('dd', {}, h('strong', { class: `badge badge--${s.status === 'ok' ? 'open' : 'soldout'}` }, s.status)),
+      h('dt', {}, t('h_redis')), h('dd', {}, t(s.redis ? 'yes' : 'no')),
+      h('dt', {}, t('h_postgres')), h('dd', {}, t(s.postgres ? 'yes' : 'no')),
+      h('dt', {}, t('h_backlog')), h('dd', {}, String(s.backlog ?? '')),
+      h('dt', {}, t('h_oldest')), h('dd', {}, String(s.oldest_entry_age_ms ?? '—'))));
+  };
+  load();
+  every(5000, load);
+}
+
+// ---- shell ------------------------------------------------------------------------------------
+
+function updateNav() {
+  const s = auth.get();
+  document.getElementById('nav-logout').hidden = !s;
+  document.querySelectorAll('.header__nav a').forEach((a) => { a.hidden = !s; });
+}
+
+document.getElementById('nav-logout').addEventListener('click', () => {
+  auth.clear();
+  flash = { text: t('logged_out'), kind: 'ok' };
+  updateNav();
+  route();
+});
+
+function route() {
+  timers.forEach(clearInterval);
+  timers = [];
+  cleanups.forEach((f) => f());
+  cleanups = [];
+  updateNav();
+  if (!token()) { loginView(); return; }
+  const path = (location.hash.replace(/^#/, '') || '/').split('?')[0];
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === 'new') editView(null);
+  else if (parts[0] === 'a' && parts[1] && parts[2] === 'edit') editView(parts[1]);
+  else if (parts[0] === 'a' && parts[1]) detailView(parts[1]);
+  else if (parts[0] === 'blacklist') blacklistView();
+  else if (parts[0] === 'redeem') redeemView();
+  else if (parts[0] === 'health') healthView();
+  else listView();
+}
+
+setupLanguage(route);
+window.addEventListener('hashchange', route);
+route();
