@@ -12,6 +12,7 @@ use flashclaim_spin as glue;
 mod listing;
 
 use flashclaim_core::activity::{self, Status, NOT_FOUND_MARKER, NOT_FOUND_TTL_MS};
+use flashclaim_core::cors;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
@@ -23,17 +24,38 @@ use glue::SpinRedis;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+    glue::serve(&req, route)
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
-        (Method::Get, ["api", "activities"]) => listing::list(req.query()),
-        (Method::Get, ["api", "activities", id]) => get_activity(id, caller(req)),
+        (Method::Get, ["api", "activities"]) => {
+            listing::list(req.query()).map(|page| read(page, false))
+        }
+        (Method::Get, ["api", "activities", id]) => {
+            let caller = caller(req);
+            let for_caller = caller.is_some();
+            let mut response = get_activity(id, caller).map(|view| read(view, for_caller))?;
+            // Even the public answer: an edge must not hand it to a caller with a token.
+            response.add_vary("Authorization");
+            Ok(response)
+        }
         (_, ["api", "activities"] | ["api", "activities", _]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// A read as it leaves: with the server's time (pages count down on it, not on the
+/// device's clock, which is often minutes off), also as the `Date` header, and cacheable
+/// by an edge unless it was made for the caller's token. Errors carry neither.
+fn read(mut body: serde_json::Value, for_caller: bool) -> HttpResponse {
+    let now = glue::now();
+    body["server_time"] = now.rfc3339_millis().into();
+    let mut response = HttpResponse::json(200, &body);
+    response.headers.push(("date", now.http_date()));
+    cors::activity_read(for_caller).apply(&mut response);
+    response
 }
 
 /// The caller when a valid token is sent. The page is public: a missing or stale token
@@ -43,7 +65,7 @@ fn caller(req: &Request) -> Option<Principal> {
     glue::principal(req).ok()
 }
 
-fn get_activity(id: &str, caller: Option<Principal>) -> Result<HttpResponse, ApiError> {
+fn get_activity(id: &str, caller: Option<Principal>) -> Result<serde_json::Value, ApiError> {
     let id = ActivityId::parse(id)?;
     let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "activity")?;
@@ -60,7 +82,7 @@ fn get_activity(id: &str, caller: Option<Principal>) -> Result<HttpResponse, Api
             .map_err(|e| glue::redis_unavailable("activity", e))?;
         view["my_claimed"] = held.first().and_then(Reply::as_int).unwrap_or(0).into();
     }
-    Ok(HttpResponse::json(200, &view))
+    Ok(view)
 }
 
 /// The cached view with the live stock, `None` on a miss, `NotFound` for a cached absence.

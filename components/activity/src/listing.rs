@@ -8,12 +8,12 @@ use flashclaim_core::activity::{ListQuery, LIST_TTL_MS};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{self, ActivityKeys};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
-use flashclaim_core::{ApiError, HttpResponse};
+use flashclaim_core::ApiError;
 use spin_sdk::pg4::ParameterValue;
 
 use crate::glue::{self, SpinRedis};
 
-pub fn list(query: &str) -> Result<HttpResponse, ApiError> {
+pub fn list(query: &str) -> Result<serde_json::Value, ApiError> {
     let query = ListQuery::parse(query)?;
     let shards = glue::redis_shards()?;
     let unavailable = |e| glue::redis_unavailable("list activities", e);
@@ -63,7 +63,7 @@ pub fn list(query: &str) -> Result<HttpResponse, ApiError> {
             }
         }
     }
-    Ok(HttpResponse::json(200, &page))
+    Ok(page)
 }
 
 fn read_page(query: ListQuery) -> Result<serde_json::Value, ApiError> {

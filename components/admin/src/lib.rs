@@ -7,6 +7,7 @@
 use flashclaim_spin as glue;
 
 mod activities;
+mod listing;
 mod operations;
 mod reports;
 
@@ -15,12 +16,20 @@ use spin_sdk::http::{Fields, Method, OutgoingResponse, Request, ResponseOutparam
 
 #[spin_sdk::http_component]
 async fn handle(req: Request, out: ResponseOutparam) {
+    // A preflight carries no token: answer it before the role check.
+    let facts = glue::request_facts(&req);
+    if let Some(answer) = glue::preflight(&facts) {
+        return send(out, answer).await;
+    }
     let response = match route(&req) {
         Ok(Route::Done(response)) => response,
-        Ok(Route::ExportClaims(id)) => return reports::export_claims(id, out).await,
+        Ok(Route::ExportClaims(id)) => {
+            let headers = glue::finish(&facts, HttpResponse::empty(200)).headers;
+            return reports::export_claims(id, headers, out).await;
+        }
         Err(e) => e.to_response(),
     };
-    send(out, response).await;
+    send(out, glue::finish(&facts, response)).await;
 }
 
 enum Route {
@@ -33,6 +42,9 @@ fn route(req: &Request) -> Result<Route, ApiError> {
     // Every admin route needs the role; check it before revealing what exists.
     glue::admin(req)?;
     let done = match (req.method(), segments.as_slice()) {
+        (Method::Get, ["admin", "activities"]) => listing::activities(req.query()),
+        (Method::Get, ["admin", "activities", id]) => listing::activity(id),
+        (Method::Get, ["admin", "blacklist"]) => listing::blacklist(req.query()),
         (Method::Post, ["admin", "activities"]) => activities::create(req),
         (Method::Patch, ["admin", "activities", id]) => activities::update(req, id),
         (Method::Post, ["admin", "activities", id, "publish"]) => activities::publish(id),
@@ -51,6 +63,7 @@ fn route(req: &Request) -> Result<Route, ApiError> {
             ["admin", "activities"]
             | ["admin", "activities", _]
             | ["admin", "activities", _, "publish" | "close" | "codes" | "stats" | "reconcile" | "claims.csv"]
+            | ["admin", "blacklist"]
             | ["admin", "blacklist", _]
             | ["admin", "tickets", _, "redeem"],
         ) => Err(ApiError::MethodNotAllowed),

@@ -163,8 +163,13 @@ pub fn check_export(id: &str) -> Result<ActivityId, ApiError> {
 
 /// `GET .../claims.csv`: every ticket Postgres holds for the activity, one row each, in
 /// the order they were recorded; streamed page by page (keyset pagination on the row id).
-pub async fn export_claims(id: ActivityId, out: ResponseOutparam) {
-    let headers = [
+/// `common` are the CORS and caching headers every admin answer carries.
+pub async fn export_claims(
+    id: ActivityId,
+    common: Vec<(&'static str, String)>,
+    out: ResponseOutparam,
+) {
+    let mut headers = vec![
         (
             "content-type".to_string(),
             b"text/csv; charset=utf-8".to_vec(),
@@ -174,6 +179,11 @@ pub async fn export_claims(id: ActivityId, out: ResponseOutparam) {
             format!("attachment; filename=\"activity-{id}-claims.csv\"").into_bytes(),
         ),
     ];
+    headers.extend(
+        common
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.into_bytes())),
+    );
     let response =
         OutgoingResponse::new(Fields::from_list(&headers).unwrap_or_else(|_| Fields::new()));
     let _ = response.set_status_code(200);

@@ -11,7 +11,7 @@ use spin_sdk::pg4::ParameterValue;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+    glue::serve(&req, route)
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {

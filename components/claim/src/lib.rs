@@ -17,7 +17,7 @@ use glue::SpinRedis;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+    glue::serve(&req, route)
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {

@@ -48,7 +48,7 @@ cron::export!(Drain with_types_in cron);
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+    glue::serve(&req, route)
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {

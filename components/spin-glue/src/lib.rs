@@ -2,6 +2,7 @@
 //! random wired to the core library's types. A crate of its own because the core library
 //! must stay free of spin-sdk.
 
+use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::{self, Principal};
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
@@ -60,6 +61,56 @@ pub fn admin(req: &Request) -> Result<Principal, ApiError> {
 /// The request path as segments, for matching routes with slice patterns.
 pub fn path_segments(req: &Request) -> Vec<&str> {
     req.path().trim_matches('/').split('/').collect()
+}
+
+/// Serves one API request: a CORS preflight from an allowed origin is answered before
+/// routing (before any token check: browsers send preflights without one); every other
+/// answer leaves with the CORS and caching headers of `flashclaim_core::cors::finish`.
+pub fn serve(
+    req: &Request,
+    route: impl FnOnce(&Request) -> Result<HttpResponse, ApiError>,
+) -> Response {
+    let facts = request_facts(req);
+    if let Some(answer) = preflight(&facts) {
+        return respond(answer);
+    }
+    respond(finish(
+        &facts,
+        route(req).unwrap_or_else(|e| e.to_response()),
+    ))
+}
+
+/// What the response path needs to know about the request.
+pub fn request_facts(req: &Request) -> RequestFacts {
+    let header = |name| req.header(name).and_then(|h| h.as_str()).map(String::from);
+    RequestFacts {
+        method: req.method().to_string(),
+        origin: header("origin"),
+        preflight_method: header("access-control-request-method"),
+        authorization: req.header("authorization").is_some(),
+    }
+}
+
+/// Requests without `Origin` (same-origin reads, apps, tools) never look the variable up.
+fn allowed_origins(facts: &RequestFacts) -> AllowedOrigins {
+    match facts.origin {
+        Some(_) => AllowedOrigins::parse(optional_var("cors_allowed_origins").as_deref()),
+        None => AllowedOrigins::default(),
+    }
+}
+
+/// The answer to a CORS preflight from an allowed origin, `None` for anything else.
+pub fn preflight(facts: &RequestFacts) -> Option<HttpResponse> {
+    if !facts.is_preflight() {
+        return None;
+    }
+    allowed_origins(facts).preflight(facts)
+}
+
+/// An answer with the CORS and caching headers every API answer carries.
+pub fn finish(facts: &RequestFacts, mut response: HttpResponse) -> HttpResponse {
+    cors::finish(&mut response, facts, &allowed_origins(facts));
+    response
 }
 
 pub fn respond(r: HttpResponse) -> Response {

@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
@@ -251,6 +252,47 @@ pub fn respond(r: HttpResponse) -> Response {
         let _ = trailers_tx.write(Ok(None)).await;
     });
     response
+}
+
+/// What the response path needs to know about the request, read before the handler
+/// consumes it (see `flashclaim_core::cors`).
+pub fn request_facts(req: &spin_sdk::http::Request) -> RequestFacts {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    RequestFacts {
+        method: req.method().as_str().to_string(),
+        origin: header("origin"),
+        preflight_method: header("access-control-request-method"),
+        authorization: req.headers().contains_key("authorization"),
+    }
+}
+
+/// `cors_allowed_origins`, looked up once per instance (like every variable here), and
+/// only by requests that carry an `Origin`.
+async fn allowed_origins(facts: &RequestFacts) -> AllowedOrigins {
+    match facts.origin {
+        Some(_) => AllowedOrigins::parse(optional_var("cors_allowed_origins").await.as_deref()),
+        None => AllowedOrigins::default(),
+    }
+}
+
+/// The answer to a CORS preflight from an allowed origin, `None` for anything else.
+pub async fn preflight(facts: &RequestFacts) -> Option<HttpResponse> {
+    if !facts.is_preflight() {
+        return None;
+    }
+    allowed_origins(facts).await.preflight(facts)
+}
+
+/// An answer (or problem) with the CORS and caching headers every API answer carries.
+pub async fn finish(facts: &RequestFacts, result: Result<HttpResponse, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(|e| e.to_response());
+    cors::finish(&mut response, facts, &allowed_origins(facts).await);
+    respond(response)
 }
 
 /// Problems are answered as they are; internal errors were logged where they happened.

@@ -8,6 +8,7 @@
 
 use flashclaim_spin as glue;
 
+use flashclaim_core::cors::Caching;
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
@@ -23,7 +24,7 @@ const LIST_LIMIT: i64 = 200;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
-    glue::respond_result(route(&req))
+    glue::serve(&req, route)
 }
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
@@ -31,13 +32,40 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["api", "tickets"]) => list_tickets(&glue::principal(req)?),
         (Method::Get, ["api", "tickets", code]) => get_ticket(&glue::principal(req)?, code),
+        (Method::Get, ["api", "tickets", code, "qr.svg"]) => qr_image(&glue::principal(req)?, code),
         (Method::Delete, ["api", "tickets", code]) => return_ticket(&glue::principal(req)?, code),
-        (_, ["api", "tickets"] | ["api", "tickets", _]) => Err(ApiError::MethodNotAllowed),
+        (_, ["api", "tickets"] | ["api", "tickets", _] | ["api", "tickets", _, "qr.svg"]) => {
+            Err(ApiError::MethodNotAllowed)
+        }
         _ => Err(ApiError::NotFound),
     }
 }
 
-fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
+/// The ticket's QR payload drawn as SVG, for its owner only: anyone else (admins too, who
+/// redeem by scanning, not by showing) gets the 404 of an unknown ticket. The image of a
+/// code never changes, so the owner's browser may keep it.
+fn qr_image(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
+    let (ticket, record) = find_ticket(code)?;
+    if record.user != caller.user.as_str() {
+        return Err(ApiError::NotFound);
+    }
+    let secret = glue::var("ticket_secret")?;
+    let view = TicketView::new(&ticket, &record, secret.as_bytes());
+    let svg = flashclaim_core::qr::svg(&view.qr).ok_or_else(|| {
+        eprintln!("flashclaim: ticket {ticket}: its QR payload fits no QR symbol");
+        ApiError::Internal
+    })?;
+    let mut response = HttpResponse {
+        status: 200,
+        headers: vec![("content-type", "image/svg+xml".to_string())],
+        body: svg.into_bytes(),
+    };
+    Caching::Private { max_age_secs: 3600 }.apply(&mut response);
+    Ok(response)
+}
+
+/// A ticket live from Redis, whoever owns it; `NotFound` when there is none.
+fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord), ApiError> {
     let ticket = TicketRef::parse(code)?;
     let redis = glue::redis_for(ticket.activity, "ticket")?;
     let reply = redis
@@ -54,6 +82,11 @@ fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> 
         .and_then(Reply::as_text)
         .and_then(TicketRecord::parse)
         .ok_or(ApiError::NotFound)?;
+    Ok((ticket, record))
+}
+
+fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
+    let (ticket, record) = find_ticket(code)?;
     if record.user != caller.user.as_str() && !caller.is_admin() {
         return Err(ApiError::NotFound);
     }
