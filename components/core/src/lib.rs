@@ -9,6 +9,7 @@ pub mod activity;
 pub mod admin;
 pub mod auth;
 pub mod claim;
+pub mod client_addr;
 pub mod codes;
 pub mod cors;
 pub mod drain;
@@ -22,6 +23,8 @@ pub mod qr;
 pub mod scripts;
 pub mod shards;
 pub mod ticket;
+pub mod throttle;
+pub mod ticket_type;
 pub mod time;
 
 pub use error::ApiError;

@@ -1,0 +1,360 @@
+//! Abuse resistance end to end (issue 13): the client's address (forwarded headers believed
+//! only from trusted proxies), accounts per address, and failed logins throttled before any
+//! password is hashed. Runs on the test host, and on real Spin with
+//! FLASHCLAIM_E2E_RUNTIME=spin.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashclaim_tests::{problem, Backend, TestApp};
+use spin_test_host::client::Response;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn register(app: &TestApp, name: &str, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    app.client
+        .send(
+            "POST",
+            "/api/users",
+            &h,
+            format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#),
+        )
+        .await
+        .expect("register answers")
+}
+
+async fn log_in(app: &TestApp, name: &str, password: &str, headers: &[(&str, &str)]) -> Response {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    app.client
+        .send(
+            "POST",
+            "/api/sessions",
+            &h,
+            format!(r#"{{"username":"{name}","password":"{password}"}}"#),
+        )
+        .await
+        .expect("log in answers")
+}
+
+fn retry_after(r: &Response) -> u64 {
+    r.header("retry-after")
+        .unwrap_or_else(|| panic!("429 without Retry-After: {}", r.text()))
+        .parse()
+        .expect("Retry-After in seconds")
+}
+
+/// CPU time (ms) of the server: the whole test process on the test host (the host runs
+/// in it; the client's share is small and the same for both kinds of request), or every
+/// process of Spin's process group.
+fn server_cpu_ms(app: &TestApp) -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let fields = |stat: &str| -> Vec<String> {
+        // The command name may hold spaces; fields after it are plain.
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        rest.split_whitespace().map(str::to_string).collect()
+    };
+    let cpu = |f: &[String]| {
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / tick * 1000.0
+    };
+    match &app.backend {
+        Backend::Host { .. } => {
+            // getrusage: microseconds, where /proc counts 10 ms ticks.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+            let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+            ms(u.ru_utime) + ms(u.ru_stime)
+        }
+        Backend::Spin(spin) => {
+            let group = spin.pid().to_string();
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+                .map(|s| fields(&s))
+                .filter(|f| f.len() > 12 && f[2] == group)
+                .map(|f| cpu(&f))
+                .sum()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_address_from_an_untrusted_peer_is_ignored() {
+    let app = TestApp::start_with(&[("SPIN_VARIABLE_REGISTER_RATE_LIMIT", "3/60000")]).await;
+    for (i, forged) in ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .enumerate()
+    {
+        let r = register(&app, &format!("forger{i}"), &[("x-forwarded-for", forged)]).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // A fourth "address" is still the same peer: the forged headers counted for nothing.
+    let r = register(
+        &app,
+        "forger3",
+        &[
+            ("x-forwarded-for", "198.51.100.4"),
+            ("forwarded", "for=198.51.100.4"),
+        ],
+    )
+    .await;
+    problem(&r, 429, "rate_limited");
+    assert!(
+        (1..=60).contains(&retry_after(&r)),
+        "{:?}",
+        r.header("retry-after")
+    );
+    let pg = app.pg().await;
+    let n: i64 = pg
+        .query_one("SELECT count(DISTINCT created_addr) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "every account was counted under the one real peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trusted_proxy_names_the_client_and_each_client_has_its_own_limit() {
+    let app = TestApp::start_with(&[
+        ("SPIN_VARIABLE_REGISTER_RATE_LIMIT", "2/60000"),
+        ("SPIN_VARIABLE_TRUSTED_PROXIES", "127.0.0.0/8, ::1/128"),
+    ])
+    .await;
+    // The client wrote a left part itself; the proxy appended what it saw.
+    let via = |client: &'static str| [("x-forwarded-for", client)];
+    for i in 0..2 {
+        let r = register(&app, &format!("first{i}"), &via("1.1.1.1, 198.51.100.1")).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    problem(
+        &register(&app, "first2", &via("9.9.9.9, 198.51.100.1")).await,
+        429,
+        "rate_limited",
+    );
+    let r = register(&app, "second0", &via("198.51.100.2")).await;
+    assert_eq!(
+        r.status,
+        201,
+        "another client behind the proxy: {}",
+        r.text()
+    );
+    // IPv6 clients are counted per /64: another address in the same /64 is the same client.
+    for (i, v6) in ["2001:db8:7:1::a", "2001:db8:7:1::b"].iter().enumerate() {
+        let r = register(
+            &app,
+            &format!("six{i}"),
+            &[("forwarded", &format!("for=\"[{v6}]\""))],
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    problem(
+        &register(
+            &app,
+            "six2",
+            &[("forwarded", "for=\"[2001:db8:7:1:ffff::1]:443\"")],
+        )
+        .await,
+        429,
+        "rate_limited",
+    );
+    let r = register(&app, "six3", &[("forwarded", "for=\"[2001:db8:7:2::1]\"")]).await;
+    assert_eq!(
+        r.status,
+        201,
+        "the next /64 is another client: {}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_registrations_from_one_address_are_cut_at_the_limit() {
+    let app =
+        Arc::new(TestApp::start_with(&[("SPIN_VARIABLE_REGISTER_RATE_LIMIT", "20/3600000")]).await);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (app, next) = (app.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 1_000 {
+                    return statuses;
+                }
+                let r = register(&app, &format!("farm{i:04}"), &[]).await;
+                if r.status == 429 {
+                    retry_after(&r);
+                }
+                statuses.push(r.status);
+            }
+        }));
+    }
+    let mut created = 0;
+    let mut refused = 0;
+    for w in workers {
+        for s in w.await.unwrap() {
+            match s {
+                201 => created += 1,
+                429 => refused += 1,
+                other => panic!("a registration answered {other}"),
+            }
+        }
+    }
+    assert_eq!((created, refused), (20, 980));
+    let n: i64 = app
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 20,
+        "exactly the limit, however many raced for the last place"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_guessing_run_is_throttled_and_costs_no_hash_past_the_threshold() {
+    let app = TestApp::start_with(&[("SPIN_VARIABLE_LOGIN_THROTTLE_PER_USER", "5")]).await;
+    assert_eq!(register(&app, "victim", &[]).await.status, 201);
+
+    let before = server_cpu_ms(&app);
+    for i in 0..5 {
+        let r = log_in(&app, "victim", &format!("guess-{i:04}"), &[]).await;
+        problem(&r, 401, "unauthenticated");
+    }
+    let hashed = (server_cpu_ms(&app) - before) / 5.0;
+
+    // Keep guessing, waiting out each wait, until the wait is long enough (8 s) that 100
+    // throttled attempts surely fall inside it on a busy machine.
+    let mut failures = 5;
+    loop {
+        let r = log_in(&app, "victim", &format!("guess-{failures:04}"), &[]).await;
+        match r.status {
+            401 => failures += 1,
+            429 if retry_after(&r) >= 8 => break,
+            429 => tokio::time::sleep(Duration::from_secs(retry_after(&r))).await,
+            other => panic!("a wrong password answered {other}: {}", r.text()),
+        }
+        assert!(failures <= 8, "the wait grows to 8 s by the 8th failure");
+    }
+
+    let before = server_cpu_ms(&app);
+    let mut waits = Vec::new();
+    for i in 0..100 {
+        let r = log_in(&app, "victim", &format!("guess-x{i:04}"), &[]).await;
+        problem(&r, 429, "rate_limited");
+        waits.push(retry_after(&r));
+    }
+    assert_eq!(waits.len(), 100);
+    let throttled = (server_cpu_ms(&app) - before) / 100.0;
+    eprintln!("CPU per login: {hashed:.1} ms with a hash, {throttled:.2} ms throttled");
+    assert!(
+        throttled * 10.0 < hashed,
+        "a throttled login must not hash: {throttled:.2} ms vs {hashed:.1} ms per hashed login"
+    );
+    assert!(waits.iter().all(|w| (1..=8).contains(w)), "{waits:?}");
+
+    // The right password is refused too while the wait lasts (the guesser cannot tell).
+    problem(
+        &log_in(&app, "victim", PASSWORD, &[]).await,
+        429,
+        "rate_limited",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_back_off_grows_with_each_failure_and_ends() {
+    let app = TestApp::start_with(&[
+        ("SPIN_VARIABLE_LOGIN_THROTTLE_PER_USER", "2"),
+        ("SPIN_VARIABLE_LOGIN_THROTTLE_PER_ADDRESS", "0"),
+    ])
+    .await;
+    assert_eq!(register(&app, "slowpoke", &[]).await.status, 201);
+    for i in 0..2 {
+        problem(
+            &log_in(&app, "slowpoke", &format!("wrong-{i}xx"), &[]).await,
+            401,
+            "unauthenticated",
+        );
+    }
+    // Two failures: the next attempt waits 1 s; after it, one more failure makes it 2 s.
+    let r = log_in(&app, "slowpoke", "wrong-2xx", &[]).await;
+    problem(&r, 429, "rate_limited");
+    assert_eq!(retry_after(&r), 1);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    problem(
+        &log_in(&app, "slowpoke", "wrong-3xx", &[]).await,
+        401,
+        "unauthenticated",
+    );
+    let r = log_in(&app, "slowpoke", PASSWORD, &[]).await;
+    problem(&r, 429, "rate_limited");
+    assert_eq!(retry_after(&r), 2, "three failures: twice the first wait");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let r = log_in(&app, "slowpoke", PASSWORD, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A success forgets the username's failures.
+    problem(
+        &log_in(&app, "slowpoke", "wrong-4xx", &[]).await,
+        401,
+        "unauthenticated",
+    );
+    problem(
+        &log_in(&app, "slowpoke", "wrong-5xx", &[]).await,
+        401,
+        "unauthenticated",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_address_guessing_across_many_accounts_is_throttled() {
+    let app = TestApp::start_with(&[
+        ("SPIN_VARIABLE_LOGIN_THROTTLE_PER_USER", "100"),
+        ("SPIN_VARIABLE_LOGIN_THROTTLE_PER_ADDRESS", "3"),
+        ("SPIN_VARIABLE_TRUSTED_PROXIES", "127.0.0.1/32"),
+    ])
+    .await;
+    let from = |a: &'static str| [("x-forwarded-for", a)];
+    for i in 0..3 {
+        let r = log_in(
+            &app,
+            &format!("someone{i}"),
+            "password1",
+            &from("203.0.113.5"),
+        )
+        .await;
+        problem(&r, 401, "unauthenticated");
+    }
+    let r = log_in(&app, "someone9", "password1", &from("203.0.113.5")).await;
+    problem(&r, 429, "rate_limited");
+    let r = log_in(&app, "someone9", "password1", &from("203.0.113.6")).await;
+    problem(&r, 401, "unauthenticated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_password_and_an_unknown_user_are_answered_alike() {
+    let app = TestApp::start().await;
+    assert_eq!(register(&app, "known", &[]).await.status, 201);
+    let wrong = log_in(&app, "known", "not the password", &[]).await;
+    let unknown = log_in(&app, "unknown", "not the password", &[]).await;
+    problem(&wrong, 401, "unauthenticated");
+    assert_eq!(wrong.status, unknown.status);
+    assert_eq!(wrong.text(), unknown.text());
+    // Both were counted (so neither answer nor counter tells who exists).
+    let n: i64 = app
+        .pg()
+        .await
+        .query_one(
+            "SELECT count(*) FROM login_failures WHERE key LIKE 'user:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
