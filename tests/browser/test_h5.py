@@ -1,0 +1,197 @@
+"""The H5 app in Chromium, as a person uses it: register, wait for the opening on the
+server's clock with the phone ten minutes off, claim, see the QR, give the ticket back;
+the pool code as uploaded; hostile names as text; sold out, rate limited, unavailable."""
+
+import json
+import re
+import secrets
+import time
+from datetime import datetime
+
+from conftest import ROOT
+
+# The phone's clock is ten minutes fast: every Date the page makes is shifted.
+SKEW_10_MIN = """
+(() => {
+  const skew = 10 * 60 * 1000;
+  const RealDate = Date;
+  class SkewedDate extends RealDate {
+    constructor(...args) { if (args.length === 0) super(RealDate.now() + skew); else super(...args); }
+    static now() { return RealDate.now() + skew; }
+  }
+  globalThis.Date = SkewedDate;
+})();
+"""
+
+
+def documented(path):
+    paths = json.loads((ROOT / "docs/openapi.json").read_text())["paths"]
+    return path in paths
+
+
+def register(page, base, username, password="correct-horse-9"):
+    page.goto(base + "/#/register")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Create account").click()
+    page.get_by_text("Account created. You are logged in.").wait_for()
+
+
+def log_in(page, base, username, password="correct-horse-9"):
+    page.goto(base + "/#/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("button", name="Log out").wait_for()
+
+
+def test_claim_opens_on_the_servers_second_with_the_phone_ten_minutes_fast(app, screen):
+    s = screen("claim", init_script=SKEW_10_MIN)
+    page = s.page
+    user = f"u{secrets.token_hex(4)}"
+    # An empty form first: the errors beside the fields.
+    page.goto(app.base + "/#/register")
+    page.get_by_role("button", name="Create account").click()
+    page.locator(".error-summary").wait_for()
+    assert page.locator(".error-message:visible").count() == 2
+    s.check("register-errors")
+    register(page, app.base, user)
+    s.check("list-empty")
+
+    activity = app.create_activity(name="Concert: first 5 seats", starts_in=12, stock=5)
+    start = datetime.fromisoformat(activity["starts_at"].replace("Z", "+00:00")).timestamp()
+    app.publish(activity["id"])
+    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("link", name="Concert: first 5 seats").click()
+    button = page.locator("#claim-button")
+    button.wait_for()
+    assert not page.get_by_role("link", name="Log in to claim").is_visible()
+    # The phone believes the activity opened ten minutes ago; the page must not.
+    assert button.is_disabled()
+    assert re.search(r"Opens in 00:\d\d", button.inner_text()), button.inner_text()
+    assert time.time() < start - 1
+    s.check("detail-upcoming")
+
+    page.wait_for_function("() => !document.querySelector('#claim-button').disabled", timeout=30000, polling=50)
+    opened = time.time()
+    assert start <= opened <= start + 1.5, f"opened {opened - start:+.2f} s from the start"
+    button.click()
+    page.get_by_role("heading", name="Claimed!").wait_for()
+    code = page.locator("#claim-result [data-testid=ticket-code]").first.inner_text()
+    assert code
+    if documented("/api/tickets/{code}/qr.svg"):
+        page.locator("#claim-result img.qr").wait_for()
+        assert page.locator("#claim-result img.qr").evaluate("img => img.complete && img.naturalWidth > 0")
+    s.check("claimed")
+
+    page.get_by_role("link", name="View ticket").click()
+    page.locator("#verification").wait_for()
+    assert page.locator("h1").inner_text() == "Ticket"
+    assert page.locator("p.ticket-code").inner_text() == code
+    if documented("/api/tickets/{code}/qr.svg"):
+        page.locator("img.qr").wait_for()
+    s.check("ticket")
+    page.get_by_role("button", name="Give it back").click()
+    page.get_by_text("Give this ticket back?").wait_for()
+    s.check("give-back-confirm")
+    page.get_by_role("button", name="Yes, give it back").click()
+    page.get_by_text("Ticket given back. Thank you.").wait_for()
+    assert page.locator("#ticket-status").inner_text() == "Given back"
+    status, detail = app.api.request("GET", f"/api/activities/{activity['id']}")
+    assert status == 200 and detail["stock_left"] == 5, detail
+
+    app.drain()
+    page.get_by_role("link", name="Back to my tickets").click()
+    page.get_by_role("link", name=code).wait_for()
+    assert page.get_by_text("Given back").count() == 1
+    s.check("tickets")
+    s.assert_clean()
+
+
+def test_a_pool_code_reaches_the_user_exactly_as_uploaded(app, screen):
+    activity = app.create_activity(name="Coupon: 10 off", stock=2, kind="codes")
+    status, body = app.api.request("POST", f"/admin/activities/{activity['id']}/codes",
+                                   "code\nSAVE10-AB12\nSAVE10-CD34\n", token=app.admin,
+                                   headers={"content-type": "text/csv"})
+    assert status == 201, body
+    app.publish(activity["id"])
+    user = f"p{secrets.token_hex(4)}"
+    app.api.register(user)
+    s = screen("pool")
+    log_in(s.page, app.base, user)
+    s.page.goto(f"{app.base}/#/a/{activity['id']}")
+    s.page.locator("#claim-button:enabled").click()
+    s.page.get_by_role("heading", name="Claimed!").wait_for()
+    code = s.page.locator("#claim-result [data-testid=ticket-code]").first.inner_text()
+    assert code in ("SAVE10-AB12", "SAVE10-CD34"), code
+    s.check("claimed")
+    s.assert_clean()
+
+
+def test_an_activity_named_like_markup_is_shown_as_text(app, screen):
+    name = "<img src=x onerror=alert(1)>"
+    app.publish(app.create_activity(name=name)["id"])
+    s = screen("hostile")
+    dialogs = []
+    s.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    s.page.goto(app.base + "/")
+    link = s.page.get_by_role("link", name=name)
+    link.wait_for()
+    assert link.inner_text() == name
+    link.click()
+    s.page.locator("h1", has_text=name).wait_for()
+    assert s.page.locator("main img[src=x]").count() == 0
+    assert dialogs == []
+    s.check("detail")
+    s.assert_clean()
+
+
+def test_sold_out_rate_limited_and_unavailable_each_say_so(strict_app, screen):
+    app = strict_app
+    activity = app.create_activity(name="Last seat", stock=1)
+    app.publish(activity["id"])
+    spare = app.create_activity(name="Plenty", stock=50)
+    app.publish(spare["id"])
+    user, other, third = (f"s{secrets.token_hex(4)}" for _ in range(3))
+    app.api.register(user)
+    app.api.register(third)
+
+    s = screen("problems")
+    page = s.page
+    log_in(page, app.base, user)
+    page.goto(f"{app.base}/#/a/{activity['id']}")
+    page.locator("#claim-button:enabled").wait_for()
+    # Right after the page refreshed the activity (it does so every 3 s), someone else takes
+    # the last seat; the page still shows it, so the server's answer is what the user sees.
+    with page.expect_response(lambda r: r.url.endswith(f"/api/activities/{activity['id']}"), timeout=10000):
+        pass
+    status, body = app.api.request("POST", f"/api/activities/{activity['id']}/claims", {},
+                                   token=app.token(other))
+    assert status == 201, body
+    page.locator("#claim-button").click()
+    page.get_by_text("Sold out: every ticket has been claimed.").wait_for()
+    s.check("sold-out")
+
+    # One attempt a minute per user and activity (this app's claim_rate_limit): the first
+    # press claims, the next is refused with Retry-After, counted down on the page.
+    page.goto(f"{app.base}/#/a/{spare['id']}")
+    page.locator("#claim-button:enabled").click()
+    page.get_by_role("heading", name="Claimed!").wait_for()
+    page.locator("#claim-button:enabled").click()
+    page.get_by_text(re.compile(r"Too many tries\. Try again in \d+ s\.")).wait_for()
+    assert page.locator("#claim-button").is_disabled()
+    s.check("rate-limited")
+
+    # Redis goes away: the claim did not happen, and the page says to try again.
+    t = screen("unavailable")
+    log_in(t.page, app.base, third)
+    t.page.goto(f"{app.base}/#/a/{spare['id']}")
+    t.page.locator("#claim-button:enabled").wait_for()
+    app.redis.terminate()
+    app.redis.wait(timeout=10)
+    t.page.locator("#claim-button").click()
+    t.page.get_by_text(re.compile(
+        r"The service is busy and your claim did not happen|We could not confirm your claim")).wait_for()
+    assert t.page.locator("#claim-button").is_enabled()
+    t.check("unavailable")
+    s.assert_clean()
