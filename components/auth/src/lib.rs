@@ -1,13 +1,19 @@
 //! The auth component: `POST /api/users` (register) and `POST /api/sessions` (log in for a
 //! JWT signed with `jwt_secret`). Passwords are stored as argon2id hashes; a wrong password
 //! and an unknown user get the same answer after the same work.
+//!
+//! Both routes are limited per client address before any hash is computed (see
+//! `flashclaim_core::throttle`): accounts created per address, and failed logins per
+//! username and per address with a growing back-off.
 
 use flashclaim_spin as glue;
 
 use flashclaim_core::auth::{self, Credentials, Registration, BAD_CREDENTIALS};
+use flashclaim_core::claim::RateLimit;
+use flashclaim_core::throttle::{self, Failures, LoginThrottle};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::pg4::ParameterValue;
+use spin_sdk::pg4::{self, DbValue, ParameterValue};
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
@@ -23,27 +29,39 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     }
 }
 
+/// The variable's value, or its default when unset; a value that does not parse is a
+/// deployment error, logged, and the default applies (never "no limit" by accident).
+fn setting<T>(name: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T {
+    match glue::optional_var(name) {
+        None => default,
+        Some(text) => parse(&text).unwrap_or_else(|| {
+            eprintln!("flashclaim: variable `{name}` does not parse; using its default");
+            default
+        }),
+    }
+}
+
 fn register(req: &Request) -> Result<HttpResponse, ApiError> {
     let registration = Registration::parse(req.body())?;
+    let secret = glue::var("jwt_secret")?;
+    let addr = throttle::stored_address(glue::client_addr(req), secret.as_bytes());
+    let limit = setting(
+        "register_rate_limit",
+        throttle::REGISTRATIONS_PER_ADDRESS,
+        RateLimit::parse,
+    );
+    let pg = glue::pg_open()?;
+    let now = glue::now().0;
+    // Refused before the hash: a registration flood must not buy argon2 work.
+    let (created, oldest) = registrations_from(&pg, &addr, limit, now)?;
+    throttle::check_registration(limit, created, oldest, now)?;
     let hash = auth::hash_password(&registration.password, glue::random_bytes::<16>())?;
     let id = auth::user_id(glue::random_bytes::<12>());
-    let pg = glue::pg_open()?;
-    pg.execute(
-        "INSERT INTO users (id, username, password_hash, nickname) VALUES ($1, $2, $3, $4)",
-        &[
-            glue::str_param(&id),
-            glue::str_param(&registration.username),
-            glue::str_param(&hash),
-            registration
-                .nickname
-                .as_deref()
-                .map_or(ParameterValue::DbNull, glue::str_param),
-        ],
-    )
-    .map_err(|e| match glue::pg_constraint(&e) {
-        Some("users_username_key") => ApiError::Conflict("the username is taken".into()),
-        _ => glue::pg_internal("register", e),
-    })?;
+    if !insert_user(&pg, &id, &registration, &hash, &addr, limit, now)? {
+        // Others from the same address took the last places while this one hashed.
+        let (created, oldest) = registrations_from(&pg, &addr, limit, now)?;
+        throttle::check_registration(limit, created.max(limit.attempts), oldest, now)?;
+    }
     let mut response = HttpResponse::json(
         201,
         &serde_json::json!({
@@ -56,27 +74,162 @@ fn register(req: &Request) -> Result<HttpResponse, ApiError> {
     Ok(response)
 }
 
+/// Accounts created from `addr` inside the limit's window, and when the oldest was.
+fn registrations_from(
+    pg: &pg4::Connection,
+    addr: &str,
+    limit: RateLimit,
+    now: i64,
+) -> Result<(i64, Option<i64>), ApiError> {
+    if limit.attempts == 0 {
+        return Ok((0, None));
+    }
+    let rows = pg
+        .query(
+            "SELECT count(*), (extract(epoch FROM min(created_at)) * 1000)::int8 FROM users \
+             WHERE created_addr = $1 AND created_at > to_timestamp(($2::int8 - $3::int8) / 1000.0)",
+            &[
+                glue::str_param(addr),
+                ParameterValue::Int64(now),
+                ParameterValue::Int64(limit.window_ms),
+            ],
+        )
+        .map_err(|e| glue::pg_internal("count registrations", e))?;
+    let row = rows.rows.first();
+    let created = row.and_then(|r| glue::int(&r[0])).unwrap_or(0);
+    Ok((created, row.and_then(|r| glue::int(&r[1]))))
+}
+
+/// Inserts the user unless the address has reached its limit meanwhile (then `false`).
+/// Registrations from one address take a transaction-scoped advisory lock, so two cannot
+/// both see the last free place: the count is read after the lock, by its own statement.
+fn insert_user(
+    pg: &pg4::Connection,
+    id: &str,
+    registration: &Registration,
+    hash: &str,
+    addr: &str,
+    limit: RateLimit,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let nickname = registration
+        .nickname
+        .as_deref()
+        .map_or(ParameterValue::DbNull, glue::str_param);
+    let user = [
+        glue::str_param(id),
+        glue::str_param(&registration.username),
+        glue::str_param(hash),
+        nickname,
+        glue::str_param(addr),
+    ];
+    let taken = |e: pg4::PgError| match glue::pg_constraint(&e) {
+        Some("users_username_key") => ApiError::Conflict("the username is taken".into()),
+        _ => glue::pg_internal("register", e),
+    };
+    if limit.attempts == 0 {
+        pg.execute(
+            "INSERT INTO users (id, username, password_hash, nickname, created_addr) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &user,
+        )
+        .map_err(taken)?;
+        return Ok(true);
+    }
+    let run = || -> Result<bool, ApiError> {
+        pg.execute("BEGIN", &[])
+            .map_err(|e| glue::pg_internal("register", e))?;
+        pg.query(
+            "SELECT pg_advisory_xact_lock(hashtext('register:' || $1))::text",
+            &[glue::str_param(addr)],
+        )
+        .map_err(|e| glue::pg_internal("register", e))?;
+        let mut params = user.to_vec();
+        params.push(ParameterValue::Int64(now));
+        params.push(ParameterValue::Int64(limit.window_ms));
+        params.push(ParameterValue::Int64(limit.attempts));
+        let inserted = pg
+            .execute(
+                "INSERT INTO users (id, username, password_hash, nickname, created_addr) \
+                 SELECT $1, $2, $3, $4, $5 WHERE (SELECT count(*) FROM users \
+                   WHERE created_addr = $5 \
+                     AND created_at > to_timestamp(($6::int8 - $7::int8) / 1000.0)) < $8",
+                &params,
+            )
+            .map_err(taken)?;
+        pg.execute("COMMIT", &[])
+            .map_err(|e| glue::pg_internal("register", e))?;
+        Ok(inserted == 1)
+    };
+    run().inspect_err(|_| {
+        let _ = pg.execute("ROLLBACK", &[]);
+    })
+}
+
 fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     let credentials = Credentials::parse(req.body())?;
     let secret = glue::var("jwt_secret")?;
+    let addr = throttle::stored_address(glue::client_addr(req), secret.as_bytes());
+    let keys = [
+        throttle::user_key(&credentials.username),
+        throttle::address_key(&addr),
+    ];
+    let per_user = setting("login_throttle_per_user", LoginThrottle::PER_USER, |t| {
+        LoginThrottle::parse(t, LoginThrottle::PER_USER)
+    });
+    let per_address = setting(
+        "login_throttle_per_address",
+        LoginThrottle::PER_ADDRESS,
+        |t| LoginThrottle::parse(t, LoginThrottle::PER_ADDRESS),
+    );
     let pg = glue::pg_open()?;
+    let now = glue::now().0;
     // One row whatever the name (spin#3671: a query with no row never returns on Spin
-    // 4.0.x): an unknown user is a row of NULLs.
+    // 4.0.x): an unknown user is a row of NULLs, and so are keys that never failed.
     let rows = pg
         .query(
-            "SELECT users.id, users.password_hash, users.role FROM (VALUES (1)) AS one(x) \
-             LEFT JOIN users ON users.username = $1",
-            &[glue::str_param(&credentials.username)],
+            "SELECT users.id, users.password_hash, users.role, \
+                    fu.failures::int8, fu.last_failed_ms, fa.failures::int8, fa.last_failed_ms \
+             FROM (VALUES (1)) AS one(x) \
+             LEFT JOIN users ON users.username = $1 \
+             LEFT JOIN login_failures fu ON fu.key = $2 \
+             LEFT JOIN login_failures fa ON fa.key = $3",
+            &[
+                glue::str_param(&credentials.username),
+                glue::str_param(&keys[0]),
+                glue::str_param(&keys[1]),
+            ],
         )
         .map_err(|e| glue::pg_internal("log in", e))?;
-    let user = rows
-        .rows
-        .first()
-        .and_then(|r| Some((glue::text(&r[0])?, glue::text(&r[1])?, glue::text(&r[2])?)));
+    let row = rows.rows.first().ok_or(ApiError::Internal)?;
+    let failures = |count: &DbValue, last: &DbValue| {
+        Some(Failures {
+            count: glue::int(count)?,
+            last_ms: glue::int(last)?,
+        })
+    };
+    // Refused from the counters alone: no argon2 work for a throttled guess.
+    throttle::check_login(
+        (per_user, failures(&row[3], &row[4])),
+        (per_address, failures(&row[5], &row[6])),
+        now,
+    )?;
+    let user = match (
+        glue::text(&row[0]),
+        glue::text(&row[1]),
+        glue::text(&row[2]),
+    ) {
+        (Some(id), Some(hash), Some(role)) => Some((id, hash, role)),
+        _ => None,
+    };
     if !auth::verify_password(&credentials.password, user.as_ref().map(|u| u.1.as_str())) {
+        // Counted for an unknown name too, so the answer says nothing about who exists.
+        // The failure's time is now, after the hash: the wait runs from the answer.
+        count_failure(&pg, &keys, glue::now().0)?;
         return Err(BAD_CREDENTIALS);
     }
     let (id, _, role) = user.ok_or(BAD_CREDENTIALS)?;
+    forget_failures(&pg, &keys[0], glue::now().0)?;
     let ttl = glue::optional_var("session_ttl_secs")
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|t| *t > 0)
@@ -91,4 +244,39 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
             "user": { "id": id, "username": credentials.username, "role": role },
         }),
     ))
+}
+
+/// One more failure for the username and the address; a run quiet for the throttle's
+/// forget time starts again from one.
+fn count_failure(pg: &pg4::Connection, keys: &[String], now: i64) -> Result<(), ApiError> {
+    pg.execute(
+        "INSERT INTO login_failures AS f (key, failures, last_failed_ms) \
+         SELECT k, 1, $2::int8 FROM unnest($1::text[]) AS k \
+         ON CONFLICT (key) DO UPDATE SET \
+           failures = CASE WHEN f.last_failed_ms <= $2::int8 - $3::int8 THEN 1 ELSE f.failures + 1 END, \
+           last_failed_ms = $2::int8",
+        &[
+            glue::str_array(keys),
+            ParameterValue::Int64(now),
+            ParameterValue::Int64(LoginThrottle::PER_USER.forget_after_ms),
+        ],
+    )
+    .map_err(|e| glue::pg_internal("count a failed login", e))?;
+    Ok(())
+}
+
+/// A success clears the username's count (not the address's: one good password from a
+/// shared address must not reset a guessing run on other accounts), and sweeps counters
+/// long forgotten so the table stays small.
+fn forget_failures(pg: &pg4::Connection, user_key: &str, now: i64) -> Result<(), ApiError> {
+    pg.execute(
+        "DELETE FROM login_failures WHERE key = $1 OR last_failed_ms <= $2::int8 - $3::int8",
+        &[
+            glue::str_param(user_key),
+            ParameterValue::Int64(now),
+            ParameterValue::Int64(LoginThrottle::PER_USER.forget_after_ms),
+        ],
+    )
+    .map_err(|e| glue::pg_internal("clear failed logins", e))?;
+    Ok(())
 }

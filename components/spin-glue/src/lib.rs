@@ -2,6 +2,7 @@
 //! random wired to the core library's types. A crate of its own because the core library
 //! must stay free of spin-sdk.
 
+use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::{self, Principal};
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
@@ -61,6 +62,32 @@ pub fn admin(req: &Request) -> Result<Principal, ApiError> {
 /// The request path as segments, for matching routes with slice patterns.
 pub fn path_segments(req: &Request) -> Vec<&str> {
     req.path().trim_matches('/').split('/').collect()
+}
+
+/// Who is asking, for the per-address limits (see `flashclaim_core::client_addr`): the peer
+/// Spin names, or what a `trusted_proxies` proxy forwarded. A `trusted_proxies` that is not
+/// a CIDR list is a deployment error: logged, and nobody is trusted.
+pub fn client_addr(req: &Request) -> Option<ClientAddr> {
+    let trusted = optional_var("trusted_proxies").map_or_else(TrustedProxies::default, |t| {
+        TrustedProxies::parse(&t).unwrap_or_else(|e| {
+            eprintln!("flashclaim: {e}; no proxy is trusted");
+            TrustedProxies::default()
+        })
+    });
+    let joined = |name: &str| {
+        let values: Vec<&str> = req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    ClientAddr::resolve(
+        joined("spin-client-addr").as_deref(),
+        joined("forwarded").as_deref(),
+        joined("x-forwarded-for").as_deref(),
+        &trusted,
+    )
 }
 
 /// Serves one API request: a CORS preflight from an allowed origin is answered before
@@ -196,6 +223,69 @@ pub fn redis_for(
 ) -> Result<SpinRedis, ApiError> {
     SpinRedis::open(redis_shards()?.for_activity(activity))
         .map_err(|e| redis_unavailable(context, e))
+}
+
+/// Why the shard of `activity` answered "no such activity": a changed endpoint list or a
+/// shard that lost its data is refused (`503`, logged) instead of answered `404`. Only
+/// this rare answer pays for it (see `flashclaim_core::shards`).
+pub fn not_found_on_shard(
+    shards: &flashclaim_core::keys::RedisShards,
+    activity: flashclaim_core::ids::ActivityId,
+) -> ApiError {
+    use flashclaim_core::shards;
+    let own = match shard_marker(shards.for_activity(activity)) {
+        Ok(own) => own,
+        Err(e) => return redis_unavailable("shard marker", e),
+    };
+    if let Some(verdict) = shards::judge(shards, activity, own.as_deref()) {
+        return verdict.into_error();
+    }
+    let index = shards::index_for(shards, activity);
+    let others_marked = shards
+        .all()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .any(|(_, address)| matches!(shard_marker(address), Ok(Some(_))));
+    shards::judge_missing(shards, activity, others_marked).into_error()
+}
+
+fn shard_marker(address: &str) -> Result<Option<String>, RedisFailure> {
+    let reply =
+        SpinRedis::open(address)?.execute("GET", &[Arg::from(flashclaim_core::shards::MARKER)])?;
+    Ok(reply.first().and_then(Reply::as_text).map(str::to_string))
+}
+
+/// Before an activity is loaded into Redis: every shard's marker is read, and written
+/// where missing, or the publish is refused because the endpoint list changed.
+pub fn claim_shard_markers() -> Result<(), ApiError> {
+    use flashclaim_core::shards;
+    let shards_list = redis_shards()?;
+    let all = shards_list.all();
+    let found: Vec<_> = all
+        .iter()
+        .map(|address| shard_marker(address).map_err(|_| ()))
+        .collect();
+    for index in shards::markers_to_write(&found)? {
+        // NX: a marker once written is never replaced, whoever publishes at the same time.
+        let set = SpinRedis::open(&all[index]).and_then(|redis| {
+            redis.execute(
+                "SET",
+                &[
+                    Arg::from(shards::MARKER),
+                    Arg::from(shards::marker(index, all.len()).as_str()),
+                    Arg::from("NX"),
+                ],
+            )
+        });
+        if let Err(e) = set {
+            eprintln!(
+                "flashclaim: {}: marker not written: {e}",
+                shards::label(&shards_list, index)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.
@@ -334,24 +424,45 @@ pub fn int_array(values: &[i64]) -> ParameterValue {
     ParameterValue::ArrayInt64(values.iter().copied().map(Some).collect())
 }
 
+/// The activity's ticket types as one JSON text (`TicketType::list_from_db`), in the
+/// operator's order; `[]` for the NULL id of an unknown activity.
+macro_rules! types_json {
+    () => {
+        "(SELECT coalesce(json_agg(json_build_object('key', t.key, 'name', t.name, \
+           'description', t.description, 'stock_total', t.stock_total, \
+           'per_user_limit', t.per_user_limit, 'kind', t.kind, \
+           'starts_at', (extract(epoch FROM t.starts_at) * 1000)::int8, \
+           'ends_at', (extract(epoch FROM t.ends_at) * 1000)::int8) ORDER BY t.position), '[]')::text \
+         FROM ticket_types t WHERE t.activity_id = activities.id)"
+    };
+}
+
 /// The columns [`activity_row`] reads, in its order. Instants are read as epoch
 /// milliseconds: Spin cannot read a `timestamptz` column as a date-time.
-pub const ACTIVITY_COLUMNS: &str = "id, name, description, image_url, \
+pub const ACTIVITY_COLUMNS: &str = concat!(
+    "id, name, description, image_url, \
      (extract(epoch FROM starts_at) * 1000)::int8, (extract(epoch FROM ends_at) * 1000)::int8, \
-     status, stock_total, per_user_limit, kind, require_pass";
+     status, stock_total, per_user_limit, kind, require_pass, ",
+    types_json!()
+);
 
 /// [`ACTIVITY_COLUMNS`] aggregated into one row of arrays ordered by id, for lists read
 /// with [`list_rows`] (the flag as 0 / 1: pg4 has no boolean arrays).
-pub const ACTIVITY_ARRAYS: &str = "array_agg(id ORDER BY id), array_agg(name ORDER BY id), \
+pub const ACTIVITY_ARRAYS: &str = concat!(
+    "array_agg(id ORDER BY id), array_agg(name ORDER BY id), \
      array_agg(description ORDER BY id), array_agg(image_url ORDER BY id), \
      array_agg((extract(epoch FROM starts_at) * 1000)::int8 ORDER BY id), \
      array_agg((extract(epoch FROM ends_at) * 1000)::int8 ORDER BY id), \
      array_agg(status ORDER BY id), array_agg(stock_total ORDER BY id), \
      array_agg(per_user_limit ORDER BY id), array_agg(kind ORDER BY id), \
-     array_agg(require_pass::int4 ORDER BY id)";
+     array_agg(require_pass::int4 ORDER BY id), array_agg(",
+    types_json!(),
+    " ORDER BY id)"
+);
 
 pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activity> {
-    use flashclaim_core::activity::{Activity, Kind, Status};
+    use flashclaim_core::activity::{Activity, Status};
+    use flashclaim_core::ticket_type::TicketType;
     Some(Activity {
         id: flashclaim_core::ids::ActivityId::from_db(int(row.first()?)?),
         name: text(row.get(1)?)?,
@@ -360,11 +471,38 @@ pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activi
         starts_at: Millis(int(row.get(4)?)?),
         ends_at: Millis(int(row.get(5)?)?),
         status: Status::parse(&text(row.get(6)?)?)?,
-        stock_total: int(row.get(7)?)?,
-        per_user_limit: int(row.get(8)?)?,
-        kind: Kind::parse(&text(row.get(9)?)?)?,
+        per_user_limit: int(row.get(8)?),
         require_pass: boolean(row.get(10)?)?,
+        ticket_types: TicketType::list_from_db(&text(row.get(11)?)?).filter(|t| !t.is_empty())?,
     })
+}
+
+/// The live stock of each ticket type of `activities` (drafts and activities Redis does
+/// not hold: none), one EVALSHA of stocks.lua per Redis endpoint holding any of them.
+pub fn type_stocks(
+    activities: &[flashclaim_core::ids::ActivityId],
+    context: &str,
+) -> Result<Vec<flashclaim_core::activity::TypeStocks>, ApiError> {
+    let shards = redis_shards()?;
+    let mut by_shard: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, id) in activities.iter().enumerate() {
+        by_shard.entry(shards.for_activity(*id)).or_default().push(i);
+    }
+    let mut stocks = vec![Default::default(); activities.len()];
+    for (address, positions) in by_shard {
+        let keys: Vec<String> = positions
+            .iter()
+            .map(|i| flashclaim_core::keys::ActivityKeys::new(activities[*i]).stocks())
+            .collect();
+        let reply = SpinRedis::open(address)
+            .and_then(|redis| redis.run(&scripts::STOCKS, &keys, &[]))
+            .map_err(|e| redis_unavailable(context, e))?;
+        let decoded = flashclaim_core::activity::decode_stocks(&reply, positions.len())?;
+        for (i, s) in positions.into_iter().zip(decoded) {
+            stocks[i] = s;
+        }
+    }
+    Ok(stocks)
 }
 
 /// An activity definition from Postgres, the source of truth.
