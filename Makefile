@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test-spin test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-browser test-spin test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,12 +18,12 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema test-spin || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema test-browser test-spin || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh --browser
 
 wasm:
 	cargo build --target wasm32-wasip2 --release $(WASM_FLAGS)
@@ -63,6 +63,15 @@ test-spin:
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron; \
 	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger was not tried"; fi
+
+## Tier 4: the H5 app and the operator console in a real browser (needs services and wasm):
+## the web component's unit tests, then tests/browser (pytest; Playwright for Python driving
+## Debian's Chromium, axe-core inside every screen) against the app on the test host with
+## Redis and Postgres. Screenshots of every screen land in target/browser/.
+test-browser:
+	cargo test -p flashclaim-web
+	cargo build -q $(NATIVE) --bins
+	.data/browser/venv/bin/pytest -q tests/browser
 
 ## Schemathesis (PyPI) against docs/openapi.json and the running app: no 5xx, every
 ## response as documented (needs services and wasm).
