@@ -10,8 +10,13 @@ listen=${LISTEN:-127.0.0.1:3000}
 # The served app's stores live in .data/; the tests keep theirs in .data/test/.
 export FLASHCLAIM_DATA="$root/.data"
 
+step() { printf '\nserve: %s\n' "$*"; }
+step "checking what is installed"
 scripts/deps.sh
-make --no-print-directory wasm >/dev/null
+# Cargo prints what it compiles: the first build takes minutes, later ones seconds.
+step "building the components (cargo, wasm32-wasip2)"
+make --no-print-directory wasm
+step "starting Redis and Postgres under .data/"
 # A served app keeps its Redis data across restarts (AOF, fsync on every write).
 [ -f .data/services.env ] || scripts/services.sh start --durable
 # shellcheck disable=SC1091
@@ -44,18 +49,20 @@ if command -v spin >/dev/null 2>&1; then
     spin up --listen "$listen" &
   else
     # No cron plugin: serve the HTTP components and drive the drain through its route.
-    spin up --listen "$listen" -c activity -c claim -c auth -c ticket -c admin -c drain &
+    spin up --listen "$listen" -c activity -c claim -c auth -c ticket -c admin -c drain -c web &
     NO_CRON=1
   fi
 else
   # The dev profile optimises dependencies (wasmtime, Cranelift), which is what matters here,
   # and shares its build with the tests.
-  cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
+  step "building the test host (Spin is not installed)"
+  cargo build -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
   target/debug/spin-test-host --manifest spin.toml --listen "$listen" &
 fi
 server=$!
 trap 'kill $server 2>/dev/null' EXIT INT TERM
 
+step "building the set-up tools, waiting for the app"
 cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
 token() { target/debug/flashclaim-token "$@"; }
 # The operator account: FLASHCLAIM_ADMIN_USERNAME / FLASHCLAIM_ADMIN_PASSWORD when given,
@@ -84,7 +91,11 @@ curl -s -o /dev/null -X POST "http://$listen/admin/activities/$id/publish" -H "a
 cat <<MSG
 
 flashclaim is serving on http://$listen (Redis :$REDIS_PORT, Postgres :$PG_PORT, data in .data/)
-Demo activity $id. Try:
+
+  The H5 app (users):          http://$listen/
+  The operator console:        http://$listen/console/
+
+Demo activity $id. The API:
 
   curl http://$listen/api/activities/$id
   curl -X POST http://$listen/api/activities/$id/claims -H "authorization: Bearer $(token demo-user)"
