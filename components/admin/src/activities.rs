@@ -177,6 +177,8 @@ pub fn close(id: &str) -> Result<HttpResponse, ApiError> {
 /// what Postgres has not seen issued, and the users' counts and tickets are rebuilt from
 /// Postgres, so nothing drained is handed out twice and nobody exceeds their limit.
 fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError> {
+    // Refused when the endpoint list changed: the stock would land on the wrong shard.
+    glue::claim_shard_markers()?;
     let redis = glue::redis_for(activity.id, "load activity")?;
     let unavailable = |e| glue::redis_unavailable("load activity", e);
     let id_param = [ParameterValue::Int64(activity.id.get())];

@@ -52,16 +52,21 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     )?;
 
     // apply: one connection, one script
-    let reply = SpinRedis::open(glue::redis_shards()?.for_activity(activity))
+    let shards = glue::redis_shards()?;
+    let reply = SpinRedis::open(shards.for_activity(activity))
         .and_then(|redis| redis.run(&CLAIM, &command.keys, &command.argv))
         .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
 
     // encode
-    claim::answer(activity, reply).inspect_err(|e| {
-        if *e == ApiError::Internal {
-            eprintln!("flashclaim: claim script returned an unexpected reply");
-        }
-    })
+    match claim::answer(activity, reply) {
+        // The rare answer that may mean the wrong shard (flashclaim_core::shards).
+        Err(ApiError::NotFound) => Err(glue::not_found_on_shard(&shards, activity)),
+        answer => answer.inspect_err(|e| {
+            if *e == ApiError::Internal {
+                eprintln!("flashclaim: claim script returned an unexpected reply");
+            }
+        }),
+    }
 }
 
 /// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).

@@ -243,6 +243,8 @@ pub fn entry_millis(id: &str) -> Option<i64> {
 pub struct Health {
     pub redis: bool,
     pub postgres: bool,
+    /// The Redis shards that did not answer, named by `shards::label` (no credentials).
+    pub redis_down: Vec<String>,
     /// Claim-log entries not yet in Postgres, over every activity and endpoint.
     pub backlog: i64,
     /// Age of the oldest entry not yet in Postgres; `None` when the log is empty.
@@ -311,6 +313,7 @@ mod tests {
         let h = Health {
             redis: true,
             postgres: false,
+            redis_down: vec![],
             backlog: 3,
             oldest_entry_age_ms: Some(10),
         };

@@ -11,6 +11,7 @@ use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, St
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
+use flashclaim_core::shards::label;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4;
@@ -71,6 +72,7 @@ fn health() -> Health {
     let mut health = Health {
         redis: true,
         postgres,
+        redis_down: Vec::new(),
         backlog: 0,
         oldest_entry_age_ms: None,
     };
@@ -79,13 +81,14 @@ fn health() -> Health {
         return health;
     };
     let now = glue::now().0;
-    for address in shards.all() {
-        let Ok(redis) = SpinRedis::open(address) else {
+    for (index, address) in shards.all().iter().enumerate() {
+        let members = SpinRedis::open(address).and_then(|redis| {
+            let members = redis.execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)])?;
+            Ok((redis, members))
+        });
+        let Ok((redis, members)) = members else {
             health.redis = false;
-            continue;
-        };
-        let Ok(members) = redis.execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)]) else {
-            health.redis = false;
+            health.redis_down.push(label(&shards, index));
             continue;
         };
         for id in members
@@ -134,11 +137,23 @@ fn drain_all() -> Result<DrainReport, ApiError> {
     let consumer = format!("run-{}", hex(&glue::random_bytes::<8>()));
     let shards = glue::redis_shards()?;
     let mut report = DrainReport::default();
-    for address in shards.all() {
-        let redis = SpinRedis::open(address).map_err(|e| glue::redis_unavailable("drain", e))?;
-        let members = redis
-            .execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)])
-            .map_err(|e| glue::redis_unavailable("drain", e))?;
+    let mut unreachable = None;
+    for (index, address) in shards.all().iter().enumerate() {
+        // A shard that is down holds its log until it is back; the others drain meanwhile.
+        let members = SpinRedis::open(address).and_then(|redis| {
+            let members = redis.execute("SMEMBERS", &[Arg::from(ACTIVITY_INDEX)])?;
+            Ok((redis, members))
+        });
+        let (redis, members) = match members {
+            Ok(found) => found,
+            Err(e) => {
+                let shard = label(&shards, index);
+                eprintln!("flashclaim: drain: {shard}: {e}");
+                report.errors.push(format!("{shard} is unreachable"));
+                unreachable.get_or_insert(e);
+                continue;
+            }
+        };
         for id in members
             .iter()
             .filter_map(Reply::as_text)
@@ -150,7 +165,13 @@ fn drain_all() -> Result<DrainReport, ApiError> {
             }
         }
     }
-    Ok(report)
+    match unreachable {
+        // No shard answered: nothing could be drained at all.
+        Some(e) if report.errors.len() == shards.all().len() && report.activities == 0 => {
+            Err(glue::redis_unavailable("drain", e))
+        }
+        _ => Ok(report),
+    }
 }
 
 fn drain_activity(

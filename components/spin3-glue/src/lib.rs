@@ -195,6 +195,41 @@ fn error_text(e: RedisError) -> String {
     }
 }
 
+/// Why the shard of `activity` answered "no such activity": a changed endpoint list or a
+/// shard that lost its data is refused (`503`, logged) instead of answered `404`. Only
+/// this rare answer pays for it (see `flashclaim_core::shards`).
+pub async fn not_found_on_shard(
+    shards: &RedisShards,
+    activity: flashclaim_core::ids::ActivityId,
+) -> ApiError {
+    use flashclaim_core::shards;
+    let own = match shard_marker(shards.for_activity(activity)).await {
+        Ok(own) => own,
+        Err(e) => return redis_unavailable("shard marker", e),
+    };
+    if let Some(verdict) = shards::judge(shards, activity, own.as_deref()) {
+        return verdict.into_error();
+    }
+    let index = shards::index_for(shards, activity);
+    let mut others_marked = false;
+    for (i, address) in shards.all().iter().enumerate() {
+        if i != index && matches!(shard_marker(address).await, Ok(Some(_))) {
+            others_marked = true;
+            break;
+        }
+    }
+    shards::judge_missing(shards, activity, others_marked).into_error()
+}
+
+async fn shard_marker(address: &str) -> Result<Option<String>, RedisFailure> {
+    let lease = Lease::take(address).await?;
+    let reply = lease
+        .execute("GET", &[Arg::from(flashclaim_core::shards::MARKER)])
+        .await?;
+    lease.release();
+    Ok(reply.first().and_then(Reply::as_text).map(str::to_string))
+}
+
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.
 pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
     eprintln!("flashclaim: {context}: {e}");
