@@ -29,10 +29,10 @@ wasm:
 	cargo build --target wasm32-wasip2 --release $(WASM_FLAGS)
 
 ## Tier 1: pure unit tests, the hostile-input properties and corpus, and the API
-## document's contract (no services needed).
+## document's contract, deploy/ against spin.toml (no services needed).
 test-unit:
 	cargo test $(NATIVE) --lib
-	cargo test $(NATIVE) --test contract --test hostile
+	cargo test $(NATIVE) --test contract --test hostile --test deploy
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:
