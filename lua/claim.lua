@@ -1,19 +1,24 @@
 --[[
-claim.lua: one user claims `quantity` tickets of one activity, atomically.
+claim.lua: one user claims `quantity` tickets of one ticket type of an activity, atomically.
 
-All checks run before any write, so a refusal changes nothing (except the per-user rate
-counter, which counts attempts). Every key carries the activity's hash tag {a:<id>}.
+All checks run before any write, so a refusal changes nothing (except the rate counters,
+which count attempts). Every key carries the activity's hash tag {a:<id>}. Per-type state
+lives in fields of the activity's hashes (`<type>:...`), so a claim that leaves the type
+to the script (the activity has one) still names every key it touches here.
 
-KEYS[1]  meta     HASH    status, starts_at, ends_at (ms), per_user_limit, kind, require_pass, id
-KEYS[2]  stock    STRING  tickets left
-KEYS[3]  seq      STRING  last ticket sequence number issued
-KEYS[4]  claimed  HASH    user -> tickets the user holds
-KEYS[5]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms"
+KEYS[1]  meta     HASH    status, starts_at, ends_at (ms), per_user_limit (over all types,
+                          0 = none), require_pass, id, types (keys, comma separated), and per
+                          type <t>:starts_at, <t>:ends_at, <t>:limit, <t>:kind
+KEYS[2]  stocks   HASH    type -> tickets left
+KEYS[3]  seq      STRING  last ticket sequence number issued (all types)
+KEYS[4]  claimed  HASH    user -> tickets the user holds over all types; "user|type" -> of one type
+KEYS[5]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms|type"
 KEYS[6]  log      STREAM  claim log, drained to Postgres (field `e`: JSON event)
-KEYS[7]  idem     STRING  stored result for (user, Idempotency-Key)
+KEYS[7]  idem     STRING  stored result for (user, Idempotency-Key): "claim_id|type|code|..."
 KEYS[8]  deny     SET     blacklisted users
 KEYS[9]  rate     STRING  the user's attempts in the current rate window
-KEYS[10] pool     LIST    uploaded codes (kind = codes)
+KEYS[10] pools    HASH    uploaded codes per type (kind = codes): <t>:head and <t>:tail
+                          (next index to pop / to push), <t>:<index> -> code
 KEYS[11] pass     STRING  the user's claim pass: "issued" until used
 KEYS[12] flood    STRING  attempts on the whole activity in the current global window
 
@@ -28,23 +33,28 @@ ARGV[8]  per-user attempts allowed per window (0 = no limit)
 ARGV[9]  rate window, ms
 ARGV[10] attempts allowed on the whole activity per global window (0 = no limit)
 ARGV[11] global window, ms
+ARGV[12] ticket type key; empty: the activity's only type
 
 Returns a flat array (Spin flattens nested replies):
-  { 1, claim_id, stock_left, code_1, ..., code_n }   claimed
-  { 2, claim_id, stock_left, code_1, ..., code_n }   repeated Idempotency-Key: the first result
-  { -1 }                  no such activity, or not published
-  { -3, starts_at_ms }    not started
-  { -4 }                  ended or closed
-  { -5 }                  user blacklisted
-  { -6, retry_after_ms }  rate limited (the user's limit, or the activity's global one)
-  { -7, per_user_limit }  the user already holds the limit
-  { -8 }                  sold out (no stock, or for kind = codes, too few codes left in the pool)
-  { -9 }                  a claim pass is required and the user has no unused one
-  { -10, per_user_limit } quantity exceeds the per-user limit
+  { 1, claim_id, stock_left, type, kind, code_1, ..., code_n }  claimed (stock_left, kind: the type's)
+  { 2, claim_id, stock_left, type, kind, code_1, ..., code_n }  repeated Idempotency-Key: the first result
+  { -1 }                         no such activity, or not published
+  { -3, starts_at_ms }           the activity has not started
+  { -3, starts_at_ms, type }     the type has not opened yet
+  { -4 }                         the activity has ended or is closed
+  { -4, type }                   the type has closed
+  { -5 }                         user blacklisted
+  { -6, retry_after_ms }         rate limited (the user's limit, or the activity's global one)
+  { -7, limit, scope, type }     the user already holds the limit; scope: ticket_type | activity
+  { -8, type }                   sold out (no stock, or too few codes left in the type's pool)
+  { -9 }                         a claim pass is required and the user has no unused one
+  { -10, limit, type }           quantity exceeds the type's per-user limit or the activity's
+  { -14, types }                 no type named and the activity has several (types: comma list)
+  { -15, types }                 no type of that key in this activity
 --]]
 
-local meta, stock, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local log, idem, deny, rate, pool, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local meta, stocks, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local log, idem, deny, rate, pools, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local flood = KEYS[12]
 
 local user = ARGV[1]
@@ -60,14 +70,16 @@ if use_idem then
     for part in string.gmatch(previous, '[^|]+') do
       reply[#reply + 1] = part
     end
-    table.insert(reply, 3, tonumber(redis.call('GET', stock) or '0'))
+    -- { 2, claim_id, type, codes... } -> { 2, claim_id, stock_left, type, kind, codes... }
+    table.insert(reply, 3, tonumber(redis.call('HGET', stocks, reply[3]) or '0'))
+    table.insert(reply, 5, redis.call('HGET', meta, reply[4] .. ':kind') or 'counter')
     return reply
   end
 end
 
-local m = redis.call('HMGET', meta, 'status', 'starts_at', 'ends_at', 'per_user_limit', 'kind', 'require_pass', 'id')
+local m = redis.call('HMGET', meta, 'status', 'starts_at', 'ends_at', 'per_user_limit', 'require_pass', 'id', 'types')
 local status, starts_at, ends_at = m[1], tonumber(m[2]), tonumber(m[3])
-local limit, kind, require_pass, activity_id = tonumber(m[4]), m[5], m[6] == '1', m[7]
+local activity_limit, require_pass, activity_id, types = tonumber(m[4]) or 0, m[5] == '1', m[6], m[7] or ''
 
 if status ~= 'published' and status ~= 'closed' then
   return { -1 }
@@ -77,6 +89,26 @@ if status == 'closed' or now >= ends_at then
 end
 if now < starts_at then
   return { -3, starts_at }
+end
+
+-- The type: named, or the only one. Keys are [a-z0-9_-], so the comma list is exact.
+local ty = ARGV[12]
+if ty == '' then
+  if types == '' or string.find(types, ',', 1, true) then
+    return { -14, types }
+  end
+  ty = types
+elseif not string.find(',' .. types .. ',', ',' .. ty .. ',', 1, true) then
+  return { -15, types }
+end
+
+local tm = redis.call('HMGET', meta, ty .. ':starts_at', ty .. ':ends_at', ty .. ':limit', ty .. ':kind')
+local type_starts, type_ends, limit, kind = tonumber(tm[1]), tonumber(tm[2]), tonumber(tm[3]), tm[4]
+if now >= type_ends then
+  return { -4, ty }
+end
+if now < type_starts then
+  return { -3, type_starts, ty }
 end
 if redis.call('SISMEMBER', deny, user) == 1 then
   return { -5 }
@@ -108,33 +140,52 @@ if wait then
 end
 
 if quantity > limit then
-  return { -10, limit }
+  return { -10, limit, ty }
 end
-local held = tonumber(redis.call('HGET', claimed, user) or '0')
-if held + quantity > limit then
-  return { -7, limit }
+if activity_limit > 0 and quantity > activity_limit then
+  return { -10, activity_limit, ty }
 end
-local left = tonumber(redis.call('GET', stock) or '0')
+local user_type = user .. '|' .. ty
+local held = redis.call('HMGET', claimed, user_type, user)
+if tonumber(held[1] or '0') + quantity > limit then
+  return { -7, limit, 'ticket_type', ty }
+end
+if activity_limit > 0 and tonumber(held[2] or '0') + quantity > activity_limit then
+  return { -7, activity_limit, 'activity', ty }
+end
+local left = tonumber(redis.call('HGET', stocks, ty) or '0')
 if left < quantity then
-  return { -8 }
+  return { -8, ty }
 end
-if kind == 'codes' and redis.call('LLEN', pool) < quantity then
-  return { -8 }
+local head_field, tail_field = ty .. ':head', ty .. ':tail'
+local head = 0
+if kind == 'codes' then
+  local ends = redis.call('HMGET', pools, head_field, tail_field)
+  head = tonumber(ends[1] or '0')
+  if tonumber(ends[2] or '0') - head < quantity then
+    return { -8, ty }
+  end
 end
 if require_pass and redis.call('GET', pass) ~= 'issued' then
   return { -9 }
 end
 
 -- All checks passed: take the stock and issue the tickets.
-left = redis.call('DECRBY', stock, quantity)
+left = redis.call('HINCRBY', stocks, ty, -quantity)
 redis.call('HINCRBY', claimed, user, quantity)
+redis.call('HINCRBY', claimed, user_type, quantity)
 if require_pass then
   redis.call('SET', pass, 'used', 'KEEPTTL')
 end
 
 local codes = {}
 if kind == 'codes' then
-  codes = redis.call('LPOP', pool, quantity)
+  for i = 1, quantity do
+    local field = ty .. ':' .. (head + i - 1)
+    codes[i] = redis.call('HGET', pools, field)
+    redis.call('HDEL', pools, field)
+  end
+  redis.call('HSET', pools, head_field, head + quantity)
 else
   local last = redis.call('INCRBY', seq, quantity)
   local i = 0
@@ -145,20 +196,21 @@ else
   end
 end
 
-local record = user .. '|' .. claim_id .. '|active|' .. ARGV[3]
+local record = user .. '|' .. claim_id .. '|active|' .. ARGV[3] .. '|' .. ty
 for _, code in ipairs(codes) do
   redis.call('HSET', tickets, code, record)
 end
 
 redis.call('XADD', log, '*', 'e', cjson.encode({
   t = 'claim', claim = claim_id, activity = activity_id, user = user, codes = codes, at = ARGV[3],
+  type = ty,
 }))
 
 if use_idem then
-  redis.call('SET', idem, claim_id .. '|' .. table.concat(codes, '|'), 'PX', ARGV[7])
+  redis.call('SET', idem, claim_id .. '|' .. ty .. '|' .. table.concat(codes, '|'), 'PX', ARGV[7])
 end
 
-local reply = { 1, claim_id, left }
+local reply = { 1, claim_id, left, ty, kind }
 for _, code in ipairs(codes) do
   reply[#reply + 1] = code
 end

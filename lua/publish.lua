@@ -1,44 +1,62 @@
 --[[
-publish.lua: load a published activity into Redis, or refresh its settings.
+publish.lua: load a published activity and its ticket types into Redis, or refresh their
+settings.
 
-The stock is set only when the activity is first loaded: publishing again (or after a
-Redis restart with data) never resets the stock that claims have already taken.
+A type's stock is set only when it is first loaded: publishing again (or after a Redis
+restart with data) never resets the stock that claims have already taken.
 
-KEYS[1]  meta   HASH    activity settings read by claim.lua
-KEYS[2]  stock  STRING  tickets left
-KEYS[3]  log    STREAM  claim log; its consumer group is created here
-KEYS[4]  view   STRING  cached public JSON of the activity (dropped so readers reload it)
+KEYS[1]  meta    HASH    activity and per-type settings read by claim.lua
+KEYS[2]  stocks  HASH    type -> tickets left
+KEYS[3]  log     STREAM  claim log; its consumer group is created here
+KEYS[4]  view    STRING  cached public JSON of the activity (dropped so readers reload it)
 
 ARGV[1]  activity id
 ARGV[2]  starts_at, ms since the epoch
 ARGV[3]  ends_at, ms since the epoch
-ARGV[4]  per-user limit
-ARGV[5]  kind: counter | codes
-ARGV[6]  require_pass: 1 | 0
-ARGV[7]  stock_total
-ARGV[8]  status: published | closed
-ARGV[9]  consumer group of the drain
-ARGV[10] stock to set when none is loaded: stock_total less the tickets Postgres already
-         holds, so a reload after Redis lost its data never hands out drained stock again
+ARGV[4]  per-user limit over all types (0 = none beyond each type's)
+ARGV[5]  require_pass: 1 | 0
+ARGV[6]  stock_total (sum over the types; the claim passes are counted from it)
+ARGV[7]  status: published | closed
+ARGV[8]  consumer group of the drain
+ARGV[9..] per type, in the activity's order, 7 values each:
+         key, starts_at ms, ends_at ms (the type's window, the activity's when it has none),
+         per-user limit, kind (counter | codes), stock_total, stock to set when none is
+         loaded (stock_total less the type's tickets Postgres already holds, so a reload
+         after Redis lost its data never hands out drained stock again)
 
-Returns { loaded, stock_left }: loaded is 1 when the stock was set now, 0 when it was
-already there.
+Returns { loaded, stock_left }: loaded is 1 when the first type's stock was set now (all
+types are loaded together), 0 when it was already there; stock_left over all types.
 --]]
 
-local meta, stock, log, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, stocks, log, view = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
-redis.call('HSET', meta,
+local keys = {}
+local settings = {
   'id', ARGV[1], 'starts_at', ARGV[2], 'ends_at', ARGV[3], 'per_user_limit', ARGV[4],
-  'kind', ARGV[5], 'require_pass', ARGV[6], 'stock_total', ARGV[7], 'status', ARGV[8])
-
-local loaded = 0
-if redis.call('EXISTS', stock) == 0 then
-  redis.call('SET', stock, ARGV[10])
-  loaded = 1
+  'require_pass', ARGV[5], 'stock_total', ARGV[6], 'status', ARGV[7],
+}
+local loaded, stock_left = 0, 0
+for i = 9, #ARGV, 7 do
+  local ty = ARGV[i]
+  keys[#keys + 1] = ty
+  for _, pair in ipairs({
+    { 'starts_at', ARGV[i + 1] }, { 'ends_at', ARGV[i + 2] }, { 'limit', ARGV[i + 3] },
+    { 'kind', ARGV[i + 4] }, { 'stock_total', ARGV[i + 5] },
+  }) do
+    settings[#settings + 1] = ty .. ':' .. pair[1]
+    settings[#settings + 1] = pair[2]
+  end
+  if redis.call('HSETNX', stocks, ty, ARGV[i + 6]) == 1 and i == 9 then
+    loaded = 1
+  end
+  stock_left = stock_left + tonumber(redis.call('HGET', stocks, ty))
 end
+settings[#settings + 1] = 'types'
+settings[#settings + 1] = table.concat(keys, ',')
+redis.call('HSET', meta, unpack(settings))
 
 -- BUSYGROUP (the group exists) is the normal case after the first publish.
-redis.pcall('XGROUP', 'CREATE', log, ARGV[9], '0', 'MKSTREAM')
+redis.pcall('XGROUP', 'CREATE', log, ARGV[8], '0', 'MKSTREAM')
 redis.call('DEL', view)
 
-return { loaded, tonumber(redis.call('GET', stock)) }
+return { loaded, stock_left }

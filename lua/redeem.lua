@@ -4,7 +4,7 @@ redeem.lua: an operator marks a ticket used, once.
 The caller has already checked the ticket's verification data against the record it read;
 this script makes the state change atomic, so of two concurrent redeems exactly one wins.
 
-KEYS[1]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms"
+KEYS[1]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms|type"
 KEYS[2]  log      STREAM  claim log (a `redeem` event is appended for the drain)
 
 ARGV[1]  code (the part after "<activity>-")
@@ -24,12 +24,16 @@ local record = redis.call('HGET', tickets, code)
 if not record then
   return { -1 }
 end
-local owner, claim_id, status, claimed_at = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+local owner, claim_id, status, rest = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+if not owner then
+  return { -1 }
+end
 if status ~= 'active' then
   return { -12, status }
 end
 
-redis.call('HSET', tickets, code, owner .. '|' .. claim_id .. '|redeemed|' .. claimed_at)
+-- rest: claimed_at and type, kept as they are.
+redis.call('HSET', tickets, code, owner .. '|' .. claim_id .. '|redeemed|' .. rest)
 redis.call('XADD', log, '*', 'e', cjson.encode({
   t = 'redeem', claim = claim_id, activity = ARGV[2], user = owner, code = code, at = ARGV[3],
 }))

@@ -13,6 +13,8 @@ const SCRIPTS: &[&str] = &[
     "redeem",
     "pass",
     "pool",
+    "view",
+    "stocks",
 ];
 
 fn main() {

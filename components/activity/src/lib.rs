@@ -16,7 +16,7 @@ use flashclaim_core::cors;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply, VIEW};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -69,39 +69,30 @@ fn get_activity(id: &str, caller: Option<Principal>) -> Result<serde_json::Value
     let id = ActivityId::parse(id)?;
     let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "activity")?;
-    let mut view = match cached(&redis, &keys)? {
-        Some(view) => view,
-        None => rebuild(&redis, id, &keys)?,
-    };
-    if let Some(caller) = caller {
-        let held = redis
-            .execute(
-                "HGET",
-                &[Arg::from(keys.claimed()), Arg::from(caller.user.as_str())],
-            )
-            .map_err(|e| glue::redis_unavailable("activity", e))?;
-        view["my_claimed"] = held.first().and_then(Reply::as_int).unwrap_or(0).into();
+    let user = caller.as_ref().map(|c| c.user.as_str());
+    if let Some(view) = cached(&redis, &keys, user)? {
+        return Ok(view);
     }
-    Ok(view)
+    let rebuilt = rebuild(&redis, id, &keys)?;
+    // The rebuilt view, now cached, with the live stocks and what the caller holds.
+    Ok(cached(&redis, &keys, user)?.unwrap_or(rebuilt))
 }
 
-/// The cached view with the live stock, `None` on a miss, `NotFound` for a cached absence.
-fn cached(redis: &SpinRedis, keys: &ActivityKeys) -> Result<Option<serde_json::Value>, ApiError> {
+/// The cached view with each type's live stock and, for a caller, what they hold (one
+/// round trip: view.lua); `None` on a miss, `NotFound` for a cached absence.
+fn cached(
+    redis: &SpinRedis,
+    keys: &ActivityKeys,
+    user: Option<&str>,
+) -> Result<Option<serde_json::Value>, ApiError> {
     let reply = redis
-        .execute("MGET", &[Arg::from(keys.view()), Arg::from(keys.stock())])
+        .run(
+            &VIEW,
+            &[keys.view(), keys.stocks(), keys.claimed()],
+            &[Arg::from(user.unwrap_or(""))],
+        )
         .map_err(|e| glue::redis_unavailable("activity", e))?;
-    match reply.first().and_then(Reply::as_text) {
-        None => Ok(None),
-        Some(NOT_FOUND_MARKER) => Err(ApiError::NotFound),
-        Some(text) => {
-            let mut view: serde_json::Value =
-                serde_json::from_str(text).map_err(|_| ApiError::Internal)?;
-            if let Some(stock) = reply.get(1).and_then(Reply::as_int) {
-                view["stock_left"] = stock.into();
-            }
-            Ok(Some(view))
-        }
-    }
+    activity::live_view(&reply, user.is_some())
 }
 
 /// How long the rebuilding reader may hold the lock, and how the others wait for it.
@@ -132,7 +123,7 @@ fn rebuild(
     if lock.first().and_then(Reply::as_text) != Some("OK") {
         for _ in 0..WAIT_STEPS {
             std::thread::sleep(std::time::Duration::from_millis(WAIT_STEP_MS));
-            if let Some(view) = cached(redis, keys)? {
+            if let Some(view) = cached(redis, keys, None)? {
                 return Ok(view);
             }
         }
@@ -141,7 +132,7 @@ fn rebuild(
         ));
     }
     // The previous holder may have filled the cache between our miss and our lock.
-    if let Some(view) = cached(redis, keys)? {
+    if let Some(view) = cached(redis, keys, None)? {
         let _ = redis.execute("DEL", &[Arg::from(keys.view_lock())]);
         return Ok(view);
     }
@@ -168,11 +159,8 @@ fn store_view(
         );
         return Err(ApiError::NotFound);
     };
-    let stock = redis
-        .execute("GET", &[Arg::from(keys.stock())])
-        .ok()
-        .and_then(|r| r.first().and_then(Reply::as_int));
-    let view = activity.view(stock.unwrap_or(activity.stock_total));
+    // Cached with the whole stock: readers lay the live stocks over it (view.lua).
+    let view = activity.view();
     let jitter = u32::from_le_bytes(glue::random_bytes::<4>());
     let _ = redis.execute(
         "SET",

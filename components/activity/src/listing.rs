@@ -2,11 +2,9 @@
 //! page at a time. Pages are cached briefly in Redis (on the first endpoint) so a crowd
 //! refreshing the list reads Postgres once per page per TTL; stock is always live.
 
-use std::collections::BTreeMap;
-
-use flashclaim_core::activity::{ListQuery, LIST_TTL_MS};
+use flashclaim_core::activity::{self, ListQuery, LIST_TTL_MS};
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::{self, ActivityKeys};
+use flashclaim_core::keys;
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply};
 use flashclaim_core::ApiError;
 use spin_sdk::pg4::ParameterValue;
@@ -38,30 +36,21 @@ pub fn list(query: &str) -> Result<serde_json::Value, ApiError> {
             page
         }
     };
-    // Live stock: one MGET per Redis endpoint holding activities of the page.
-    let mut by_shard: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    // Live stock of every type: one EVALSHA of stocks.lua per Redis endpoint holding
+    // activities of the page.
     let items = page["activities"]
         .as_array_mut()
         .ok_or(ApiError::Internal)?;
-    for (i, item) in items.iter().enumerate() {
-        let id = ActivityId::from_db(item["id"].as_i64().ok_or(ApiError::Internal)?);
-        by_shard.entry(shards.for_activity(id)).or_default().push(i);
-    }
-    for (address, positions) in by_shard {
-        let redis = SpinRedis::open(address).map_err(unavailable)?;
-        let keys: Vec<Arg> = positions
-            .iter()
-            .map(|i| {
-                let id = ActivityId::from_db(items[*i]["id"].as_i64().unwrap_or(0));
-                Arg::from(ActivityKeys::new(id).stock())
-            })
-            .collect();
-        let stocks = redis.execute("MGET", &keys).map_err(unavailable)?;
-        for (i, stock) in positions.iter().zip(stocks.iter()) {
-            if let Some(stock) = stock.as_int() {
-                items[*i]["stock_left"] = stock.into();
-            }
-        }
+    let ids = items
+        .iter()
+        .map(|item| item["id"].as_i64().map(ActivityId::from_db))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(ApiError::Internal)?;
+    for (item, stocks) in items
+        .iter_mut()
+        .zip(glue::type_stocks(&ids, "list activities")?)
+    {
+        activity::lay_stocks_over(item, &stocks);
     }
     Ok(page)
 }
@@ -85,7 +74,7 @@ fn read_page(query: ListQuery) -> Result<serde_json::Value, ApiError> {
     let mut activities: Vec<serde_json::Value> = glue::list_rows(rows, "list activities")?
         .iter()
         .filter_map(|r| glue::activity_row(r))
-        .map(|a| a.view(a.stock_total))
+        .map(|a| a.view())
         .collect();
     let more = activities.len() as i64 > query.limit;
     activities.truncate(query.limit as usize);

@@ -2,12 +2,15 @@
 //! the source of truth; Redis gets what claims need, by idempotent scripts, so a step that
 //! failed half-way is completed by running it again.
 
-use flashclaim_core::activity::{self, Activity, Kind, NewActivity, Status};
+use flashclaim_core::activity::{self, Activity, Kind, NewActivity, Status, TypeStocks};
 use flashclaim_core::admin::apply_patch;
 use flashclaim_core::codes;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, POOL, PUBLISH};
+use flashclaim_core::ticket::TicketRecord;
+use flashclaim_core::ticket_type::{TicketType, TypeKey};
+use flashclaim_core::time::Millis;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::Request;
 use spin_sdk::pg4::{Connection, ParameterValue};
@@ -16,15 +19,21 @@ use crate::glue::{self, SpinRedis};
 
 pub fn create(req: &Request) -> Result<HttpResponse, ApiError> {
     let new = NewActivity::parse(req.body())?;
+    let created = new.into_activity(ActivityId::from_db(0), Status::Draft);
     let pg = glue::pg_open()?;
+    // The activity and its types in one statement: atomic without a transaction.
     let rows = pg
         .query(
-            "INSERT INTO activities \
-               (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass) \
-             VALUES ($1, $2, $3, to_timestamp($4::int8 / 1000.0), to_timestamp($5::int8 / 1000.0), \
-                     $6::int8, $7::int8, $8, $9) \
-             RETURNING id",
-            &definition_params(&new.name, &new.description, new.image_url.as_deref(), &new),
+            &format!(
+                "WITH a AS (INSERT INTO activities \
+                   (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass) \
+                 VALUES ($1, $2, $3, to_timestamp($4::int8 / 1000.0), to_timestamp($5::int8 / 1000.0), \
+                         $6::int8, $7::int8, $8, $9) \
+                 RETURNING id), \
+                 t AS (INSERT INTO ticket_types {TYPE_COLUMNS} SELECT a.id, {TYPE_VALUES} FROM a, {TYPE_ROWS}) \
+                 SELECT id FROM a"
+            ),
+            &definition_params(&created),
         )
         .map_err(|e| glue::pg_internal("create activity", e))?;
     let id = rows
@@ -34,98 +43,118 @@ pub fn create(req: &Request) -> Result<HttpResponse, ApiError> {
         .ok_or(ApiError::Internal)?;
     let created = Activity {
         id: ActivityId::from_db(id),
-        name: new.name,
-        description: new.description,
-        image_url: new.image_url,
-        starts_at: new.starts_at,
-        ends_at: new.ends_at,
-        status: Status::Draft,
-        stock_total: new.stock_total,
-        per_user_limit: new.per_user_limit,
-        kind: new.kind,
-        require_pass: new.require_pass,
+        ..created
     };
-    let mut response = HttpResponse::json(201, &created.view(created.stock_total));
+    let mut response = HttpResponse::json(201, &created.view());
     response
         .headers
         .push(("location", format!("/api/activities/{id}")));
     Ok(response)
 }
 
-/// The nine definition columns, `$1`..`$9`, in the order create and update use them.
-fn definition_params(
-    name: &str,
-    description: &str,
-    image_url: Option<&str>,
-    a: &NewActivity,
-) -> Vec<ParameterValue> {
+/// The ticket_types columns every write names, the values for one row of [`TYPE_ROWS`],
+/// and the rows: `$10`..`$17` of [`definition_params`], one array per column, unnested in
+/// the operator's order.
+const TYPE_COLUMNS: &str = "(activity_id, key, position, name, description, stock_total, \
+     per_user_limit, kind, starts_at, ends_at)";
+const TYPE_VALUES: &str = "t.key, t.pos - 1, t.name, t.description, t.stock, t.lim, t.kind, \
+     to_timestamp(t.opens / 1000.0), to_timestamp(t.closes / 1000.0)";
+const TYPE_ROWS: &str = "unnest($10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[], \
+     $15::text[], $16::int8[], $17::int8[]) WITH ORDINALITY \
+     AS t(key, name, description, stock, lim, kind, opens, closes, pos)";
+
+/// The activity's columns, `$1`..`$9`, then its types as `$10`..`$17` ([`TYPE_ROWS`]), in
+/// the order create and update use them. The activity row keeps the summary older readers
+/// know: the stock of all types, their kind (or `mixed`), the limit over all types.
+fn definition_params(a: &Activity) -> Vec<ParameterValue> {
+    let types = &a.ticket_types;
+    let texts = |f: &dyn Fn(&TicketType) -> &str| {
+        ParameterValue::ArrayStr(types.iter().map(|t| Some(f(t).to_string())).collect())
+    };
+    let ints = |f: &dyn Fn(&TicketType) -> Option<i64>| {
+        ParameterValue::ArrayInt64(types.iter().map(f).collect())
+    };
     vec![
-        glue::str_param(name),
-        glue::str_param(description),
-        image_url.map_or(ParameterValue::DbNull, glue::str_param),
+        glue::str_param(&a.name),
+        glue::str_param(&a.description),
+        a.image_url.as_deref().map_or(ParameterValue::DbNull, glue::str_param),
         ParameterValue::Int64(a.starts_at.0),
         ParameterValue::Int64(a.ends_at.0),
-        ParameterValue::Int64(a.stock_total),
-        ParameterValue::Int64(a.per_user_limit),
-        glue::str_param(a.kind.as_str()),
+        ParameterValue::Int64(a.stock_total()),
+        a.per_user_limit.map_or(ParameterValue::DbNull, ParameterValue::Int64),
+        glue::str_param(a.kind_label()),
         ParameterValue::Boolean(a.require_pass),
+        texts(&|t| t.key.as_str()),
+        texts(&|t| &t.name),
+        texts(&|t| &t.description),
+        ints(&|t| Some(t.stock_total)),
+        ints(&|t| Some(t.per_user_limit)),
+        texts(&|t| t.kind.as_str()),
+        ints(&|t| t.starts_at.map(|m| m.0)),
+        ints(&|t| t.ends_at.map(|m| m.0)),
     ]
 }
 
-/// `PATCH`: anything while draft, only the display fields once published. A published
-/// activity's cached view is dropped so readers see the change at once.
+/// `PATCH`: anything while draft, only the display fields once published (the types'
+/// names and descriptions among them). A published activity's cached view is dropped so
+/// readers see the change at once.
 pub fn update(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let pg = glue::pg_open()?;
     let current = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
     let changed = apply_patch(&current, req.body())?;
-    let definition = NewActivity {
-        name: changed.name.clone(),
-        description: changed.description.clone(),
-        image_url: changed.image_url.clone(),
-        starts_at: changed.starts_at,
-        ends_at: changed.ends_at,
-        stock_total: changed.stock_total,
-        per_user_limit: changed.per_user_limit,
-        kind: changed.kind,
-        require_pass: changed.require_pass,
-    };
-    let mut params = definition_params(
-        &definition.name,
-        &definition.description,
-        definition.image_url.as_deref(),
-        &definition,
-    );
+    let mut params = definition_params(&changed);
     params.push(ParameterValue::Int64(id.get()));
     params.push(glue::str_param(current.status.as_str()));
-    // The status guard makes a concurrent publish win: then this update changes nothing.
+    // One statement: the activity, types left out removed, the others written over. The
+    // status guard makes a concurrent publish win: then this update changes nothing.
     let updated = pg
-        .execute(
-            "UPDATE activities SET name = $1, description = $2, image_url = $3, \
-               starts_at = to_timestamp($4::int8 / 1000.0), ends_at = to_timestamp($5::int8 / 1000.0), \
-               stock_total = $6::int8, per_user_limit = $7::int8, kind = $8, require_pass = $9, \
-               updated_at = now() \
-             WHERE id = $10 AND status = $11",
+        .query(
+            &format!(
+                "WITH a AS (UPDATE activities SET name = $1, description = $2, image_url = $3, \
+                   starts_at = to_timestamp($4::int8 / 1000.0), ends_at = to_timestamp($5::int8 / 1000.0), \
+                   stock_total = $6::int8, per_user_limit = $7::int8, kind = $8, require_pass = $9, \
+                   updated_at = now() \
+                 WHERE id = $18 AND status = $19 RETURNING id), \
+                 gone AS (DELETE FROM ticket_types WHERE activity_id IN (SELECT id FROM a) \
+                   AND key <> ALL($10::text[])), \
+                 t AS (INSERT INTO ticket_types {TYPE_COLUMNS} SELECT a.id, {TYPE_VALUES} FROM a, {TYPE_ROWS} \
+                   ON CONFLICT (activity_id, key) DO UPDATE SET position = EXCLUDED.position, \
+                     name = EXCLUDED.name, description = EXCLUDED.description, \
+                     stock_total = EXCLUDED.stock_total, per_user_limit = EXCLUDED.per_user_limit, \
+                     kind = EXCLUDED.kind, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at) \
+                 SELECT count(*)::int8 FROM a"
+            ),
             &params,
         )
-        .map_err(|e| glue::pg_internal("update activity", e))?;
+        .map_err(|e| match glue::pg_constraint(&e) {
+            Some("ticket_codes_activity_id_ticket_type_fkey") => ApiError::Conflict(
+                "a ticket type with uploaded codes cannot be removed".into(),
+            ),
+            _ => glue::pg_internal("update activity", e),
+        })?
+        .rows
+        .first()
+        .and_then(|r| glue::int(&r[0]))
+        .unwrap_or(0);
     if updated == 0 {
         return Err(ApiError::Conflict(
             "the activity changed status meanwhile; read it and try again".into(),
         ));
     }
-    let stock_left = if current.status == Status::Draft {
-        changed.stock_total
-    } else {
-        let redis = glue::redis_for(id, "update activity")?;
-        let keys = ActivityKeys::new(id);
-        let reply = redis
-            .execute("DEL", &[Arg::from(keys.view())])
-            .and_then(|_| redis.execute("GET", &[Arg::from(keys.stock())]))
-            .map_err(|e| glue::redis_unavailable("update activity", e))?;
-        reply.first().and_then(Reply::as_int).unwrap_or(0)
-    };
-    Ok(HttpResponse::json(200, &changed.view(stock_left)))
+    if current.status == Status::Draft {
+        return Ok(HttpResponse::json(200, &changed.view()));
+    }
+    let redis = glue::redis_for(id, "update activity")?;
+    redis
+        .execute("DEL", &[Arg::from(ActivityKeys::new(id).view())])
+        .map_err(|e| glue::redis_unavailable("update activity", e))?;
+    let stocks = glue::type_stocks(&[id], "update activity")?;
+    let stock = stocks.first().cloned().unwrap_or_default();
+    Ok(HttpResponse::json(
+        200,
+        &changed.view_with(|key| stock.get(key).copied()),
+    ))
 }
 
 pub fn publish(id: &str) -> Result<HttpResponse, ApiError> {
@@ -144,8 +173,18 @@ pub fn publish(id: &str) -> Result<HttpResponse, ApiError> {
     )
     .map_err(|e| glue::pg_internal("publish activity", e))?;
     activity.status = Status::Published;
-    let stock_left = load_into_redis(&pg, &activity)?;
-    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+    load_into_redis(&pg, &activity)?;
+    live_view(&activity)
+}
+
+/// The activity with each type's stock as Redis holds it now.
+fn live_view(activity: &Activity) -> Result<HttpResponse, ApiError> {
+    let stocks = glue::type_stocks(&[activity.id], "load activity")?;
+    let stock = stocks.first().cloned().unwrap_or_default();
+    Ok(HttpResponse::json(
+        200,
+        &activity.view_with(|key| stock.get(key).copied()),
+    ))
 }
 
 /// Closing is final: claims answer `ended` from then on. A draft that never reached Redis
@@ -161,48 +200,52 @@ pub fn close(id: &str) -> Result<HttpResponse, ApiError> {
     .map_err(|e| glue::pg_internal("close activity", e))?;
     let was_loaded = activity.status != Status::Draft;
     activity.status = Status::Closed;
-    let stock_left = if was_loaded {
-        load_into_redis(&pg, &activity)?
-    } else {
-        activity.stock_total
-    };
-    Ok(HttpResponse::json(200, &activity.view(stock_left)))
+    if !was_loaded {
+        return Ok(HttpResponse::json(200, &activity.view()));
+    }
+    load_into_redis(&pg, &activity)?;
+    live_view(&activity)
 }
 
-/// Loads the activity's settings (and, the first time, its stock and code pool) into
-/// Redis, indexes it for the drain and the blacklist, and copies the blacklist into its
-/// deny set; returns the live stock.
+/// Loads the activity's settings (and, the first time, its types' stocks and code pools)
+/// into Redis, indexes it for the drain and the blacklist, and copies the blacklist into
+/// its deny set.
 ///
-/// "The first time" is also the first time after Redis lost its data: then the stock is
-/// what Postgres has not seen issued, and the users' counts and tickets are rebuilt from
-/// Postgres, so nothing drained is handed out twice and nobody exceeds their limit.
-fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError> {
+/// "The first time" is also the first time after Redis lost its data: then each type's
+/// stock is what Postgres has not seen issued of it, and the users' counts and tickets are
+/// rebuilt from Postgres, so nothing drained is handed out twice and nobody exceeds a limit.
+fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError> {
     // Refused when the endpoint list changed: the stock would land on the wrong shard.
     glue::claim_shard_markers()?;
     let redis = glue::redis_for(activity.id, "load activity")?;
     let unavailable = |e| glue::redis_unavailable("load activity", e);
     let id_param = [ParameterValue::Int64(activity.id.get())];
-    // Only the count here: the rows are read only in the rare case they must be restored.
+    // Only the counts per type here, one JSON object in one row whatever the tickets: the
+    // rows are read only in the rare case they must be restored.
     let issued = pg
         .query(
-            "SELECT count(*)::int8 FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
+            "SELECT coalesce(json_object_agg(ticket_type, n), '{}')::text FROM \
+               (SELECT ticket_type, count(*)::int8 AS n FROM tickets \
+                WHERE activity_id = $1 AND status <> 'returned' GROUP BY ticket_type) AS per_type",
             &id_param,
         )
         .map_err(|e| glue::pg_internal("count issued tickets", e))?
         .rows
         .first()
-        .and_then(|r| glue::int(&r[0]))
-        .unwrap_or(0);
-    let (keys, argv) = activity.publish_command(issued);
+        .and_then(|r| glue::text(&r[0]))
+        .and_then(|json| serde_json::from_str::<TypeStocks>(&json).ok())
+        .ok_or(ApiError::Internal)?;
+    let (keys, argv) = activity.publish_command(|key| issued.get(key).copied().unwrap_or(0));
     let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
-    let (loaded, stock_left) = activity::decode_publish(&reply)?;
-    if loaded && issued > 0 {
+    let (loaded, _) = activity::decode_publish(&reply)?;
+    if loaded && issued.values().any(|n| *n > 0) {
         // One row of arrays (glue::list_rows): returns since the count may have left none.
         let rows = pg
             .query(
                 "SELECT array_agg(code ORDER BY id), array_agg(user_id ORDER BY id), \
                         array_agg(claim_id ORDER BY id), array_agg(status ORDER BY id), \
-                        array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY id) \
+                        array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY id), \
+                        array_agg(ticket_type ORDER BY id) \
                  FROM tickets WHERE activity_id = $1 AND status <> 'returned'",
                 &id_param,
             )
@@ -233,19 +276,22 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
     if sadd.len() > 1 {
         redis.execute("SADD", &sadd).map_err(unavailable)?;
     }
-    if activity.kind == Kind::Codes {
+    for pooled in activity.ticket_types.iter().filter(|t| t.kind == Kind::Codes) {
         // Codes already issued (after a Redis data loss) never go back into the pool.
         // One row even when no code is left (glue::list_rows).
         let codes = pg
             .query(
                 "SELECT array_agg(code ORDER BY uploaded_at, code) FROM ticket_codes c \
-                 WHERE activity_id = $1 AND NOT EXISTS \
+                 WHERE activity_id = $1 AND ticket_type = $2 AND NOT EXISTS \
                    (SELECT 1 FROM tickets t WHERE t.activity_id = c.activity_id AND t.code = c.code \
                       AND t.status <> 'returned')",
-                &[ParameterValue::Int64(activity.id.get())],
+                &[
+                    ParameterValue::Int64(activity.id.get()),
+                    glue::str_param(pooled.key.as_str()),
+                ],
             )
             .map_err(|e| glue::pg_internal("load codes", e))?;
-        let mut argv = vec![Arg::from("load")];
+        let mut argv = vec![Arg::from("load"), Arg::from(pooled.key.as_str())];
         argv.extend(
             glue::list_rows(codes, "load codes")?
                 .iter()
@@ -253,58 +299,103 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<i64, ApiError
                 .map(Arg::from),
         );
         redis
-            .run(&POOL, &[keys.meta(), keys.pool()], &argv)
+            .run(&POOL, &[keys.meta(), keys.pools()], &argv)
             .map_err(unavailable)?;
     }
-    Ok(stock_left)
+    Ok(())
 }
 
-/// Puts drained tickets back into a freshly loaded activity: the users' counts and the
-/// ticket records (so returns, redeems and ticket reads keep working).
+/// Puts drained tickets back into a freshly loaded activity: the users' counts, over the
+/// activity and per type, and the ticket records (so returns, redeems and ticket reads
+/// keep working).
 fn restore_issued(
     redis: &SpinRedis,
     id: ActivityId,
     rows: &[Vec<spin_sdk::pg4::DbValue>],
 ) -> Result<(), flashclaim_core::scripts::RedisFailure> {
     let keys = ActivityKeys::new(id);
-    let mut per_user: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
     let mut records = vec![Arg::from(keys.tickets())];
     for row in rows {
-        let (Some(code), Some(user), Some(claim), Some(status), Some(at)) = (
+        let (Some(code), Some(user), Some(claim_id), Some(status), Some(at), Some(ticket_type)) = (
             glue::text(&row[0]),
             glue::text(&row[1]),
             glue::text(&row[2]),
             glue::text(&row[3]),
             glue::int(&row[4]),
+            glue::text(&row[5]),
         ) else {
             continue;
         };
-        *per_user.entry(user.clone()).or_default() += 1;
+        *counts.entry(user.clone()).or_default() += 1;
+        *counts.entry(format!("{user}|{ticket_type}")).or_default() += 1;
+        let record = TicketRecord {
+            user,
+            claim_id,
+            status,
+            claimed_at: Millis(at),
+            ticket_type,
+        };
         records.push(Arg::from(code));
-        records.push(Arg::from(format!("{user}|{claim}|{status}|{at}")));
+        records.push(Arg::from(record.to_text()));
     }
-    let mut counts = vec![Arg::from(keys.claimed())];
-    for (user, n) in per_user {
-        counts.push(Arg::from(user));
-        counts.push(Arg::Int(n));
+    let mut hset = vec![Arg::from(keys.claimed())];
+    for (field, n) in counts {
+        hset.push(Arg::from(field));
+        hset.push(Arg::Int(n));
     }
-    redis.execute("HSET", &counts)?;
+    redis.execute("HSET", &hset)?;
     redis.execute("HSET", &records)?;
     Ok(())
 }
 
-/// `POST .../codes`: all or nothing. The codes are inserted in one transaction; when the
-/// activity is already published they are also appended to its Redis pool before the
-/// commit, and a Redis failure rolls the insert back.
-pub fn upload_codes(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
+/// `POST .../ticket_types/{key}/codes`, or `POST .../codes` for the activity's only type
+/// of kind `codes`: all or nothing. The codes are inserted in one transaction; when the
+/// activity is already published they are also appended to the type's Redis pool before
+/// the commit, and a Redis failure rolls the insert back. Codes are unique per activity
+/// (a code names its ticket), whatever their type.
+pub fn upload_codes(
+    req: &Request,
+    id: &str,
+    type_key: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
+    let type_key = type_key
+        .map(TypeKey::parse)
+        .transpose()
+        .map_err(|_| ApiError::NotFound)?;
     let content_type = req.header("content-type").and_then(|h| h.as_str());
     let uploaded = codes::parse_upload(content_type, req.body())?;
     let pg = glue::pg_open()?;
     let activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    if activity.kind != Kind::Codes {
+    let ticket_type = match &type_key {
+        Some(key) => activity
+            .ticket_type(key.as_str())
+            .ok_or(ApiError::NotFound)?,
+        None => {
+            let mut pooled = activity
+                .ticket_types
+                .iter()
+                .filter(|t| t.kind == Kind::Codes);
+            match (pooled.next(), pooled.next()) {
+                (Some(only), None) => only,
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::invalid(format!(
+                        "this activity has several ticket types of kind `codes`; upload to \
+                         /admin/activities/{id}/ticket_types/{{key}}/codes"
+                    )))
+                }
+                (None, _) => {
+                    return Err(ApiError::Conflict(
+                        "only ticket types of kind `codes` take uploaded codes".into(),
+                    ))
+                }
+            }
+        }
+    };
+    if ticket_type.kind != Kind::Codes {
         return Err(ApiError::Conflict(
-            "only activities of kind `codes` take uploaded codes".into(),
+            "only ticket types of kind `codes` take uploaded codes".into(),
         ));
     }
     if activity.status == Status::Closed {
@@ -330,7 +421,7 @@ pub fn upload_codes(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     }
     pg.execute("BEGIN", &[])
         .map_err(|e| glue::pg_internal("upload codes", e))?;
-    let result = insert_and_push(&pg, &activity, &uploaded);
+    let result = insert_and_push(&pg, &activity, ticket_type, &uploaded);
     let result = result.and_then(|total| {
         pg.execute("COMMIT", &[])
             .map(|_| total)
@@ -344,6 +435,7 @@ pub fn upload_codes(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         201,
         &serde_json::json!({
             "activity_id": id,
+            "ticket_type": ticket_type.key,
             "accepted": uploaded.len(),
             "total_codes": total,
             "pool_left": pool_left,
@@ -352,16 +444,22 @@ pub fn upload_codes(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
 }
 
 /// Inside the upload's transaction: the insert, then (for a published activity) the
-/// Redis append. Returns the activity's code count and the Redis pool's length.
+/// Redis append. Returns the type's code count and its Redis pool's length.
 fn insert_and_push(
     pg: &Connection,
     activity: &Activity,
+    ticket_type: &TicketType,
     uploaded: &[String],
 ) -> Result<(i64, Option<i64>), ApiError> {
+    let type_params = [
+        ParameterValue::Int64(activity.id.get()),
+        glue::str_param(ticket_type.key.as_str()),
+    ];
     pg.execute(
-        "INSERT INTO ticket_codes (activity_id, code) SELECT $1, unnest($2::text[])",
+        "INSERT INTO ticket_codes (activity_id, ticket_type, code) SELECT $1, $2, unnest($3::text[])",
         &[
-            ParameterValue::Int64(activity.id.get()),
+            type_params[0].clone(),
+            type_params[1].clone(),
             glue::str_array(uploaded),
         ],
     )
@@ -373,8 +471,8 @@ fn insert_and_push(
     })?;
     let total = pg
         .query(
-            "SELECT count(*)::int8 FROM ticket_codes WHERE activity_id = $1",
-            &[ParameterValue::Int64(activity.id.get())],
+            "SELECT count(*)::int8 FROM ticket_codes WHERE activity_id = $1 AND ticket_type = $2",
+            &type_params,
         )
         .map_err(|e| glue::pg_internal("count codes", e))?
         .rows
@@ -385,10 +483,10 @@ fn insert_and_push(
         return Ok((total, None));
     }
     let keys = ActivityKeys::new(activity.id);
-    let mut argv = vec![Arg::from("add")];
+    let mut argv = vec![Arg::from("add"), Arg::from(ticket_type.key.as_str())];
     argv.extend(uploaded.iter().map(|c| Arg::from(c.as_str())));
     let reply = glue::redis_for(activity.id, "upload codes")?
-        .run(&POOL, &[keys.meta(), keys.pool()], &argv)
+        .run(&POOL, &[keys.meta(), keys.pools()], &argv)
         .map_err(|e| glue::redis_unavailable("upload codes", e))?;
     Ok((total, reply.get(1).and_then(Reply::as_int)))
 }

@@ -49,7 +49,12 @@ fn route(req: &Request) -> Result<Route, ApiError> {
         (Method::Patch, ["admin", "activities", id]) => activities::update(req, id),
         (Method::Post, ["admin", "activities", id, "publish"]) => activities::publish(id),
         (Method::Post, ["admin", "activities", id, "close"]) => activities::close(id),
-        (Method::Post, ["admin", "activities", id, "codes"]) => activities::upload_codes(req, id),
+        (Method::Post, ["admin", "activities", id, "codes"]) => {
+            activities::upload_codes(req, id, None)
+        }
+        (Method::Post, ["admin", "activities", id, "ticket_types", key, "codes"]) => {
+            activities::upload_codes(req, id, Some(key))
+        }
         (Method::Get, ["admin", "activities", id, "stats"]) => reports::stats(id),
         (Method::Get, ["admin", "activities", id, "reconcile"]) => reports::reconcile(id),
         (Method::Get, ["admin", "activities", id, "claims.csv"]) => {
@@ -63,6 +68,7 @@ fn route(req: &Request) -> Result<Route, ApiError> {
             ["admin", "activities"]
             | ["admin", "activities", _]
             | ["admin", "activities", _, "publish" | "close" | "codes" | "stats" | "reconcile" | "claims.csv"]
+            | ["admin", "activities", _, "ticket_types", _, "codes"]
             | ["admin", "blacklist"]
             | ["admin", "blacklist", _]
             | ["admin", "tickets", _, "redeem"],

@@ -1,6 +1,7 @@
 //! What an operator reads about an activity: stats, the claims export and reconciliation.
 
-use flashclaim_core::admin::{self, StoredTicket};
+use flashclaim_core::activity::{Activity, TypeStocks};
+use flashclaim_core::admin::{self, StoredTicket, TypeStock};
 use flashclaim_core::codes::csv_escape;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::ActivityKeys;
@@ -14,15 +15,20 @@ use spin_sdk::pg4::{DbValue, ParameterValue};
 
 use crate::glue::{self, SpinRedis};
 
-/// Redis's live counters of one activity.
+/// Redis's live counters of one activity: each type's stock and pool, the log's backlog
+/// and the passes handed out.
 struct LiveCounters {
-    stock_left: Option<i64>,
+    stocks: TypeStocks,
+    pools: TypeStocks,
     backlog: i64,
-    pool_left: i64,
     passes: i64,
 }
 
-fn live_counters(redis: &SpinRedis, keys: &ActivityKeys) -> Result<LiveCounters, ApiError> {
+fn live_counters(
+    redis: &SpinRedis,
+    keys: &ActivityKeys,
+    activity: &Activity,
+) -> Result<LiveCounters, ApiError> {
     let unavailable = |e| glue::redis_unavailable("stats", e);
     let one = |command: &str, key: String| -> Result<Option<i64>, ApiError> {
         Ok(redis
@@ -31,38 +37,65 @@ fn live_counters(redis: &SpinRedis, keys: &ActivityKeys) -> Result<LiveCounters,
             .first()
             .and_then(Reply::as_int))
     };
+    let stocks = redis
+        .execute("HGETALL", &[Arg::from(keys.stocks())])
+        .map_err(unavailable)?;
+    let stocks: TypeStocks = stocks
+        .chunks(2)
+        .filter_map(|p| Some((p[0].as_text()?.to_string(), p.get(1)?.as_int()?)))
+        .collect();
+    // A pool's length is its tail less its head (see lua/claim.lua).
+    let mut fields = vec![Arg::from(keys.pools())];
+    for t in &activity.ticket_types {
+        fields.push(Arg::from(format!("{}:head", t.key)));
+        fields.push(Arg::from(format!("{}:tail", t.key)));
+    }
+    let ends = redis.execute("HMGET", &fields).map_err(unavailable)?;
+    let pools: TypeStocks = activity
+        .ticket_types
+        .iter()
+        .zip(ends.chunks(2))
+        .map(|(t, e)| {
+            let at = |i: usize| e.get(i).and_then(Reply::as_int).unwrap_or(0);
+            (t.key.to_string(), at(1) - at(0))
+        })
+        .collect();
     Ok(LiveCounters {
-        stock_left: one("GET", keys.stock())?,
+        stocks,
+        pools,
         backlog: one("XLEN", keys.log())?.unwrap_or(0),
-        pool_left: one("LLEN", keys.pool())?.unwrap_or(0),
         passes: one("GET", keys.passes())?.unwrap_or(0),
     })
 }
 
-/// `GET .../stats`: Redis's live counters beside Postgres's drained record.
+/// `GET .../stats`: Redis's live counters beside Postgres's drained record, for the
+/// activity and for each ticket type.
 pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let pg = glue::pg_open()?;
     let activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    let live = live_counters(&glue::redis_for(id, "stats")?, &ActivityKeys::new(id))?;
-    let stock_left = live.stock_left.unwrap_or(activity.stock_total);
+    let live = live_counters(
+        &glue::redis_for(id, "stats")?,
+        &ActivityKeys::new(id),
+        &activity,
+    )?;
+    // One row whatever the tickets: the counts per type as one JSON object.
     let counts = pg
         .query(
-            "SELECT count(*)::int8, \
-                    count(*) FILTER (WHERE status = 'returned')::int8, \
-                    count(*) FILTER (WHERE status = 'redeemed')::int8, \
+            "SELECT coalesce(json_object_agg(ticket_type, json_build_array(n, returned, redeemed)), '{}')::text, \
                     (SELECT count(*)::int8 FROM claims WHERE activity_id = $1) \
-             FROM tickets WHERE activity_id = $1",
+             FROM (SELECT ticket_type, count(*)::int8 AS n, \
+                          count(*) FILTER (WHERE status = 'returned')::int8 AS returned, \
+                          count(*) FILTER (WHERE status = 'redeemed')::int8 AS redeemed \
+                   FROM tickets WHERE activity_id = $1 GROUP BY ticket_type) AS per_type",
             &[ParameterValue::Int64(id.get())],
         )
         .map_err(|e| glue::pg_internal("stats", e))?;
-    let count = |i: usize| {
-        counts
-            .rows
-            .first()
-            .and_then(|r| glue::int(&r[i]))
-            .unwrap_or(0)
-    };
+    let row = counts.rows.first().ok_or(ApiError::Internal)?;
+    let per_type: std::collections::HashMap<String, [i64; 3]> = glue::text(&row[0])
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .ok_or(ApiError::Internal)?;
+    let drained_claims = glue::int(&row[1]).unwrap_or(0);
     // One row of arrays, even without claims in the last hour (glue::list_rows).
     let per_minute = pg
         .query(
@@ -80,22 +113,44 @@ pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
             Some(serde_json::json!({ "minute": Millis(glue::int(&r[0])?), "claims": glue::int(&r[1])? }))
         })
         .collect();
+    let types: Vec<serde_json::Value> = activity
+        .ticket_types
+        .iter()
+        .map(|t| {
+            let key = t.key.as_str();
+            // A type Redis does not hold (a draft) has its whole stock left.
+            let left = live.stocks.get(key).copied().unwrap_or(t.stock_total);
+            let [drained, returned, redeemed] = per_type.get(key).copied().unwrap_or_default();
+            serde_json::json!({
+                "key": key,
+                "stock_total": t.stock_total,
+                "stock_left": left,
+                "sold": t.stock_total - left,
+                "returned": returned,
+                "redeemed": redeemed,
+                "drained_tickets": drained,
+                "pool_left": live.pools.get(key).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let sum = |field: &str| -> i64 { types.iter().filter_map(|t| t[field].as_i64()).sum() };
     Ok(HttpResponse::json(
         200,
         &serde_json::json!({
             "activity_id": id,
             "status": activity.status,
-            "stock_total": activity.stock_total,
-            "stock_left": stock_left,
-            "sold": activity.stock_total - stock_left,
-            "returned": count(1),
-            "redeemed": count(2),
-            "drained_tickets": count(0),
-            "drained_claims": count(3),
+            "stock_total": activity.stock_total(),
+            "stock_left": sum("stock_left"),
+            "sold": sum("sold"),
+            "returned": sum("returned"),
+            "redeemed": sum("redeemed"),
+            "drained_tickets": sum("drained_tickets"),
+            "drained_claims": drained_claims,
             "backlog": live.backlog,
-            "pool_left": live.pool_left,
+            "pool_left": sum("pool_left"),
             "passes_issued": live.passes,
             "claims_per_minute": claims_per_minute,
+            "ticket_types": types,
         }),
     ))
 }
@@ -107,7 +162,7 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
     let activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
     let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "reconcile")?;
-    let live = live_counters(&redis, &keys)?;
+    let live = live_counters(&redis, &keys, &activity)?;
     let pairs = redis
         .execute("HGETALL", &[Arg::from(keys.tickets())])
         .map_err(|e| glue::redis_unavailable("reconcile", e))?;
@@ -137,22 +192,24 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
             })
         })
         .collect();
-    // An activity never loaded into Redis has its whole stock left there.
-    let stock_left = live.stock_left.unwrap_or(activity.stock_total);
-    let report = admin::reconcile(
-        activity.stock_total,
-        stock_left,
-        live.backlog,
-        &redis_tickets,
-        &stored,
-    );
+    // A type never loaded into Redis has its whole stock left there.
+    let types: Vec<TypeStock> = activity
+        .ticket_types
+        .iter()
+        .map(|t| TypeStock {
+            key: t.key.to_string(),
+            stock_total: t.stock_total,
+            stock_left: live.stocks.get(t.key.as_str()).copied().unwrap_or(t.stock_total),
+        })
+        .collect();
+    let report = admin::reconcile(&types, live.backlog, &redis_tickets, &stored);
     Ok(HttpResponse::json(200, &report))
 }
 
 /// Rows fetched per query while exporting: memory stays bounded whatever the activity size.
 const EXPORT_PAGE: i64 = 2000;
 const EXPORT_HEADER: &str =
-    "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at\r\n";
+    "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type\r\n";
 
 /// Errors must be answered before the streamed 200 starts, so the activity is checked here.
 pub fn check_export(id: &str) -> Result<ActivityId, ApiError> {
@@ -162,7 +219,8 @@ pub fn check_export(id: &str) -> Result<ActivityId, ApiError> {
 }
 
 /// `GET .../claims.csv`: every ticket Postgres holds for the activity, one row each, in
-/// the order they were recorded; streamed page by page (keyset pagination on the row id).
+/// the order they were recorded, its code as its holder shows it (an uploaded pool code as
+/// uploaded) and its ticket type last; streamed page by page (keyset pagination on the row id).
 /// `common` are the CORS and caching headers every admin answer carries.
 pub async fn export_claims(
     id: ActivityId,
@@ -205,13 +263,16 @@ pub async fn export_claims(
                         array_agg(user_id ORDER BY id), array_agg(code ORDER BY id), \
                         array_agg(status ORDER BY id), array_agg(claimed_at ORDER BY id), \
                         array_agg(returned_at ORDER BY id), array_agg(redeemed_at ORDER BY id), \
-                        array_agg(drained_at ORDER BY id) \
-                 FROM (SELECT t.id, t.claim_id, t.user_id, t.code, t.status, \
+                        array_agg(drained_at ORDER BY id), array_agg(ticket_type ORDER BY id) \
+                 FROM (SELECT t.id, t.claim_id, t.user_id, t.status, t.ticket_type, \
+                              CASE WHEN tt.kind = 'codes' THEN t.code \
+                                   ELSE t.activity_id || '-' || t.code END AS code, \
                               (extract(epoch FROM t.claimed_at) * 1000)::int8 AS claimed_at, \
                               (extract(epoch FROM t.returned_at) * 1000)::int8 AS returned_at, \
                               (extract(epoch FROM t.redeemed_at) * 1000)::int8 AS redeemed_at, \
                               (extract(epoch FROM c.drained_at) * 1000)::int8 AS drained_at \
                        FROM tickets t JOIN claims c ON c.id = t.claim_id \
+                       JOIN ticket_types tt ON tt.activity_id = t.activity_id AND tt.key = t.ticket_type \
                        WHERE t.activity_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3) AS page",
                 &[
                     ParameterValue::Int64(id.get()),
@@ -242,7 +303,7 @@ pub async fn export_claims(
                     .unwrap_or_default()
             };
             chunk.push_str(&format!(
-                "{},{id},{},{id}-{},{},{},{},{},{}\r\n",
+                "{},{id},{},{},{},{},{},{},{},{}\r\n",
                 text(&row[1]),
                 text(&row[2]),
                 text(&row[3]),
@@ -251,6 +312,7 @@ pub async fn export_claims(
                 time(&row[6]),
                 time(&row[7]),
                 time(&row[8]),
+                text(&row[9]),
             ));
         }
         if !chunk.is_empty() && body.send(chunk.into_bytes()).await.is_err() {

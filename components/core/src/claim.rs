@@ -3,11 +3,12 @@
 
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, LimitScope};
 use crate::http::{json_object, reject_unknown, HttpResponse};
 use crate::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
 use crate::keys::ActivityKeys;
 use crate::scripts::{Arg, Reply};
+use crate::ticket_type::TypeKey;
 use crate::time::Millis;
 
 /// A claim request body larger than this is refused unread.
@@ -17,19 +18,24 @@ pub const MAX_QUANTITY: i64 = 100;
 /// How long a repeated Idempotency-Key returns the first result.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
     pub quantity: i64,
+    /// `None`: the activity's only type (the script refuses when it has several).
+    pub ticket_type: Option<TypeKey>,
 }
 
 impl ClaimRequest {
-    /// An empty body means one ticket.
+    /// An empty body means one ticket of the activity's only type.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         if body.len() <= MAX_CLAIM_BODY && body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(ClaimRequest { quantity: 1 });
+            return Ok(ClaimRequest {
+                quantity: 1,
+                ticket_type: None,
+            });
         }
         let object = json_object(body, MAX_CLAIM_BODY)?;
-        reject_unknown(&object, &["quantity"])?;
+        reject_unknown(&object, &["quantity", "ticket_type"])?;
         let quantity = match object.get("quantity") {
             None => 1,
             Some(v) => v
@@ -41,7 +47,15 @@ impl ClaimRequest {
                 "quantity must be between 1 and {MAX_QUANTITY}"
             )));
         }
-        Ok(ClaimRequest { quantity })
+        let ticket_type = match object.get("ticket_type") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(key)) => Some(TypeKey::parse(key)?),
+            Some(_) => return Err(ApiError::invalid("ticket_type must be a string")),
+        };
+        Ok(ClaimRequest {
+            quantity,
+            ticket_type,
+        })
     }
 }
 
@@ -121,7 +135,7 @@ impl ClaimCommand {
         let k = ActivityKeys::new(activity);
         let keys = vec![
             k.meta(),
-            k.stock(),
+            k.stocks(),
             k.seq(),
             k.claimed(),
             k.tickets(),
@@ -129,7 +143,7 @@ impl ClaimCommand {
             k.idempotency(user, idempotency),
             k.deny(),
             k.rate(user),
-            k.pool(),
+            k.pools(),
             k.pass(user),
             k.flood(),
         ];
@@ -145,6 +159,7 @@ impl ClaimCommand {
             Arg::Int(rate.window_ms),
             Arg::Int(global_rate.attempts),
             Arg::Int(global_rate.window_ms),
+            Arg::from(request.ticket_type.as_ref().map_or("", TypeKey::as_str)),
         ];
         ClaimCommand { keys, argv }
     }
@@ -251,8 +266,12 @@ pub fn answer(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub claim_id: String,
+    /// Left of the claimed type.
     pub stock_left: i64,
+    pub ticket_type: String,
     pub codes: Vec<String>,
+    /// Whether the codes came from an uploaded pool: such a code is shown as uploaded.
+    pub pooled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,26 +281,47 @@ pub enum ClaimOutcome {
     Replayed(Claimed),
 }
 
+/// The list of type keys claim.lua names in a refusal (comma separated).
+fn type_list(reply: &[Reply], i: usize) -> Vec<String> {
+    reply
+        .get(i)
+        .and_then(Reply::as_text)
+        .unwrap_or("")
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The claim script's return codes, in one place.
 pub fn decode(reply: &[Reply]) -> Result<ClaimOutcome, ApiError> {
     let int = |i: usize| reply.get(i).and_then(Reply::as_int);
+    let text = |i: usize| reply.get(i).and_then(Reply::as_text).map(str::to_string);
+    // The type a refusal is about, when the script names one.
+    let of_type = |i: usize, error: ApiError| match text(i) {
+        Some(ticket_type) => ApiError::OfType {
+            ticket_type,
+            error: Box::new(error),
+        },
+        None => error,
+    };
     let status = int(0).ok_or(ApiError::Internal)?;
     match status {
         1 | 2 => {
-            let claim_id = reply
-                .get(1)
-                .and_then(Reply::as_text)
-                .ok_or(ApiError::Internal)?
-                .to_string();
+            let claim_id = text(1).ok_or(ApiError::Internal)?;
             let stock_left = int(2).ok_or(ApiError::Internal)?;
-            let codes = reply[3..]
+            let ticket_type = text(3).ok_or(ApiError::Internal)?;
+            let pooled = text(4).ok_or(ApiError::Internal)? == "codes";
+            let codes = reply[5..]
                 .iter()
                 .map(|r| r.as_text().map(str::to_string).ok_or(ApiError::Internal))
                 .collect::<Result<Vec<_>, _>>()?;
             let claimed = Claimed {
                 claim_id,
                 stock_left,
+                ticket_type,
                 codes,
+                pooled,
             };
             Ok(if status == 1 {
                 ClaimOutcome::Claimed(claimed)
@@ -290,31 +330,64 @@ pub fn decode(reply: &[Reply]) -> Result<ClaimOutcome, ApiError> {
             })
         }
         -1 => Err(ApiError::NotFound),
-        -3 => Err(ApiError::NotStarted {
-            starts_at: Millis(int(1).unwrap_or(0)),
-        }),
-        -4 => Err(ApiError::Ended),
+        -3 => Err(of_type(
+            2,
+            ApiError::NotStarted {
+                starts_at: Millis(int(1).unwrap_or(0)),
+            },
+        )),
+        -4 => Err(of_type(1, ApiError::Ended)),
         -5 => Err(ApiError::Forbidden("this account may not claim")),
         -6 => Err(ApiError::RateLimited {
             retry_after_secs: (int(1).unwrap_or(1000).max(1) as u64).div_ceil(1000),
         }),
-        -7 => Err(ApiError::LimitReached {
-            limit: int(1).unwrap_or(0),
-        }),
-        -8 => Err(ApiError::SoldOut),
+        -7 => {
+            let scope = match text(2).as_deref() {
+                Some("activity") => LimitScope::Activity,
+                _ => LimitScope::TicketType,
+            };
+            Err(of_type(
+                3,
+                ApiError::LimitReached {
+                    limit: int(1).unwrap_or(0),
+                    scope,
+                },
+            ))
+        }
+        -8 => Err(of_type(1, ApiError::SoldOut)),
         -9 => Err(ApiError::PassRequired),
-        -10 => Err(ApiError::invalid(format!(
-            "quantity exceeds the per-user limit of {}",
-            int(1).unwrap_or(0)
-        ))),
+        -10 => Err(of_type(
+            2,
+            ApiError::invalid(format!(
+                "quantity exceeds the per-user limit of {}",
+                int(1).unwrap_or(0)
+            )),
+        )),
+        // An activity loaded before it had types (it must be published again).
+        -14 if type_list(reply, 1).is_empty() => {
+            eprintln!(
+                "flashclaim: claim: the activity has no ticket types in Redis; publish it again"
+            );
+            Err(ApiError::Internal)
+        }
+        -14 => Err(ApiError::UnknownTicketType {
+            named: false,
+            offered: type_list(reply, 1),
+        }),
+        -15 => Err(ApiError::UnknownTicketType {
+            named: true,
+            offered: type_list(reply, 1),
+        }),
         _ => Err(ApiError::Internal),
     }
 }
 
 #[derive(Serialize)]
 struct TicketBody {
+    id: String,
     code: String,
     activity_id: ActivityId,
+    ticket_type: String,
     status: &'static str,
 }
 
@@ -322,6 +395,7 @@ struct TicketBody {
 struct ClaimBody201 {
     claim_id: String,
     activity_id: ActivityId,
+    ticket_type: String,
     quantity: usize,
     stock_left: i64,
     tickets: Vec<TicketBody>,
@@ -335,19 +409,24 @@ pub fn encode(activity: ActivityId, outcome: &ClaimOutcome) -> HttpResponse {
     let body = ClaimBody201 {
         claim_id: claimed.claim_id.clone(),
         activity_id: activity,
+        ticket_type: claimed.ticket_type.clone(),
         quantity: claimed.codes.len(),
         stock_left: claimed.stock_left,
         tickets: claimed
             .codes
             .iter()
-            .map(|code| TicketBody {
-                code: TicketRef {
+            .map(|code| {
+                let ticket = TicketRef {
                     activity,
                     code: code.clone(),
+                };
+                TicketBody {
+                    id: ticket.to_string(),
+                    code: ticket.shown(claimed.pooled),
+                    activity_id: activity,
+                    ticket_type: claimed.ticket_type.clone(),
+                    status: "active",
                 }
-                .to_string(),
-                activity_id: activity,
-                status: "active",
             })
             .collect(),
     };
@@ -553,11 +632,13 @@ mod tests {
     }
 
     #[test]
-    fn claim_is_decoded_with_its_codes() {
+    fn claim_is_decoded_with_its_type_and_codes() {
         let reply = [
             Reply::Int(1),
             bytes("c1"),
             Reply::Int(9),
+            bytes("vip"),
+            bytes("counter"),
             bytes("AB-1"),
             bytes("CD-2"),
         ];
@@ -565,16 +646,81 @@ mod tests {
             panic!()
         };
         assert_eq!(c.codes, vec!["AB-1", "CD-2"]);
-        assert_eq!(c.stock_left, 9);
+        assert_eq!(
+            (c.stock_left, c.ticket_type.as_str(), c.pooled),
+            (9, "vip", false)
+        );
         assert!(matches!(
-            decode(&[Reply::Int(2), bytes("c1"), Reply::Int(0)]).unwrap(),
-            ClaimOutcome::Replayed(_)
+            decode(&[
+                Reply::Int(2),
+                bytes("c1"),
+                Reply::Int(0),
+                bytes("vip"),
+                bytes("codes")
+            ])
+            .unwrap(),
+            ClaimOutcome::Replayed(Claimed { pooled: true, .. })
         ));
+        assert_eq!(
+            decode(&[Reply::Int(1), bytes("c1"), Reply::Int(9)]),
+            Err(ApiError::Internal)
+        );
     }
 
     #[test]
     fn claim_is_refused_when_sold_out() {
         assert_eq!(decode(&[Reply::Int(-8)]), Err(ApiError::SoldOut));
+        assert_eq!(
+            decode(&[Reply::Int(-8), bytes("vip")]),
+            Err(ApiError::OfType {
+                ticket_type: "vip".into(),
+                error: Box::new(ApiError::SoldOut)
+            })
+        );
+    }
+
+    #[test]
+    fn a_claim_names_a_type_or_leaves_it_to_the_script() {
+        let r = ClaimRequest::parse(br#"{"ticket_type": "vip", "quantity": 2}"#).unwrap();
+        assert_eq!((r.quantity, r.ticket_type.unwrap().as_str()), (2, "vip"));
+        assert_eq!(
+            ClaimRequest::parse(br#"{"ticket_type": null}"#)
+                .unwrap()
+                .ticket_type,
+            None
+        );
+        assert_eq!(ClaimRequest::parse(b"").unwrap().ticket_type, None);
+        for bad in [
+            &br#"{"ticket_type": "VIP"}"#[..],
+            br#"{"ticket_type": 1}"#,
+            br#"{"ticket_type": ""}"#,
+            br#"{"ticket_type": "a,b"}"#,
+        ] {
+            assert_eq!(
+                ClaimRequest::parse(bad).unwrap_err().code(),
+                "invalid_request"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unknown_type_is_a_bad_request_listing_the_types() {
+        for code in [-14, -15] {
+            let e = decode(&[Reply::Int(code), bytes("vip,std")]).unwrap_err();
+            assert_eq!(
+                e,
+                ApiError::UnknownTicketType {
+                    named: code == -15,
+                    offered: vec!["vip".into(), "std".into()]
+                }
+            );
+        }
+        // An activity loaded into Redis before ticket types has no list: an internal error
+        // (publishing it again fixes it), not the client's fault.
+        assert_eq!(
+            decode(&[Reply::Int(-14), bytes("")]),
+            Err(ApiError::Internal)
+        );
     }
 
     #[test]
@@ -594,13 +740,47 @@ mod tests {
                 retry_after_secs: 2
             })
         );
+        let of_vip = |error| ApiError::OfType {
+            ticket_type: "vip".into(),
+            error: Box::new(error),
+        };
         assert_eq!(
-            decode(&[Reply::Int(-7), Reply::Int(1)]),
-            Err(ApiError::LimitReached { limit: 1 })
+            decode(&[Reply::Int(-3), Reply::Int(5000), bytes("vip")]),
+            Err(of_vip(ApiError::NotStarted {
+                starts_at: Millis(5000)
+            }))
+        );
+        assert_eq!(
+            decode(&[Reply::Int(-4), bytes("vip")]),
+            Err(of_vip(ApiError::Ended))
+        );
+        assert_eq!(
+            decode(&[
+                Reply::Int(-7),
+                Reply::Int(1),
+                bytes("ticket_type"),
+                bytes("vip")
+            ]),
+            Err(of_vip(ApiError::LimitReached {
+                limit: 1,
+                scope: LimitScope::TicketType
+            }))
+        );
+        assert_eq!(
+            decode(&[
+                Reply::Int(-7),
+                Reply::Int(2),
+                bytes("activity"),
+                bytes("vip")
+            ]),
+            Err(of_vip(ApiError::LimitReached {
+                limit: 2,
+                scope: LimitScope::Activity
+            }))
         );
         assert_eq!(decode(&[Reply::Int(-9)]), Err(ApiError::PassRequired));
         assert_eq!(
-            decode(&[Reply::Int(-10), Reply::Int(2)])
+            decode(&[Reply::Int(-10), Reply::Int(2), bytes("vip")])
                 .unwrap_err()
                 .code(),
             "invalid_request"
@@ -615,7 +795,10 @@ mod tests {
         let cmd = ClaimCommand::new(
             ActivityId::parse("5").unwrap(),
             &user,
-            ClaimRequest { quantity: 2 },
+            ClaimRequest {
+                quantity: 2,
+                ticket_type: Some(TypeKey::parse("vip").unwrap()),
+            },
             None,
             Millis(1000),
             "cid",
@@ -626,7 +809,10 @@ mod tests {
         assert_eq!(cmd.keys.len(), 12);
         assert_eq!(cmd.keys[0], "fc:{a:5}:meta");
         assert_eq!(cmd.keys[11], "fc:{a:5}:flood");
-        assert_eq!(cmd.argv.len(), 11);
+        assert_eq!(cmd.keys[1], "fc:{a:5}:stocks");
+        assert_eq!(cmd.keys[9], "fc:{a:5}:pools");
+        assert_eq!(cmd.argv.len(), 12);
+        assert_eq!(cmd.argv[11], Arg::from("vip"));
         assert_eq!(cmd.argv[9], Arg::Int(0));
         assert_eq!(cmd.argv[4], Arg::from("AAAA,BBBB"));
         assert_eq!(cmd.argv[5], Arg::Int(0));
@@ -643,18 +829,36 @@ mod tests {
     #[test]
     fn the_response_shows_full_ticket_codes() {
         let a = ActivityId::parse("5").unwrap();
-        let r = encode(
-            a,
-            &ClaimOutcome::Claimed(Claimed {
-                claim_id: "c".into(),
-                stock_left: 3,
-                codes: vec!["X-1".into()],
-            }),
+        let claimed = |pooled| {
+            let r = encode(
+                a,
+                &ClaimOutcome::Claimed(Claimed {
+                    claim_id: "c".into(),
+                    stock_left: 3,
+                    ticket_type: "default".into(),
+                    codes: vec!["SAVE10-AB12".into()],
+                    pooled,
+                }),
+            );
+            assert_eq!(r.status, 201);
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+        };
+        let v = claimed(false);
+        assert_eq!(v["tickets"][0]["code"], "5-SAVE10-AB12");
+        assert_eq!(v["tickets"][0]["id"], "5-SAVE10-AB12");
+        assert_eq!(
+            (v["activity_id"].as_i64(), v["ticket_type"].as_str()),
+            (Some(5), Some("default"))
         );
-        assert_eq!(r.status, 201);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(v["tickets"][0]["code"], "5-X-1");
-        assert_eq!(v["activity_id"], 5);
+        let v = claimed(true);
+        assert_eq!(
+            v["tickets"][0]["code"], "SAVE10-AB12",
+            "a pool code as uploaded"
+        );
+        assert_eq!(
+            v["tickets"][0]["id"], "5-SAVE10-AB12",
+            "the route id keeps its activity"
+        );
     }
 
     #[test]

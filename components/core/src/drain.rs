@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::ids::ActivityId;
 use crate::scripts::Reply;
+use crate::ticket_type::{TypeKey, DEFAULT_TYPE};
 
 /// Entries taken per activity per read.
 pub const BATCH_SIZE: i64 = 2000;
@@ -26,6 +27,9 @@ pub enum LogEvent {
         user: String,
         codes: Vec<String>,
         at: String,
+        /// The ticket type; entries logged before ticket types have none: `default`.
+        #[serde(default, rename = "type")]
+        ticket_type: Option<String>,
     },
     /// The owner gave the ticket back (return.lua).
     Return(TicketChange),
@@ -155,11 +159,13 @@ fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
             user,
             codes,
             at,
+            ticket_type,
         } = &entry.event
         else {
             continue;
         };
         let (activity, at) = (activity.parse().unwrap_or(0), at.parse().unwrap_or(0));
+        let ticket_type = ticket_type.as_deref().unwrap_or(DEFAULT_TYPE);
         rows.claim_ids.push(claim.clone());
         rows.claim_activities.push(activity);
         rows.claim_users.push(user.clone());
@@ -171,6 +177,7 @@ fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
             rows.ticket_codes.push(code.clone());
             rows.ticket_users.push(user.clone());
             rows.ticket_at_ms.push(at);
+            rows.ticket_types.push(ticket_type.to_string());
         }
     }
     rows
@@ -185,8 +192,12 @@ impl LogEvent {
                 user,
                 codes,
                 at,
+                ticket_type,
             } => {
-                !claim.is_empty()
+                ticket_type
+                    .as_deref()
+                    .is_none_or(|t| TypeKey::parse(t).is_ok())
+                    && !claim.is_empty()
                     && ActivityId::parse(activity).is_ok()
                     && !user.is_empty()
                     && !codes.is_empty()
@@ -214,6 +225,7 @@ pub struct Rows {
     pub ticket_codes: Vec<String>,
     pub ticket_users: Vec<String>,
     pub ticket_at_ms: Vec<i64>,
+    pub ticket_types: Vec<String>,
 }
 
 /// `{ acknowledged, entries_left }` from drain_ack.lua.
@@ -277,7 +289,7 @@ mod tests {
             ),
             b("2-0"),
             b(
-                r#"{"t":"claim","claim":"c2","activity":"5","user":"u2","codes":["C-3"],"at":"2000"}"#,
+                r#"{"t":"claim","claim":"c2","activity":"5","user":"u2","codes":["C-3"],"at":"2000","type":"vip"}"#,
             ),
         ];
         let batch = Batch::decode(&reply);
@@ -292,6 +304,11 @@ mod tests {
         assert_eq!(rows.ticket_codes, vec!["A-1", "B-2", "C-3"]);
         assert_eq!(rows.ticket_users, vec!["u1", "u1", "u2"]);
         assert_eq!(rows.ticket_at_ms, vec![1000, 1000, 2000]);
+        assert_eq!(
+            rows.ticket_types,
+            vec!["default", "default", "vip"],
+            "an entry logged before ticket types is of the type `default`"
+        );
     }
 
     #[test]

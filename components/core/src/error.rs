@@ -5,6 +5,22 @@
 use crate::http::HttpResponse;
 use crate::time::Millis;
 
+/// Which per-user limit a claim reached: its ticket type's, or the activity's over all types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    TicketType,
+    Activity,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::TicketType => "ticket_type",
+            LimitScope::Activity => "activity",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -23,8 +39,8 @@ pub enum ApiError {
     Ended,
     #[error("sold out")]
     SoldOut,
-    #[error("the per-user limit of {limit} is reached")]
-    LimitReached { limit: i64 },
+    #[error("the per-user limit of {limit} ({}) is reached", scope.as_str())]
+    LimitReached { limit: i64, scope: LimitScope },
     #[error("a claim pass is required")]
     PassRequired,
     #[error("{0}")]
@@ -45,6 +61,21 @@ pub enum ApiError {
     /// "nothing happened", only how to find out safely.
     #[error("the outcome could not be confirmed; retry with the same Idempotency-Key to get it")]
     OutcomeUnknown,
+    /// A claim named no ticket type while the activity has several (`named: None`), or one
+    /// it does not offer.
+    #[error("{}", if *named {
+        format!("this activity offers no such ticket type; it offers: {}", offered.join(", "))
+    } else {
+        format!("this activity offers several ticket types; name one in ticket_type: {}", offered.join(", "))
+    })]
+    UnknownTicketType { named: bool, offered: Vec<String> },
+    /// A claim refused for one ticket type (not open yet, closed, sold out, its limit):
+    /// the inner error's status and code, naming the type.
+    #[error("{error} (ticket type `{ticket_type}`)")]
+    OfType {
+        ticket_type: String,
+        error: Box<ApiError>,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -68,7 +99,10 @@ impl ApiError {
             },
             ApiError::Ended,
             ApiError::SoldOut,
-            ApiError::LimitReached { limit: 1 },
+            ApiError::LimitReached {
+                limit: 1,
+                scope: LimitScope::Activity,
+            },
             ApiError::PassRequired,
             ApiError::Conflict(String::new()),
             ApiError::VerificationFailed,
@@ -81,6 +115,14 @@ impl ApiError {
             },
             ApiError::Unavailable(""),
             ApiError::OutcomeUnknown,
+            ApiError::UnknownTicketType {
+                named: false,
+                offered: Vec::new(),
+            },
+            ApiError::OfType {
+                ticket_type: String::new(),
+                error: Box::new(ApiError::SoldOut),
+            },
             ApiError::Internal,
         ];
         for e in &all {
@@ -101,6 +143,8 @@ impl ApiError {
                 | ApiError::RateLimited { .. }
                 | ApiError::Unavailable(_)
                 | ApiError::OutcomeUnknown
+                | ApiError::UnknownTicketType { .. }
+                | ApiError::OfType { .. }
                 | ApiError::Internal => {}
             }
         }
@@ -109,7 +153,8 @@ impl ApiError {
 
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::InvalidRequest(_) => 400,
+            ApiError::OfType { error, .. } => error.status(),
+            ApiError::InvalidRequest(_) | ApiError::UnknownTicketType { .. } => 400,
             ApiError::Unauthenticated(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
@@ -130,7 +175,8 @@ impl ApiError {
     /// The stable, documented machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::OfType { error, .. } => error.code(),
+            ApiError::InvalidRequest(_) | ApiError::UnknownTicketType { .. } => "invalid_request",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
@@ -165,6 +211,15 @@ impl ApiError {
     }
 
     pub fn to_response(&self) -> HttpResponse {
+        if let ApiError::OfType { ticket_type, error } = self {
+            let mut response = error.to_response();
+            if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) {
+                body["ticket_type"] = ticket_type.as_str().into();
+                body["detail"] = self.to_string().into();
+                response.body = body.to_string().into_bytes();
+            }
+            return response;
+        }
         let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.title(),
@@ -176,7 +231,13 @@ impl ApiError {
             ApiError::NotStarted { starts_at } => {
                 body["starts_at"] = serde_json::json!(starts_at);
             }
-            ApiError::LimitReached { limit } => body["limit"] = (*limit).into(),
+            ApiError::LimitReached { limit, scope } => {
+                body["limit"] = (*limit).into();
+                body["scope"] = scope.as_str().into();
+            }
+            ApiError::UnknownTicketType { offered, .. } => {
+                body["ticket_types"] = offered.clone().into();
+            }
             ApiError::Unavailable(_) => body["claimed"] = false.into(),
             ApiError::OutcomeUnknown => body["claimed"] = serde_json::Value::Null,
             ApiError::CodesRejected { bad, duplicates } => {
@@ -277,6 +338,38 @@ mod tests {
         assert_eq!(b["duplicates"].as_array().unwrap().len(), 100);
         assert_eq!(b["duplicate_count"], 150);
         assert_eq!(b["bad"][0], "line 2: `a b`");
+    }
+
+    #[test]
+    fn a_refusal_about_one_type_keeps_its_status_and_code_and_names_the_type() {
+        let e = ApiError::OfType {
+            ticket_type: "vip".into(),
+            error: Box::new(ApiError::LimitReached {
+                limit: 2,
+                scope: LimitScope::Activity,
+            }),
+        };
+        assert_eq!((e.status(), e.code()), (409, "limit_reached"));
+        let b = body(&e);
+        assert_eq!(
+            (
+                b["ticket_type"].as_str(),
+                b["scope"].as_str(),
+                b["limit"].as_i64()
+            ),
+            (Some("vip"), Some("activity"), Some(2))
+        );
+        assert!(b["detail"].as_str().unwrap().contains("`vip`"), "{b}");
+        let e = ApiError::UnknownTicketType {
+            named: false,
+            offered: vec!["a".into(), "b".into()],
+        };
+        let b = body(&e);
+        assert_eq!(
+            (b["status"].as_u64(), b["code"].as_str()),
+            (Some(400), Some("invalid_request"))
+        );
+        assert_eq!(b["ticket_types"], serde_json::json!(["a", "b"]));
     }
 
     #[test]

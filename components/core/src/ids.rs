@@ -86,6 +86,20 @@ impl TicketRef {
     }
 }
 
+impl TicketRef {
+    /// The code as its holder reads, copies and redeems it elsewhere: an uploaded pool code
+    /// exactly as uploaded (a partner's till knows nothing of activity ids), a generated
+    /// code with its activity (`<activity id>-<code>`, as it always was). The route id is
+    /// always the latter (`Display`).
+    pub fn shown(&self, pooled: bool) -> String {
+        if pooled {
+            self.code.clone()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl fmt::Display for TicketRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.activity, self.code)
@@ -158,6 +172,8 @@ mod tests {
         assert_eq!(t.activity.get(), 42);
         assert_eq!(t.code, "AB12-7");
         assert_eq!(t.to_string(), "42-AB12-7");
+        assert_eq!(t.shown(false), "42-AB12-7");
+        assert_eq!(t.shown(true), "AB12-7", "a pool code is shown as uploaded");
         for bad in ["", "42", "42-", "x-1", "0-1", "42-a b", "42-'; DROP"] {
             assert!(TicketRef::parse(bad).is_err(), "{bad:?}");
         }

@@ -33,8 +33,9 @@ impl ActivityKeys {
     pub fn meta(&self) -> String {
         self.key("meta")
     }
-    pub fn stock(&self) -> String {
-        self.key("stock")
+    /// Type -> tickets left (see lua/claim.lua).
+    pub fn stocks(&self) -> String {
+        self.key("stocks")
     }
     pub fn seq(&self) -> String {
         self.key("seq")
@@ -51,8 +52,9 @@ impl ActivityKeys {
     pub fn deny(&self) -> String {
         self.key("deny")
     }
-    pub fn pool(&self) -> String {
-        self.key("pool")
+    /// The code pools of the `codes` types, a queue per type (see lua/claim.lua).
+    pub fn pools(&self) -> String {
+        self.key("pools")
     }
     /// Cached public view (JSON) of the activity, or a negative-cache marker.
     pub fn view(&self) -> String {
@@ -124,7 +126,8 @@ mod tests {
         let user = UserId::parse("u1").unwrap();
         for key in [
             k.meta(),
-            k.stock(),
+            k.stocks(),
+            k.pools(),
             k.log(),
             k.claimed(),
             k.rate(&user),

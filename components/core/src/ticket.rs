@@ -10,6 +10,7 @@ use crate::ids::{ActivityId, TicketRef};
 use crate::jwt::{b64url_decode, b64url_encode};
 use crate::keys::ActivityKeys;
 use crate::scripts::{Arg, Reply};
+use crate::ticket_type::DEFAULT_TYPE;
 use crate::time::Millis;
 
 /// The QR payload's version tag: `FC1.<ticket code>.<verification>`.
@@ -105,13 +106,15 @@ impl RedeemProof {
 }
 
 /// A ticket as the claim script records it in the activity's `tickets` hash:
-/// `"user|claim_id|status|claimed_at_ms"`.
+/// `"user|claim_id|status|claimed_at_ms|type"` (records written before ticket types have no
+/// type: theirs is `default`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketRecord {
     pub user: String,
     pub claim_id: String,
     pub status: String,
     pub claimed_at: Millis,
+    pub ticket_type: String,
 }
 
 impl TicketRecord {
@@ -122,15 +125,28 @@ impl TicketRecord {
             claim_id: parts.next()?.to_string(),
             status: parts.next()?.to_string(),
             claimed_at: Millis(parts.next()?.parse().ok()?),
+            ticket_type: parts.next().unwrap_or(DEFAULT_TYPE).to_string(),
         };
         parts.next().is_none().then_some(record)
+    }
+
+    /// The record as the scripts write it (what a reload from Postgres restores).
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.user, self.claim_id, self.status, self.claimed_at.0, self.ticket_type
+        )
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TicketView {
+    /// The route id: `<activity id>-<code part>`.
+    pub id: String,
+    /// As the holder shows it: an uploaded pool code exactly as uploaded.
     pub code: String,
     pub activity_id: ActivityId,
+    pub ticket_type: String,
     pub claim_id: String,
     pub status: String,
     pub claimed_at: Millis,
@@ -141,10 +157,13 @@ pub struct TicketView {
 }
 
 impl TicketView {
-    pub fn new(ticket: &TicketRef, record: &TicketRecord, secret: &[u8]) -> Self {
+    /// `pooled`: the ticket's type hands out uploaded codes.
+    pub fn new(ticket: &TicketRef, record: &TicketRecord, pooled: bool, secret: &[u8]) -> Self {
         TicketView {
-            code: ticket.to_string(),
+            id: ticket.to_string(),
+            code: ticket.shown(pooled),
             activity_id: ticket.activity,
+            ticket_type: record.ticket_type.clone(),
             claim_id: record.claim_id.clone(),
             status: record.status.clone(),
             claimed_at: record.claimed_at,
@@ -160,11 +179,11 @@ pub fn return_command(ticket: &TicketRef, user: &str, now: Millis) -> (Vec<Strin
     (
         vec![
             k.meta(),
-            k.stock(),
+            k.stocks(),
             k.claimed(),
             k.tickets(),
             k.log(),
-            k.pool(),
+            k.pools(),
         ],
         vec![
             Arg::from(ticket.code.as_str()),
@@ -211,22 +230,38 @@ mod tests {
 
     #[test]
     fn a_ticket_record_round_trips_from_the_script_format() {
-        let r = TicketRecord::parse("u1|c1|active|1500").unwrap();
+        let r = TicketRecord::parse("u1|c1|active|1500|vip").unwrap();
         assert_eq!(
-            (r.user.as_str(), r.status.as_str(), r.claimed_at),
-            ("u1", "active", Millis(1500))
+            (
+                r.user.as_str(),
+                r.status.as_str(),
+                r.claimed_at,
+                r.ticket_type.as_str()
+            ),
+            ("u1", "active", Millis(1500), "vip")
         );
-        assert!(TicketRecord::parse("u1|c1|active").is_none());
-        assert!(TicketRecord::parse("u1|c1|active|x").is_none());
-        assert!(TicketRecord::parse("u1|c1|active|1|extra").is_none());
+        assert_eq!(r.to_text(), "u1|c1|active|1500|vip");
+        let before_types = TicketRecord::parse("u1|c1|active|1500").unwrap();
+        assert_eq!(before_types.ticket_type, "default");
+        assert!(TicketRecord::parse("u1|c1|active|x|vip").is_none());
+        assert!(TicketRecord::parse("u1|c1|active|1|vip|extra").is_none());
     }
 
     #[test]
     fn the_view_shows_the_full_code() {
         let t = TicketRef::parse("9-AB-1").unwrap();
-        let r = TicketRecord::parse("u|c|active|0").unwrap();
-        let v = serde_json::to_value(TicketView::new(&t, &r, b"s")).unwrap();
-        assert_eq!(v["code"], "9-AB-1");
+        let r = TicketRecord::parse("u|c|active|0|default").unwrap();
+        let v = serde_json::to_value(TicketView::new(&t, &r, false, b"s")).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["code"].as_str()),
+            (Some("9-AB-1"), Some("9-AB-1"))
+        );
+        assert_eq!(v["ticket_type"], "default");
+        let pooled = serde_json::to_value(TicketView::new(&t, &r, true, b"s")).unwrap();
+        assert_eq!(
+            (pooled["id"].as_str(), pooled["code"].as_str()),
+            (Some("9-AB-1"), Some("AB-1"))
+        );
         assert_eq!(v["claimed_at"], "1970-01-01T00:00:00Z");
         assert!(v["qr"].as_str().unwrap().starts_with("FC1.9-AB-1."));
     }

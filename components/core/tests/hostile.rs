@@ -13,6 +13,7 @@ use flashclaim_core::codes::parse_upload;
 use flashclaim_core::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
 use flashclaim_core::jwt::{self, Claims};
 use flashclaim_core::ticket::parse_redeem;
+use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
 use flashclaim_core::ApiError;
 use proptest::prelude::*;
@@ -32,10 +33,9 @@ fn draft() -> Activity {
         starts_at: Millis(1_800_000_000_000),
         ends_at: Millis(1_800_000_360_000),
         status: Status::Draft,
-        stock_total: 10,
-        per_user_limit: 1,
-        kind: Kind::Counter,
+        per_user_limit: Some(1),
         require_pass: false,
+        ticket_types: vec![TicketType::default_for("n", 10, 1, Kind::Counter)],
     }
 }
 

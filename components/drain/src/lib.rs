@@ -277,10 +277,10 @@ fn insert_claims(pg: &pg4::Connection, rows: &Rows) -> Result<(), pg4::PgError> 
            FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
                 AS c(id, activity_id, user_id, quantity, at) \
            ON CONFLICT (id) DO NOTHING) \
-         INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at) \
-         SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0) \
-         FROM unnest($6::text[], $7::int8[], $8::text[], $9::text[], $10::int8[]) \
-              AS t(claim_id, activity_id, user_id, code, at) \
+         INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at, ticket_type) \
+         SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0), t.ticket_type \
+         FROM unnest($6::text[], $7::int8[], $8::text[], $9::text[], $10::int8[], $11::text[]) \
+              AS t(claim_id, activity_id, user_id, code, at, ticket_type) \
          ON CONFLICT (claim_id, code) DO NOTHING",
         &[
             glue::str_array(&rows.claim_ids),
@@ -293,6 +293,7 @@ fn insert_claims(pg: &pg4::Connection, rows: &Rows) -> Result<(), pg4::PgError> 
             glue::str_array(&rows.ticket_users),
             glue::str_array(&rows.ticket_codes),
             glue::int_array(&rows.ticket_at_ms),
+            glue::str_array(&rows.ticket_types),
         ],
     )?;
     Ok(())

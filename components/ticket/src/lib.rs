@@ -45,12 +45,12 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 /// redeem by scanning, not by showing) gets the 404 of an unknown ticket. The image of a
 /// code never changes, so the owner's browser may keep it.
 fn qr_image(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
-    let (ticket, record) = find_ticket(code)?;
+    let (ticket, record, pooled) = find_ticket(code)?;
     if record.user != caller.user.as_str() {
         return Err(ApiError::NotFound);
     }
     let secret = glue::var("ticket_secret")?;
-    let view = TicketView::new(&ticket, &record, secret.as_bytes());
+    let view = TicketView::new(&ticket, &record, pooled, secret.as_bytes());
     let svg = flashclaim_core::qr::svg(&view.qr).ok_or_else(|| {
         eprintln!("flashclaim: ticket {ticket}: its QR payload fits no QR symbol");
         ApiError::Internal
@@ -64,8 +64,9 @@ fn qr_image(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
     Ok(response)
 }
 
-/// A ticket live from Redis, whoever owns it; `NotFound` when there is none.
-fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord), ApiError> {
+/// A ticket live from Redis, whoever owns it, and whether its type hands out uploaded
+/// codes (then its code is shown as uploaded); `NotFound` when there is none.
+fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord, bool), ApiError> {
     let ticket = TicketRef::parse(code)?;
     let redis = glue::redis_for(ticket.activity, "ticket")?;
     let reply = redis
@@ -82,18 +83,28 @@ fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord), ApiError> {
         .and_then(Reply::as_text)
         .and_then(TicketRecord::parse)
         .ok_or(ApiError::NotFound)?;
-    Ok((ticket, record))
+    let kind = redis
+        .execute(
+            "HGET",
+            &[
+                Arg::from(ActivityKeys::new(ticket.activity).meta()),
+                Arg::from(format!("{}:kind", record.ticket_type)),
+            ],
+        )
+        .map_err(|e| glue::redis_unavailable("ticket", e))?;
+    let pooled = kind.first().and_then(Reply::as_text) == Some("codes");
+    Ok((ticket, record, pooled))
 }
 
 fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
-    let (ticket, record) = find_ticket(code)?;
+    let (ticket, record, pooled) = find_ticket(code)?;
     if record.user != caller.user.as_str() && !caller.is_admin() {
         return Err(ApiError::NotFound);
     }
     let secret = glue::var("ticket_secret")?;
     Ok(HttpResponse::json(
         200,
-        &TicketView::new(&ticket, &record, secret.as_bytes()),
+        &TicketView::new(&ticket, &record, pooled, secret.as_bytes()),
     ))
 }
 
@@ -105,11 +116,16 @@ fn return_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiErro
         .run(&RETURN, &keys, &argv)
         .map_err(|e| glue::redis_unavailable("return ticket", e))?;
     let stock_left = ticket::decode_ticket_change(&reply)?.and_then(Reply::as_int);
+    // return.lua: { 1, stock_left, type, kind }; stock_left is the type's.
+    let ticket_type = reply.get(2).and_then(Reply::as_text);
+    let pooled = reply.get(3).and_then(Reply::as_text) == Some("codes");
     Ok(HttpResponse::json(
         200,
         &serde_json::json!({
-            "code": ticket.to_string(),
+            "id": ticket.to_string(),
+            "code": ticket.shown(pooled),
             "activity_id": ticket.activity,
+            "ticket_type": ticket_type,
             "status": "returned",
             "stock_left": stock_left,
         }),
@@ -126,9 +142,13 @@ fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
                     array_agg(code ORDER BY claimed_at DESC, id DESC), \
                     array_agg(claim_id ORDER BY claimed_at DESC, id DESC), \
                     array_agg(status ORDER BY claimed_at DESC, id DESC), \
-                    array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY claimed_at DESC, id DESC) \
-             FROM (SELECT * FROM tickets WHERE user_id = $1 \
-                   ORDER BY claimed_at DESC, id DESC LIMIT $2) AS mine",
+                    array_agg((extract(epoch FROM claimed_at) * 1000)::int8 ORDER BY claimed_at DESC, id DESC), \
+                    array_agg(ticket_type ORDER BY claimed_at DESC, id DESC), \
+                    array_agg(pooled ORDER BY claimed_at DESC, id DESC) \
+             FROM (SELECT t.*, (tt.kind = 'codes')::int4 AS pooled FROM tickets t \
+                   JOIN ticket_types tt ON tt.activity_id = t.activity_id AND tt.key = t.ticket_type \
+                   WHERE t.user_id = $1 \
+                   ORDER BY t.claimed_at DESC, t.id DESC LIMIT $2) AS mine",
             &[glue::str_param(caller.user.as_str()), ParameterValue::Int64(LIST_LIMIT)],
         )
         .map_err(|e| glue::pg_internal("list tickets", e))?;
@@ -144,8 +164,10 @@ fn list_tickets(caller: &Principal) -> Result<HttpResponse, ApiError> {
                 claim_id: glue::text(&r[2])?,
                 status: glue::text(&r[3])?,
                 claimed_at: Millis(glue::int(&r[4])?),
+                ticket_type: glue::text(&r[5])?,
             };
-            Some(TicketView::new(&ticket, &record, secret.as_bytes()))
+            let pooled = glue::boolean(&r[6])?;
+            Some(TicketView::new(&ticket, &record, pooled, secret.as_bytes()))
         })
         .collect();
     Ok(HttpResponse::json(

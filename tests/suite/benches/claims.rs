@@ -35,6 +35,7 @@ use flashclaim_core::activity::{Activity, Kind, Status};
 use flashclaim_core::claim::{ClaimCommand, ClaimRequest, RateLimit};
 use flashclaim_core::ids::{ActivityId, UserId};
 use flashclaim_core::scripts::{run_script, Arg, CLAIM, PUBLISH};
+use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
 use flashclaim_tests::{
     bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, Backend, ManifestApp,
@@ -831,12 +832,16 @@ async fn redis_benchmark(concurrency: usize, stores: Stores) -> RedisBench {
         starts_at: Millis(now_ms() - 60_000),
         ends_at: Millis(now_ms() + 3_600_000),
         status: Status::Published,
-        stock_total: (REDIS_BENCH_REQUESTS * MAX_RUNS * 2) as i64,
-        per_user_limit: 100,
-        kind: Kind::Counter,
+        per_user_limit: Some(100),
         require_pass: false,
+        ticket_types: vec![TicketType::default_for(
+            "redis-benchmark",
+            (REDIS_BENCH_REQUESTS * MAX_RUNS * 2) as i64,
+            100,
+            Kind::Counter,
+        )],
     };
-    let (keys, argv) = activity.publish_command(0);
+    let (keys, argv) = activity.publish_command(|_| 0);
     run_script(&native, &PUBLISH, &keys, &argv).unwrap();
     // EVALSHA must find the script: load it (Redis keeps scripts per server, not per db).
     let mut c = conn.clone();
@@ -850,7 +855,10 @@ async fn redis_benchmark(concurrency: usize, stores: Stores) -> RedisBench {
     let cmd = ClaimCommand::new(
         id,
         &user,
-        ClaimRequest { quantity: 1 },
+        ClaimRequest {
+            quantity: 1,
+            ticket_type: None,
+        },
         None,
         Millis(now_ms()),
         "bench-claim-__rand_int__",

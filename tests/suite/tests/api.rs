@@ -495,11 +495,13 @@ async fn reconcile_reports_drift_injected_on_purpose() {
         .await
         .unwrap();
     let mut redis = t.redis().await;
-    let _: i64 = redis::cmd("INCR")
+    let _: i64 = redis::cmd("HINCRBY")
         .arg(
             flashclaim_core::keys::ActivityKeys::new(flashclaim_core::ids::ActivityId::from_db(id))
-                .stock(),
+                .stocks(),
         )
+        .arg("default")
+        .arg(1)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -507,6 +509,7 @@ async fn reconcile_reports_drift_injected_on_purpose() {
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["missing_in_postgres"], serde_json::json!([lost]));
     assert_eq!(report["stock_drift"], -1);
+    assert_eq!(report["ticket_types"][0]["stock_drift"], -1, "{report}");
 }
 
 /// RFC 4180 reader for the test: fields, quoted or not, rows ended by CRLF.

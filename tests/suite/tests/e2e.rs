@@ -674,3 +674,583 @@ async fn a_claim_refused_whole_by_redis_says_nothing_was_claimed() {
         assert_eq!(r.json()["claimed"], claimed, "{reply:?}: {}", r.text());
     }
 }
+
+/// Creates an activity of ticket types as the operator (open now, for an hour); `extra`
+/// are more activity fields.
+async fn create_typed(t: &TestApp, types: &str, extra: &str) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let body = format!(
+        r#"{{"name":"Show","starts_at":"{}","ends_at":"{}","ticket_types":{types}{extra}}}"#,
+        flashclaim_core::time::Millis(now - 60_000),
+        flashclaim_core::time::Millis(now + 3_600_000),
+    );
+    let r = t.as_admin("POST", "/admin/activities", &body).await;
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    r.json()["id"].as_i64().unwrap()
+}
+
+/// Issue 10's proof: one activity, two types of 500, 10,000 users each trying both types
+/// twice with 256 in flight: exactly 500 of each, nobody above a type's limit (1) or the
+/// activity's (2), 1,000 rows after the drain, and every type's stock 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn contention_over_two_types_gives_out_each_types_stock_exactly_once() {
+    const STOCK: i64 = 500;
+    const USERS: usize = 10_000;
+    const CONCURRENCY: usize = 256;
+    let t = Arc::new(TestApp::start().await);
+    let id = create_typed(
+        &t,
+        r#"[{"key":"am","name":"Morning","stock_total":500},{"key":"pm","name":"Afternoon","stock_total":500}]"#,
+        r#","per_user_limit":2"#,
+    )
+    .await;
+    t.publish(id).await;
+
+    let gate = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::with_capacity(USERS * 4);
+    for _attempt in 0..2 {
+        for ty in ["am", "pm"] {
+            for u in 0..USERS {
+                let (t, gate) = (t.clone(), gate.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = gate.acquire_owned().await.unwrap();
+                    let user = format!("user-{u}");
+                    let body = format!(r#"{{"ticket_type":"{ty}"}}"#);
+                    let r = t.claim(id, &user, &body).await;
+                    (ty, user, r.status, r.json())
+                }));
+            }
+        }
+    }
+    let mut per_type: HashMap<&str, i64> = HashMap::new();
+    let mut per_user_type: HashMap<(String, &str), usize> = HashMap::new();
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    let mut codes = HashSet::new();
+    for task in tasks {
+        let (ty, user, status, body) = task.await.unwrap();
+        match status {
+            201 => {
+                assert_eq!(body["ticket_type"], ty, "{body}");
+                *per_type.entry(ty).or_default() += 1;
+                *per_user_type.entry((user.clone(), ty)).or_default() += 1;
+                *per_user.entry(user).or_default() += 1;
+                for ticket in body["tickets"].as_array().unwrap() {
+                    assert!(
+                        codes.insert(ticket["id"].as_str().unwrap().to_string()),
+                        "duplicate code"
+                    );
+                }
+            }
+            409 => {
+                let code = body["code"].as_str().unwrap();
+                assert!(code == "sold_out" || code == "limit_reached", "{body}");
+                assert_eq!(body["ticket_type"], ty, "a refusal names its type: {body}");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        (per_type["am"], per_type["pm"]),
+        (STOCK, STOCK),
+        "exactly each type's stock"
+    );
+    assert!(
+        per_user_type.values().all(|n| *n == 1),
+        "nobody above a type's limit"
+    );
+    assert!(
+        per_user.values().all(|n| *n <= 2),
+        "nobody above the activity's limit"
+    );
+    let view = t
+        .send("GET", &format!("/api/activities/{id}"), None, "")
+        .await
+        .json();
+    assert_eq!(view["stock_left"], 0, "{view}");
+    for ty in view["ticket_types"].as_array().unwrap() {
+        assert_eq!(ty["stock_left"], 0, "{view}");
+    }
+
+    let mut drained = 0;
+    for _ in 0..20 {
+        let report = t.drain().await;
+        drained += report["entries"].as_i64().unwrap();
+        if report["backlog"] == 0 && drained >= 2 * STOCK {
+            break;
+        }
+    }
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, 2 * STOCK);
+    for ty in ["am", "pm"] {
+        assert_eq!(
+            t.count(&format!(
+                "SELECT count(*) FROM tickets WHERE ticket_type = '{ty}'"
+            ))
+            .await,
+            STOCK
+        );
+    }
+    assert_eq!(
+        t.count("SELECT count(*) FROM (SELECT user_id FROM tickets GROUP BY user_id, ticket_type HAVING count(*) > 1) AS over")
+            .await,
+        0
+    );
+}
+
+/// An activity of two types end to end: codes per type, the page with each type's live
+/// stock and what the caller holds, claims naming a type, a pool code exactly as uploaded
+/// (API, ticket read, export), per-type stats, and the drained rows' type.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activity_of_two_types_from_create_to_export() {
+    let t = TestApp::start().await;
+    let id = create_typed(
+        &t,
+        r#"[{"key":"vip","name":"VIP","description":"front rows","stock_total":2,"per_user_limit":2,"kind":"codes"},
+            {"key":"std","name":"Standard","stock_total":3}]"#,
+        "",
+    )
+    .await;
+    // Codes go to the type named; the old route finds the only `codes` type itself.
+    let upload = |path: String, body: &'static str| {
+        let t = &t;
+        async move {
+            t.send_typed("POST", &path, &t.admin, "text/csv", body.to_string())
+                .await
+        }
+    };
+    let r = upload(
+        format!("/admin/activities/{id}/ticket_types/vip/codes"),
+        "SAVE10-AB12\n",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["ticket_type"], "vip");
+    let r = upload(format!("/admin/activities/{id}/codes"), "SAVE10-CD34\n").await;
+    assert_eq!(
+        (r.status, r.json()["total_codes"].as_i64()),
+        (201, Some(2)),
+        "{}",
+        r.text()
+    );
+    problem(
+        &upload(
+            format!("/admin/activities/{id}/ticket_types/std/codes"),
+            "X1\n",
+        )
+        .await,
+        409,
+        "conflict",
+    );
+    problem(
+        &upload(
+            format!("/admin/activities/{id}/ticket_types/nope/codes"),
+            "X1\n",
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    t.publish(id).await;
+
+    let page = t
+        .send(
+            "GET",
+            &format!("/api/activities/{id}"),
+            Some(&bearer(&token("alice", None))),
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(
+        (page["stock_total"].as_i64(), page["stock_left"].as_i64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        (page["kind"].as_str(), page["my_claimed"].as_i64()),
+        (Some("mixed"), Some(0))
+    );
+    assert!(page["per_user_limit"].is_null(), "{page}");
+    assert_eq!(page["ticket_types"][0]["description"], "front rows");
+
+    problem(&t.claim(id, "alice", "").await, 400, "invalid_request");
+    let r = t.claim(id, "alice", r#"{"ticket_type":"balcony"}"#).await;
+    problem(&r, 400, "invalid_request");
+    assert_eq!(r.json()["ticket_types"], serde_json::json!(["vip", "std"]));
+
+    let r = t
+        .claim(id, "alice", r#"{"ticket_type":"vip","quantity":2}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let claim = r.json();
+    assert_eq!(
+        (claim["ticket_type"].as_str(), claim["stock_left"].as_i64()),
+        (Some("vip"), Some(0))
+    );
+    let ticket = &claim["tickets"][0];
+    assert_eq!(
+        ticket["code"], "SAVE10-AB12",
+        "a pool code exactly as uploaded"
+    );
+    assert_eq!(ticket["id"], format!("{id}-SAVE10-AB12"));
+    let r = t.claim(id, "bob", r#"{"ticket_type":"vip"}"#).await;
+    problem(&r, 409, "sold_out");
+    assert_eq!(r.json()["ticket_type"], "vip");
+    let r = t.claim(id, "alice", r#"{"ticket_type":"std"}"#).await;
+    assert_eq!(r.status, 201, "the other type has stock: {}", r.text());
+    let std_code = r.json()["tickets"][0]["code"].as_str().unwrap().to_string();
+    assert!(
+        std_code.starts_with(&format!("{id}-")),
+        "a generated code as before"
+    );
+
+    let page = t
+        .send(
+            "GET",
+            &format!("/api/activities/{id}"),
+            Some(&bearer(&token("alice", None))),
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(
+        (page["stock_left"].as_i64(), page["my_claimed"].as_i64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(
+        (
+            page["ticket_types"][0]["stock_left"].as_i64(),
+            page["ticket_types"][0]["my_claimed"].as_i64()
+        ),
+        (Some(0), Some(2))
+    );
+    assert_eq!(
+        (
+            page["ticket_types"][1]["stock_left"].as_i64(),
+            page["ticket_types"][1]["my_claimed"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
+    let listed = t.send("GET", "/api/activities", None, "").await.json();
+    let mine = listed["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            mine["stock_left"].as_i64(),
+            mine["ticket_types"][1]["stock_left"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+
+    let read = t
+        .as_user(
+            "alice",
+            "GET",
+            &format!("/api/tickets/{id}-SAVE10-AB12"),
+            "",
+        )
+        .await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(
+        (
+            read.json()["code"].as_str(),
+            read.json()["ticket_type"].as_str()
+        ),
+        (Some("SAVE10-AB12"), Some("vip"))
+    );
+
+    let stats = t
+        .as_admin("GET", &format!("/admin/activities/{id}/stats"), "")
+        .await
+        .json();
+    assert_eq!(
+        (
+            stats["sold"].as_i64(),
+            stats["ticket_types"][0]["sold"].as_i64(),
+            stats["ticket_types"][1]["sold"].as_i64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+
+    t.drain().await;
+    assert_eq!(
+        t.count("SELECT count(*) FROM tickets WHERE ticket_type = 'vip'")
+            .await,
+        2
+    );
+    let listed = t.as_user("alice", "GET", "/api/tickets", "").await.json();
+    let codes: HashSet<&str> = listed["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        codes.contains("SAVE10-AB12") && codes.contains(std_code.as_str()),
+        "{listed}"
+    );
+    let csv = t
+        .as_admin("GET", &format!("/admin/activities/{id}/claims.csv"), "")
+        .await
+        .text();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",ticket_type"), "{csv}");
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.contains(",SAVE10-AB12,") && r.ends_with(",vip")),
+        "{csv}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains(&format!(",{std_code},")) && r.ends_with(",std")),
+        "{csv}"
+    );
+    let reconcile = t
+        .as_admin("GET", &format!("/admin/activities/{id}/reconcile"), "")
+        .await
+        .json();
+    assert_eq!(reconcile["ok"], true, "{reconcile}");
+    assert_eq!(reconcile["ticket_types"].as_array().unwrap().len(), 2);
+
+    // Giving back puts the code back into its type's pool.
+    let r = t
+        .as_user(
+            "alice",
+            "DELETE",
+            &format!("/api/tickets/{id}-SAVE10-AB12"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["code"].as_str(), r.json()["stock_left"].as_i64()),
+        (Some("SAVE10-AB12"), Some(1))
+    );
+    let r = t.claim(id, "bob", r#"{"ticket_type":"vip"}"#).await;
+    assert_eq!(
+        r.json()["tickets"][0]["code"],
+        "SAVE10-AB12",
+        "{}",
+        r.text()
+    );
+}
+
+/// An activity created without types answers as it always did, and its one type is
+/// `default`; after publish only the display fields of a type change.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_activity_without_types_keeps_every_answer_and_patches_check_the_types() {
+    let t = TestApp::start().await;
+    let id = t
+        .create_activity(4, r#","per_user_limit":2,"kind":"counter""#)
+        .await;
+    let view = t.publish(id).await.json();
+    assert_eq!(
+        (
+            view["stock_total"].as_i64(),
+            view["per_user_limit"].as_i64(),
+            view["kind"].as_str()
+        ),
+        (Some(4), Some(2), Some("counter"))
+    );
+    assert_eq!(view["ticket_types"][0]["key"], "default");
+    let r = t.claim(id, "alice", r#"{"quantity":2}"#).await;
+    assert_eq!(
+        (r.status, r.json()["stock_left"].as_i64()),
+        (201, Some(2)),
+        "{}",
+        r.text()
+    );
+    let r = t.claim(id, "alice", "").await;
+    problem(&r, 409, "limit_reached");
+    assert_eq!(
+        (r.json()["limit"].as_i64(), r.json()["scope"].as_str()),
+        (Some(2), Some("ticket_type"))
+    );
+
+    let r = t
+        .as_admin(
+            "PATCH",
+            &format!("/admin/activities/{id}"),
+            r#"{"ticket_types":[{"key":"default","name":"General","stock_total":9}]}"#,
+        )
+        .await;
+    problem(&r, 409, "conflict");
+    let r = t
+        .as_admin(
+            "PATCH",
+            &format!("/admin/activities/{id}"),
+            r#"{"ticket_types":[{"key":"default","name":"General"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (
+            r.json()["ticket_types"][0]["name"].as_str(),
+            r.json()["stock_left"].as_i64()
+        ),
+        (Some("General"), Some(2))
+    );
+
+    // A draft's types are replaced whole; bad types change nothing.
+    let draft = create_typed(&t, r#"[{"key":"a","name":"A","stock_total":1}]"#, "").await;
+    for bad in [
+        r#"{"ticket_types":[]}"#,
+        r#"{"ticket_types":[{"key":"A B","name":"x","stock_total":1}]}"#,
+        r#"{"stock_total":5}"#,
+        r#"{"ticket_types":[{"key":"a","ends_at":"2000-01-01T00:00:00Z"}]}"#,
+    ] {
+        problem(
+            &t.as_admin("PATCH", &format!("/admin/activities/{draft}"), bad)
+                .await,
+            400,
+            "invalid_request",
+        );
+    }
+    let r = t
+        .as_admin(
+            "PATCH",
+            &format!("/admin/activities/{draft}"),
+            r#"{"ticket_types":[{"key":"b","name":"B","stock_total":7}]}"#,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["stock_total"].as_i64()),
+        (200, Some(7)),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        t.count(&format!(
+            "SELECT count(*) FROM ticket_types WHERE activity_id = {draft}"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(t.count(&format!("SELECT sum(stock_total)::int8 FROM ticket_types WHERE activity_id = {draft} AND key = 'b'")).await, 7);
+}
+
+/// The migration on a database the previous schema filled: every activity gets the type
+/// `default` holding its stock, limit and kind, and every ticket and code points at it.
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_0003_gives_every_existing_activity_its_default_type() {
+    let s = flashclaim_tests::services();
+    let admin = flashclaim_tests::pg_conn(&s.pg_url("postgres")).await;
+    let name = format!("m_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    let pg = flashclaim_tests::pg_conn(&s.pg_url(&name)).await;
+    let migration = |file: &str| {
+        std::fs::read_to_string(flashclaim_tests::root().join("migrations").join(file)).unwrap()
+    };
+    for file in ["0001_init.sql", "0002_blacklist.sql"] {
+        pg.batch_execute(&migration(file)).await.unwrap();
+    }
+    pg.batch_execute(
+        "INSERT INTO activities (name, starts_at, ends_at, stock_total, per_user_limit, kind) VALUES \
+           ('counter', now(), now() + interval '1 day', 10, 2, 'counter'), \
+           ('pool', now(), now() + interval '1 day', 5, 1, 'codes'); \
+         INSERT INTO ticket_codes (activity_id, code) VALUES (2, 'SAVE10-AB12'), (2, 'SAVE10-CD34'); \
+         INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at) VALUES \
+           ('c1', 1, 'u1', 2, now()), ('c2', 2, 'u2', 1, now()); \
+         INSERT INTO tickets (claim_id, activity_id, user_id, code, claimed_at) VALUES \
+           ('c1', 1, 'u1', 'AAAA-1', now()), ('c1', 1, 'u1', 'AAAA-2', now()), \
+           ('c2', 2, 'u2', 'SAVE10-AB12', now());",
+    )
+    .await
+    .unwrap();
+    pg.batch_execute(&format!(
+        "BEGIN; {} COMMIT;",
+        migration("0003_ticket_types.sql")
+    ))
+    .await
+    .unwrap();
+    let rows = pg
+        .query(
+            "SELECT activity_id, key, name, stock_total, per_user_limit, kind, starts_at IS NULL AND ends_at IS NULL \
+             FROM ticket_types ORDER BY activity_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: Vec<(i64, String, String, i32, i32, String, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            (
+                1,
+                "default".into(),
+                "counter".into(),
+                10,
+                2,
+                "counter".into(),
+                true
+            ),
+            (
+                2,
+                "default".into(),
+                "pool".into(),
+                5,
+                1,
+                "codes".into(),
+                true
+            ),
+        ]
+    );
+    let untyped: i64 = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM tickets WHERE ticket_type <> 'default') \
+                  + (SELECT count(*) FROM ticket_codes WHERE ticket_type <> 'default')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        untyped, 0,
+        "every ticket and code points at the default type"
+    );
+    let tickets: i64 = pg
+        .query_one("SELECT count(*) FROM tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tickets, 3, "nothing lost");
+    // A ticket of a type that does not exist is refused from now on.
+    let e = pg
+        .batch_execute("INSERT INTO tickets (claim_id, activity_id, user_id, code, claimed_at, ticket_type) VALUES ('c1', 1, 'u1', 'X', now(), 'vip')")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("foreign key") || format!("{e:?}").contains("23503"),
+        "{e:?}"
+    );
+    drop(pg);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}

@@ -224,8 +224,9 @@ async fn check_invariants(t: &TestApp, id: i64, seen: &[Seen], limit: i64) -> (u
 async fn check_stock(t: &TestApp, id: i64, stock_total: i64) {
     let mut redis = redis_conn(&t.redis_url).await;
     let keys = ActivityKeys::new(ActivityId::from_db(id));
-    let left: Option<i64> = redis::cmd("GET")
-        .arg(keys.stock())
+    let left: Option<i64> = redis::cmd("HGET")
+        .arg(keys.stocks())
+        .arg("default")
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -1,9 +1,10 @@
 //! The Lua scripts against a real Redis: every return code and edge, through the same
 //! KEYS/ARGV builders and reply decoders the components use.
 
-use flashclaim_core::activity::{decode_publish, Activity, Kind, Status};
+use flashclaim_core::activity::{decode_publish, Activity, Kind, NewActivity, Status};
 use flashclaim_core::claim::{self, ClaimCommand, ClaimOutcome, ClaimRequest, RateLimit};
 use flashclaim_core::drain::{decode_ack, Batch, LogEvent};
+use flashclaim_core::error::LimitScope;
 use flashclaim_core::ids::{ActivityId, IdempotencyKey, UserId};
 use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
 use flashclaim_core::scripts::{
@@ -11,6 +12,7 @@ use flashclaim_core::scripts::{
     REDEEM, RETURN,
 };
 use flashclaim_core::ticket;
+use flashclaim_core::ticket_type::{TicketType, TypeKey};
 use flashclaim_core::time::Millis;
 use flashclaim_core::ApiError;
 use flashclaim_tests::{fresh_redis_db, NativeRedis};
@@ -36,10 +38,17 @@ fn activity(stock: i64, limit: i64) -> Activity {
         starts_at: Millis(START),
         ends_at: Millis(END),
         status: Status::Published,
-        stock_total: stock,
-        per_user_limit: limit,
-        kind: Kind::Counter,
+        per_user_limit: Some(limit),
         require_pass: false,
+        ticket_types: vec![TicketType::default_for("lab", stock, limit, Kind::Counter)],
+    }
+}
+
+/// A refusal about one ticket type, as claim.lua names it.
+fn of(ticket_type: &str, error: ApiError) -> ApiError {
+    ApiError::OfType {
+        ticket_type: ticket_type.into(),
+        error: Box::new(error),
     }
 }
 
@@ -63,7 +72,7 @@ impl Lab {
     }
 
     fn publish(&mut self) -> (bool, i64) {
-        let (keys, argv) = self.activity.publish_command(0);
+        let (keys, argv) = self.activity.publish_command(|_| 0);
         decode_publish(&run_script(&self.redis, &PUBLISH, &keys, &argv).unwrap()).unwrap()
     }
 
@@ -80,6 +89,18 @@ impl Lab {
         now: i64,
         idem: Option<&str>,
     ) -> Result<ClaimOutcome, ApiError> {
+        self.claim_type_at(user, None, quantity, now, idem)
+    }
+
+    /// A claim naming `ticket_type` (`None`: left to the script).
+    fn claim_type_at(
+        &mut self,
+        user: &str,
+        ticket_type: Option<&str>,
+        quantity: i64,
+        now: i64,
+        idem: Option<&str>,
+    ) -> Result<ClaimOutcome, ApiError> {
         self.seq += 1;
         let user = UserId::parse(user).unwrap();
         let idem = idem.map(|k| IdempotencyKey::parse(k).unwrap());
@@ -89,7 +110,10 @@ impl Lab {
         let cmd = ClaimCommand::new(
             self.activity.id,
             &user,
-            ClaimRequest { quantity },
+            ClaimRequest {
+                quantity,
+                ticket_type: ticket_type.map(|t| TypeKey::parse(t).unwrap()),
+            },
             idem.as_ref(),
             Millis(now),
             &format!("claim-{}", self.seq),
@@ -102,6 +126,20 @@ impl Lab {
 
     fn claim(&mut self, user: &str, quantity: i64) -> Result<ClaimOutcome, ApiError> {
         self.claim_at(user, quantity, START + 10, None)
+    }
+
+    fn claim_type(
+        &mut self,
+        user: &str,
+        ty: &str,
+        quantity: i64,
+    ) -> Result<ClaimOutcome, ApiError> {
+        self.claim_type_at(user, Some(ty), quantity, START + 10, None)
+    }
+
+    /// The type's stock left in Redis.
+    fn stock(&self, ty: &str) -> i64 {
+        self.int(&["HGET", &self.keys().stocks(), ty])
     }
 
     /// One drain_read.lua call, as a drain run named `consumer` makes it.
@@ -181,16 +219,16 @@ async fn claim_is_refused_when_sold_out_at_exactly_zero() {
     let mut lab = Lab::new(activity(1, 5)).await;
     assert_eq!(claimed(lab.claim("a", 1)).stock_left, 0);
     let before = lab.snapshot().await;
-    assert_eq!(lab.claim("b", 1), Err(ApiError::SoldOut));
+    assert_eq!(lab.claim("b", 1), Err(of("default", ApiError::SoldOut)));
     assert_eq!(lab.snapshot().await, before, "a refusal changes nothing");
-    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 0);
+    assert_eq!(lab.stock("default"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claim_for_more_than_the_stock_left_is_sold_out_and_takes_nothing() {
     let mut lab = Lab::new(activity(2, 5)).await;
     let before = lab.snapshot().await;
-    assert_eq!(lab.claim("a", 3), Err(ApiError::SoldOut));
+    assert_eq!(lab.claim("a", 3), Err(of("default", ApiError::SoldOut)));
     assert_eq!(lab.snapshot().await, before);
     assert_eq!(claimed(lab.claim("a", 2)).stock_left, 0);
 }
@@ -201,7 +239,16 @@ async fn claim_is_refused_once_the_limit_is_exactly_reached() {
     claimed(lab.claim("a", 1));
     claimed(lab.claim("a", 1));
     let before = lab.snapshot().await;
-    assert_eq!(lab.claim("a", 1), Err(ApiError::LimitReached { limit: 2 }));
+    assert_eq!(
+        lab.claim("a", 1),
+        Err(of(
+            "default",
+            ApiError::LimitReached {
+                limit: 2,
+                scope: LimitScope::TicketType
+            }
+        ))
+    );
     assert_eq!(lab.snapshot().await, before);
     claimed(lab.claim("b", 2));
     assert_eq!(
@@ -290,14 +337,14 @@ async fn republishing_never_resets_the_stock() {
     let mut lab = Lab::new(activity(5, 5)).await;
     claimed(lab.claim("a", 3));
     assert_eq!(lab.publish_expect(false), 2);
-    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 2);
+    assert_eq!(lab.stock("default"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_after_redis_lost_its_data_leaves_out_the_stock_postgres_saw_issued() {
     let lab = Lab::new(activity(5, 5)).await;
     lab.cmd(&["FLUSHDB"]);
-    let (keys, argv) = lab.activity.publish_command(3);
+    let (keys, argv) = lab.activity.publish_command(|_| 3);
     let reply = run_script(&lab.redis, &PUBLISH, &keys, &argv).unwrap();
     assert_eq!(decode_publish(&reply).unwrap(), (true, 2));
     assert_eq!(
@@ -322,22 +369,22 @@ async fn a_pass_is_required_and_used_once_when_the_activity_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_pool_hands_out_uploaded_codes_and_an_empty_pool_is_sold_out() {
     let mut a = activity(5, 2);
-    a.kind = Kind::Codes;
+    a.ticket_types[0].kind = Kind::Codes;
     let mut lab = Lab::new(a).await;
-    lab.cmd(&["RPUSH", &lab.keys().pool(), "CODE-A", "CODE-B", "CODE-C"]);
+    pool(&lab, "load", "default", &["CODE-A", "CODE-B", "CODE-C"]);
     let c = claimed(lab.claim("a", 2));
     assert_eq!(c.codes, vec!["CODE-A", "CODE-B"]);
     // Stock is left (3) but only one code: two tickets cannot be had, and nothing changes.
     let before = lab.snapshot().await;
-    assert_eq!(lab.claim("b", 2), Err(ApiError::SoldOut));
+    assert_eq!(lab.claim("b", 2), Err(of("default", ApiError::SoldOut)));
     assert_eq!(lab.snapshot().await, before);
     claimed(lab.claim("b", 1));
-    assert_eq!(lab.claim("c", 1), Err(ApiError::SoldOut));
+    assert_eq!(lab.claim("c", 1), Err(of("default", ApiError::SoldOut)));
 }
 
-fn pool(lab: &Lab, mode: &str, codes: &[&str]) -> (i64, i64) {
-    let keys = [lab.keys().meta(), lab.keys().pool()];
-    let mut argv = vec![Arg::from(mode)];
+fn pool(lab: &Lab, mode: &str, ty: &str, codes: &[&str]) -> (i64, i64) {
+    let keys = [lab.keys().meta(), lab.keys().pools()];
+    let mut argv = vec![Arg::from(mode), Arg::from(ty)];
     argv.extend(codes.iter().map(|c| Arg::from(*c)));
     let r = run_script(&lab.redis, &POOL, &keys, &argv).unwrap();
     (r[0].as_int().unwrap(), r[1].as_int().unwrap())
@@ -346,26 +393,29 @@ fn pool(lab: &Lab, mode: &str, codes: &[&str]) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pool_is_loaded_once_and_later_uploads_are_appended() {
     let mut a = activity(5, 1);
-    a.kind = Kind::Codes;
+    a.ticket_types[0].kind = Kind::Codes;
     let lab = Lab::new(a).await;
     assert_eq!(
-        pool(&lab, "add", &["EARLY"]),
+        pool(&lab, "add", "default", &["EARLY"]),
         (0, 0),
         "before the load: Postgres has them"
     );
     let many: Vec<String> = (0..25_000).map(|n| format!("C{n}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     assert_eq!(
-        pool(&lab, "load", &refs),
+        pool(&lab, "load", "default", &refs),
         (25_000, 25_000),
         "beyond Lua's unpack limit"
     );
     assert_eq!(
-        pool(&lab, "load", &["AGAIN"]),
+        pool(&lab, "load", "default", &["AGAIN"]),
         (0, 25_000),
         "a second load does nothing"
     );
-    assert_eq!(pool(&lab, "add", &["LATE1", "LATE2"]), (2, 25_002));
+    assert_eq!(
+        pool(&lab, "add", "default", &["LATE1", "LATE2"]),
+        (2, 25_002)
+    );
 }
 
 fn give_back(lab: &Lab, code: &str, user: &str, now: i64) -> Result<Option<Reply>, ApiError> {
@@ -382,7 +432,7 @@ fn give_back(lab: &Lab, code: &str, user: &str, now: i64) -> Result<Option<Reply
 async fn a_returned_ticket_puts_the_stock_back_once_and_lets_the_user_claim_again() {
     let mut lab = Lab::new(activity(1, 1)).await;
     let code = claimed(lab.claim("a", 1)).codes[0].clone();
-    assert_eq!(lab.claim("b", 1), Err(ApiError::SoldOut));
+    assert_eq!(lab.claim("b", 1), Err(of("default", ApiError::SoldOut)));
     let before = lab.snapshot().await;
     assert_eq!(
         give_back(&lab, &code, "b", START + 20),
@@ -404,26 +454,25 @@ async fn a_returned_ticket_puts_the_stock_back_once_and_lets_the_user_claim_agai
         (again.status(), again.to_string()),
         (409, "the ticket is returned".into())
     );
-    assert_eq!(
-        lab.int(&["GET", &lab.keys().stock()]),
-        1,
-        "exactly one back"
-    );
+    assert_eq!(lab.stock("default"), 1, "exactly one back");
     assert_eq!(
         lab.int(&["XLEN", &lab.keys().log()]),
         2,
         "claim + return logged"
     );
     claimed(lab.claim("b", 1));
-    assert_eq!(lab.claim("a", 1).map(|_| ()), Err(ApiError::SoldOut));
+    assert_eq!(
+        lab.claim("a", 1).map(|_| ()),
+        Err(of("default", ApiError::SoldOut))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_returned_code_goes_back_to_the_pool() {
     let mut a = activity(1, 1);
-    a.kind = Kind::Codes;
+    a.ticket_types[0].kind = Kind::Codes;
     let mut lab = Lab::new(a).await;
-    lab.cmd(&["RPUSH", &lab.keys().pool(), "ONLY"]);
+    pool(&lab, "load", "default", &["ONLY"]);
     claimed(lab.claim("a", 1));
     give_back(&lab, "ONLY", "a", START + 20).unwrap();
     assert_eq!(claimed(lab.claim("b", 1)).codes, vec!["ONLY"]);
@@ -510,7 +559,7 @@ async fn the_global_rate_limit_sheds_attempts_over_all_users() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(lab.int(&["GET", &lab.keys().stock()]), 97);
+    assert_eq!(lab.stock("default"), 97);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -575,4 +624,197 @@ async fn noscript_falls_back_to_eval_after_a_script_flush() {
         vec![Reply::Int(1)],
         "EVAL loaded the script; its SHA1 matches Redis's"
     );
+}
+
+/// An activity of two types from a create request: `vip` (codes, stock 3, 2 each, open
+/// 00:20 to 00:30) and `std` (counter, stock 5, 2 each), at most 3 per user over both.
+fn two_types() -> Activity {
+    NewActivity::parse(
+        br#"{"name":"lab","starts_at":"1970-01-01T00:16:40Z","ends_at":"1970-01-01T00:33:20Z",
+             "per_user_limit":3,"ticket_types":[
+               {"key":"vip","name":"VIP","stock_total":3,"per_user_limit":2,"kind":"codes",
+                "starts_at":"1970-01-01T00:20:00Z","ends_at":"1970-01-01T00:30:00Z"},
+               {"key":"std","name":"Standard","stock_total":5,"per_user_limit":2}]}"#,
+    )
+    .unwrap()
+    .into_activity(ActivityId::parse("7").unwrap(), Status::Published)
+}
+
+const VIP_OPENS: i64 = 1_200_000;
+const VIP_CLOSES: i64 = 1_800_000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_type_opens_and_closes_inside_the_activitys_window_and_says_which_type() {
+    let mut lab = Lab::new(two_types()).await;
+    pool(&lab, "load", "vip", &["V1", "V2", "V3"]);
+    let before = lab.snapshot().await;
+    assert_eq!(
+        lab.claim_type_at("a", Some("vip"), 1, VIP_OPENS - 1, None),
+        Err(of(
+            "vip",
+            ApiError::NotStarted {
+                starts_at: Millis(VIP_OPENS)
+            }
+        ))
+    );
+    assert_eq!(
+        lab.claim_type_at("a", Some("vip"), 1, VIP_CLOSES, None),
+        Err(of("vip", ApiError::Ended))
+    );
+    assert_eq!(lab.snapshot().await, before, "refusals change nothing");
+    // The other type follows the activity's window meanwhile.
+    claimed(lab.claim_type_at("a", Some("std"), 1, START, None));
+    claimed(lab.claim_type_at("b", Some("vip"), 1, VIP_OPENS, None));
+    claimed(lab.claim_type_at("c", Some("vip"), 1, VIP_CLOSES - 1, None));
+    claimed(lab.claim_type_at("d", Some("std"), 1, VIP_CLOSES, None));
+    assert_eq!(
+        lab.claim_type_at("d", Some("std"), 1, END, None),
+        Err(ApiError::Ended),
+        "the activity's own end names no type"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_activity_wide_limit_is_reached_exactly_across_two_types() {
+    let mut lab = Lab::new(two_types()).await;
+    pool(&lab, "load", "vip", &["V1", "V2", "V3"]);
+    let now = VIP_OPENS + 10;
+    claimed(lab.claim_type_at("a", Some("vip"), 2, now, None));
+    assert_eq!(
+        lab.claim_type_at("a", Some("vip"), 1, now, None),
+        Err(of(
+            "vip",
+            ApiError::LimitReached {
+                limit: 2,
+                scope: LimitScope::TicketType
+            }
+        )),
+        "the type's own limit"
+    );
+    let third = claimed(lab.claim_type_at("a", Some("std"), 1, now, None));
+    assert_eq!(third.ticket_type, "std", "3 of 3: exactly the limit");
+    let before = lab.snapshot().await;
+    assert_eq!(
+        lab.claim_type_at("a", Some("std"), 1, now, None),
+        Err(of(
+            "std",
+            ApiError::LimitReached {
+                limit: 3,
+                scope: LimitScope::Activity
+            }
+        )),
+        "std still allows 1 more of its own, the activity does not"
+    );
+    assert_eq!(lab.snapshot().await, before);
+    let k = lab.keys();
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "a"]), 3);
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "a|vip"]), 2);
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "a|std"]), 1);
+    assert_eq!(
+        lab.claim_type_at("b", Some("std"), 3, now, None)
+            .unwrap_err()
+            .code(),
+        "invalid_request",
+        "more than the type allows at once"
+    );
+    claimed(lab.claim_type_at("b", Some("std"), 2, now, None));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_types_empty_pool_is_sold_out_while_the_other_type_has_stock() {
+    let mut lab = Lab::new(two_types()).await;
+    pool(&lab, "load", "vip", &["SAVE10-AB12"]);
+    let now = VIP_OPENS + 10;
+    let c = claimed(lab.claim_type_at("a", Some("vip"), 1, now, None));
+    assert_eq!((c.codes[0].as_str(), c.pooled), ("SAVE10-AB12", true));
+    assert_eq!(lab.stock("vip"), 2, "stock is left, codes are not");
+    let before = lab.snapshot().await;
+    assert_eq!(
+        lab.claim_type_at("b", Some("vip"), 1, now, None),
+        Err(of("vip", ApiError::SoldOut))
+    );
+    assert_eq!(lab.snapshot().await, before);
+    let std = claimed(lab.claim_type_at("b", Some("std"), 2, now, None));
+    assert_eq!((std.stock_left, std.pooled), (3, false));
+    assert_eq!(lab.stock("vip"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_without_a_type_needs_an_activity_of_one_type_and_an_unknown_type_is_refused() {
+    let mut lab = Lab::new(two_types()).await;
+    let before = lab.snapshot().await;
+    assert_eq!(
+        lab.claim("a", 1),
+        Err(ApiError::UnknownTicketType {
+            named: false,
+            offered: vec!["vip".into(), "std".into()]
+        })
+    );
+    assert_eq!(
+        lab.claim_type("a", "balcony", 1),
+        Err(ApiError::UnknownTicketType {
+            named: true,
+            offered: vec!["vip".into(), "std".into()]
+        })
+    );
+    assert_eq!(lab.snapshot().await, before);
+    // One type, whatever its key: a claim may leave it out.
+    let mut one = two_types();
+    one.ticket_types.remove(0);
+    let mut lab = Lab::new(one).await;
+    assert_eq!(claimed(lab.claim("a", 1)).ticket_type, "std");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_return_puts_the_stock_back_to_its_own_type() {
+    let mut lab = Lab::new(two_types()).await;
+    let code = claimed(lab.claim_type("a", "std", 2)).codes[0].clone();
+    assert_eq!(lab.stock("std"), 3);
+    let back = give_back(&lab, &code, "a", START + 20).unwrap();
+    assert_eq!(back, Some(Reply::Int(4)), "std's stock");
+    assert_eq!(lab.stock("std"), 4);
+    assert_eq!(lab.stock("vip"), 3, "the other type is untouched");
+    let k = lab.keys();
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "a|std"]), 1);
+    assert_eq!(lab.int(&["HGET", &k.claimed(), "a"]), 1);
+    let batch = lab.drain_read("run", 10, 60_000);
+    let LogEvent::Claim { ticket_type, .. } = &batch.entries[0].event else {
+        panic!("{:?}", batch.entries[0].event)
+    };
+    assert_eq!(ticket_type.as_deref(), Some("std"), "the log says the type");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returned_pool_code_goes_back_to_its_types_pool() {
+    let mut lab = Lab::new(two_types()).await;
+    pool(&lab, "load", "vip", &["ONLY"]);
+    let now = VIP_OPENS + 10;
+    claimed(lab.claim_type_at("a", Some("vip"), 1, now, None));
+    give_back(&lab, "ONLY", "a", now).unwrap();
+    let again = claimed(lab.claim_type_at("b", Some("vip"), 1, now, None));
+    assert_eq!(
+        (again.codes[0].as_str(), again.ticket_type.as_str()),
+        ("ONLY", "vip")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_claim_names_its_type_and_that_types_stock() {
+    let mut lab = Lab::new(two_types()).await;
+    let first = claimed(lab.claim_type_at("a", Some("std"), 1, START + 1, Some("k")));
+    match lab.claim_type_at("a", Some("std"), 1, START + 2, Some("k")) {
+        Ok(ClaimOutcome::Replayed(again)) => {
+            assert_eq!((again.ticket_type.as_str(), again.stock_left), ("std", 4));
+            assert_eq!(again.codes, first.codes);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_republish_keeps_every_types_stock() {
+    let mut lab = Lab::new(two_types()).await;
+    claimed(lab.claim_type("a", "std", 2));
+    assert_eq!(lab.publish_expect(false), 3 + 3);
+    assert_eq!((lab.stock("std"), lab.stock("vip")), (3, 3));
 }

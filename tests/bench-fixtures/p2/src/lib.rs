@@ -53,7 +53,10 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let command = ClaimCommand::new(
         activity,
         &user,
-        ClaimRequest { quantity: 1 },
+        ClaimRequest {
+            quantity: 1,
+            ticket_type: None,
+        },
         None,
         flashclaim_spin::now(),
         &claim_id,

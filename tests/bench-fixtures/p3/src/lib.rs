@@ -56,7 +56,10 @@ async fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let command = ClaimCommand::new(
         activity,
         &user,
-        ClaimRequest { quantity: 1 },
+        ClaimRequest {
+            quantity: 1,
+            ticket_type: None,
+        },
         None,
         glue::now(),
         &claim_id,
