@@ -55,6 +55,8 @@ fn register(req: &Request) -> Result<HttpResponse, ApiError> {
     // Refused before the hash: a registration flood must not buy argon2 work.
     let (created, oldest) = registrations_from(&pg, &addr, limit, now)?;
     throttle::check_registration(limit, created, oldest, now)?;
+    // After the limit: an address at its limit costs no call to the verifier.
+    glue::human_check(req)?;
     let hash = auth::hash_password(&registration.password, glue::random_bytes::<16>())?;
     let id = auth::user_id(glue::random_bytes::<12>());
     if !insert_user(&pg, &id, &registration, &hash, &addr, limit, now)? {

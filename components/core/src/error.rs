@@ -76,6 +76,12 @@ pub enum ApiError {
         ticket_type: String,
         error: Box<ApiError>,
     },
+    /// `captcha_verify_url` is set and the request carried no `Captcha-Token`.
+    #[error("this request needs a human check: send its token in the Captcha-Token header")]
+    CaptchaRequired,
+    /// The human-check service said the token is not valid (expired, reused, forged).
+    #[error("the human check was not passed; solve it again")]
+    CaptchaFailed,
     #[error("internal error")]
     Internal,
 }
@@ -123,6 +129,8 @@ impl ApiError {
                 ticket_type: String::new(),
                 error: Box::new(ApiError::SoldOut),
             },
+            ApiError::CaptchaRequired,
+            ApiError::CaptchaFailed,
             ApiError::Internal,
         ];
         for e in &all {
@@ -141,6 +149,8 @@ impl ApiError {
                 | ApiError::VerificationFailed
                 | ApiError::CodesRejected { .. }
                 | ApiError::RateLimited { .. }
+                | ApiError::CaptchaRequired
+                | ApiError::CaptchaFailed
                 | ApiError::Unavailable(_)
                 | ApiError::OutcomeUnknown
                 | ApiError::UnknownTicketType { .. }
@@ -154,9 +164,11 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::OfType { error, .. } => error.status(),
-            ApiError::InvalidRequest(_) | ApiError::UnknownTicketType { .. } => 400,
+            ApiError::InvalidRequest(_)
+            | ApiError::UnknownTicketType { .. }
+            | ApiError::CaptchaRequired => 400,
             ApiError::Unauthenticated(_) => 401,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::CaptchaFailed => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::NotStarted { .. }
@@ -179,6 +191,8 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::UnknownTicketType { .. } => "invalid_request",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::CaptchaRequired => "captcha_required",
+            ApiError::CaptchaFailed => "captcha_failed",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotStarted { .. } => "not_started",

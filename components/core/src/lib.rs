@@ -8,6 +8,7 @@
 pub mod activity;
 pub mod admin;
 pub mod auth;
+pub mod captcha;
 pub mod claim;
 pub mod client_addr;
 pub mod codes;

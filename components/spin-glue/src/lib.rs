@@ -90,6 +90,30 @@ pub fn client_addr(req: &Request) -> Option<ClientAddr> {
     )
 }
 
+/// The optional human check (`captcha_verify_url`; see `flashclaim_core::captcha`): nothing
+/// when unset; else the request's token verified with that endpoint, failing closed.
+pub fn human_check(req: &Request) -> Result<(), ApiError> {
+    use flashclaim_core::captcha;
+    let Some(url) = optional_var("captcha_verify_url") else {
+        return Ok(());
+    };
+    let token = captcha::token(req.header(captcha::TOKEN_HEADER).and_then(|h| h.as_str()))?;
+    let secret = optional_var("captcha_secret").unwrap_or_default();
+    let body = captcha::verify_body(&secret, token);
+    // A length, not chunks: some verifiers' front ends refuse a chunked form post.
+    let request = spin_sdk::http::Request::post(url, body.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-length", body.len().to_string())
+        .build();
+    let response: spin_sdk::http::Response =
+        spin_sdk::http::run(spin_sdk::http::send(request)).map_err(|e| {
+            // The URL is configuration, not a secret; the body (with the secret) is not logged.
+            eprintln!("flashclaim: human check: the verifier could not be asked: {e}");
+            ApiError::Unavailable("the human check could not be verified; try again")
+        })?;
+    captcha::judge(*response.status(), response.body())
+}
+
 /// Serves one API request: a CORS preflight from an allowed origin is answered before
 /// routing (before any token check: browsers send preflights without one); every other
 /// answer leaves with the CORS and caching headers of `flashclaim_core::cors::finish`.

@@ -38,36 +38,84 @@ impl ComponentRuntime {
     }
 }
 
-/// Outbound HTTP is refused: flashclaim's components have no HTTP hosts in
-/// `allowed_outbound_hosts`, and Spin answers such requests with `HTTP-request-denied`.
-struct DenyOutboundHttp;
+/// Outbound HTTP as Spin does it: only to `allowed_outbound_hosts` (else
+/// `HTTP-request-denied`, logged), then sent. Plain `http://` only: the test host carries no
+/// TLS stack, and its tests talk to local servers (the captcha verifier's stand-in).
+struct OutboundHttp {
+    component: std::sync::Arc<ComponentRuntime>,
+}
 
-impl WasiHttpHooks for DenyOutboundHttp {
-    #[allow(clippy::type_complexity)]
+type SendResult = Result<
+    (
+        hyper::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
+impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
-        _request: hyper::Request<WasiBody>,
+        mut request: hyper::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _io: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        hyper::Response<WasiBody>,
-                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                    ),
-                    HttpError,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let uri = request.uri().clone();
+        let scheme = uri.scheme_str().unwrap_or("https").to_string();
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "http" { 80 } else { 443 });
+        if !self.component.allowed_hosts.allows(&scheme, &host, port) {
+            self.component.deny(&format!("{scheme}://{host}:{port}"));
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if scheme != "http" {
+            eprintln!(
+                "spin-test-host: {scheme}:// is not supported by the test host (plain http only)"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|_| HttpError::ConnectionRefused)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+                    .await
+                    .map_err(|_| HttpError::ConnectionTerminated)?;
+            tokio::spawn(conn);
+            // The request line carries the path only; the authority goes in `Host`.
+            if let Some(authority) = uri.authority() {
+                let value = hyper::header::HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+                request.headers_mut().insert(hyper::header::HOST, value);
+            }
+            *request.uri_mut() = uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|_| HttpError::HttpResponseIncomplete)?;
+            let response = response.map(|body| {
+                body.map_err(|_| HttpError::HttpResponseIncomplete)
+                    .boxed_unsync()
+            });
+            let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
     }
 }
 
 pub struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
-    hooks: DenyOutboundHttp,
+    hooks: OutboundHttp,
     pub(crate) table: ResourceTable,
     pub(crate) component: std::sync::Arc<ComponentRuntime>,
 }
@@ -79,7 +127,9 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: DenyOutboundHttp,
+            hooks: OutboundHttp {
+                component: component.clone(),
+            },
             component,
         }
     }

@@ -358,3 +358,147 @@ async fn a_wrong_password_and_an_unknown_user_are_answered_alike() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+/// A stand-in for hCaptcha's / Turnstile's `siteverify`: a real HTTP server on a local
+/// port that passes the token `human` (when sent with the right secret), fails any other,
+/// and records what it was sent. `broken` answers 500 to everything.
+struct Verifier {
+    url: String,
+    origin: String,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Verifier {
+    async fn start(broken: bool) -> Verifier {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Headers, then as many body bytes as Content-Length says.
+                    let body = loop {
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break text[end + 4..end + 4 + length].to_string();
+                            }
+                        }
+                    };
+                    log.lock().unwrap().push(body.clone());
+                    let (status, json) = if broken {
+                        ("500 Internal Server Error", r#"{"error":"down"}"#)
+                    } else if body == "secret=verifier-secret&response=human" {
+                        ("200 OK", r#"{"success":true}"#)
+                    } else {
+                        (
+                            "200 OK",
+                            r#"{"success":false,"error-codes":["invalid-input-response"]}"#,
+                        )
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Verifier {
+            url: format!("http://127.0.0.1:{port}/siteverify"),
+            origin: format!("http://127.0.0.1:{port}"),
+            seen,
+        }
+    }
+
+    async fn app(&self) -> TestApp {
+        TestApp::start_with(&[
+            ("SPIN_VARIABLE_CAPTCHA_VERIFY_URL", self.url.as_str()),
+            ("SPIN_VARIABLE_CAPTCHA_ORIGIN", self.origin.as_str()),
+            ("SPIN_VARIABLE_CAPTCHA_SECRET", "verifier-secret"),
+        ])
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_captcha_verifier_registration_needs_a_token_it_accepts() {
+    let verifier = Verifier::start(false).await;
+    let app = verifier.app().await;
+
+    problem(
+        &register(&app, "nobody1", &[]).await,
+        400,
+        "captcha_required",
+    );
+    problem(
+        &register(&app, "robot01", &[("captcha-token", "forged")]).await,
+        403,
+        "captcha_failed",
+    );
+    let r = register(&app, "person1", &[("captcha-token", "human")]).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let seen = verifier.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            "secret=verifier-secret&response=forged".to_string(),
+            "secret=verifier-secret&response=human".to_string(),
+        ],
+        "a request without a token never reaches the verifier"
+    );
+    let users: i64 = app
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 1, "refused registrations stored nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_captcha_verifier_that_fails_or_is_gone_fails_closed() {
+    let broken = Verifier::start(true).await;
+    let app = broken.app().await;
+    let r = register(&app, "person2", &[("captcha-token", "human")]).await;
+    problem(&r, 503, "unavailable");
+    assert!(!r.text().contains("verifier-secret"), "{}", r.text());
+
+    // Nothing listens there any more.
+    let gone = TestApp::start_with(&[
+        (
+            "SPIN_VARIABLE_CAPTCHA_VERIFY_URL",
+            "http://127.0.0.1:9/siteverify",
+        ),
+        ("SPIN_VARIABLE_CAPTCHA_ORIGIN", "http://127.0.0.1:9"),
+    ])
+    .await;
+    problem(
+        &register(&gone, "person3", &[("captcha-token", "human")]).await,
+        503,
+        "unavailable",
+    );
+}
