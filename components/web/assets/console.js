@@ -179,17 +179,22 @@ async function detailView(id) {
   setTitle(a.name);
   const actions = h('div', { class: 'button-group', id: 'actions' });
   const message = h('div', { 'aria-live': 'polite', id: 'action-message' });
+  const reload = async () => {
+    try { a = (await api('GET', `/admin/activities/${encodeURIComponent(id)}`)).body; } catch (e) { fail(message, e); }
+  };
   const drawActions = () => {
     replace(actions,
       a.status === 'draft' ? h('a', { class: 'button button--secondary', href: `#/a/${id}/edit` }, t('edit')) : null,
       a.status === 'draft' ? h('button', { type: 'button', class: 'button', id: 'publish' }, t('publish')) : null,
       a.status === 'published' ? h('button', { type: 'button', class: 'button button--warning', id: 'close' }, t('close')) : null);
     actions.querySelector('#publish')?.addEventListener('click', () => confirmStep(actions, t('publish_confirm'), async () => {
-      try { a = (await api('POST', `/admin/activities/${id}/publish`)).body; replace(message, notice(t('published'), 'ok')); } catch (e) { fail(message, e); }
+      try { await api('POST', `/admin/activities/${id}/publish`); replace(message, notice(t('published'), 'ok')); } catch (e) { fail(message, e); }
+      await reload();
       refreshHeader(); drawActions();
     }));
     actions.querySelector('#close')?.addEventListener('click', () => confirmStep(actions, t('close_confirm'), async () => {
-      try { a = (await api('POST', `/admin/activities/${id}/close`)).body; replace(message, notice(t('closed'), 'ok')); } catch (e) { fail(message, e); }
+      try { await api('POST', `/admin/activities/${id}/close`); replace(message, notice(t('closed'), 'ok')); } catch (e) { fail(message, e); }
+      await reload();
       refreshHeader(); drawActions();
     }));
   };
@@ -228,17 +233,23 @@ function liveSection(id) {
       h('span', { class: 'stat__value' }, String(v)), h('span', {}, t(k)))));
     if (s.stock_left === 0 && s.stock_total > 0 && !soldOutAt) soldOutAt = s.sold_out_at ? new Date(s.sold_out_at) : new Date();
     soldOut.textContent = soldOutAt ? t('sold_out_at', { time: soldOutAt.toLocaleTimeString(lang === 'zh' ? 'zh-CN' : 'en-GB') }) : t('not_sold_out');
+    // The last 30 minutes, a point per minute (minutes without claims are 0), so the
+    // time axis reads the same whether one minute or thirty had claims.
     const points = s.claims_per_minute || [];
-    const xs = points.map((p) => (typeof p.minute === 'number' ? p.minute : Date.parse(p.minute)) / 1000);
-    const ys = points.map((p) => p.claims);
+    const byMinute = new Map(points.map((p) => [Math.floor((typeof p.minute === 'number' ? p.minute : Date.parse(p.minute)) / 60000), p.claims]));
+    const lastMinute = Math.max(Math.floor(Date.now() / 60000), ...byMinute.keys());
+    const xs = [];
+    const ys = [];
+    for (let m = lastMinute - 29; m <= lastMinute; m++) { xs.push(m * 60); ys.push(byMinute.get(m) || 0); }
     chartBox.dataset.points = String(points.length);
-    chartBox.dataset.total = String(ys.reduce((x, y) => x + y, 0));
+    chartBox.dataset.total = String(points.reduce((x, p) => x + p.claims, 0));
     if (typeof window.uPlot !== 'function') return;
-    const width = Math.max(280, Math.min(chartBox.clientWidth || 600, 1000));
+    const width = Math.max(280, Math.min(main.clientWidth || 600, 1000));
     if (!chart) {
       chart = new window.uPlot({
         width, height: 200, title: t('cpm_title'),
-        series: [{}, { label: t('cpm_title'), stroke: '#1d70b8', fill: 'rgba(29,112,184,.15)', points: { show: true } }],
+        series: [{}, { label: t('cpm_title'), stroke: '#1d70b8', fill: 'rgba(29,112,184,.15)', points: { show: false } }],
+        scales: { y: { range: (u, min, max) => [0, Math.max(5, max)] } },
         axes: [{}, { label: '' }],
       }, [xs, ys], chartBox);
     } else {

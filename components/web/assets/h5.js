@@ -80,7 +80,7 @@ async function listView() {
   refresh.addEventListener('click', load);
   pullToRefresh(load);
   every(1000, draw);
-  every(10000, load);
+  every(5000, load);
   await load();
 }
 

@@ -51,11 +51,12 @@ pub struct Embedded {
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
-/// No inline script or style anywhere; the API is same-origin; images may also come from
-/// an activity's `image_url` on an https host; nobody may frame the pages.
+/// No inline script or style anywhere; the API is same-origin; images may also be a
+/// ticket's QR code fetched with the token (`blob:`) or an activity's `image_url` on an
+/// https host; nobody may frame the pages.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-style-src 'self'; img-src 'self' data: https:; connect-src 'self'; media-src 'self' blob:; \
-base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+style-src 'self'; img-src 'self' data: blob: https:; connect-src 'self'; \
+media-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Pages change with every deployment: always revalidate (cheap, thanks to the ETag).
 const PAGE_CACHE: &str = "no-cache";
