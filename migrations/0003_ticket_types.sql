@@ -24,14 +24,14 @@ CREATE TABLE ticket_types (
 INSERT INTO ticket_types (activity_id, key, position, name, stock_total, per_user_limit, kind)
 SELECT id, 'default', 0, name, stock_total, per_user_limit, kind FROM activities;
 
--- Filled with `default` for every existing row; new rows name their type.
+-- Filled with `default` for every existing row. flashclaim names the type of every row it
+-- writes; the default keeps other writers of activities without types working, and the
+-- foreign key refuses a row of a type its activity does not have.
 ALTER TABLE tickets ADD COLUMN ticket_type text NOT NULL DEFAULT 'default';
-ALTER TABLE tickets ALTER COLUMN ticket_type DROP DEFAULT;
 ALTER TABLE tickets ADD FOREIGN KEY (activity_id, ticket_type)
     REFERENCES ticket_types (activity_id, key);
 
 ALTER TABLE ticket_codes ADD COLUMN ticket_type text NOT NULL DEFAULT 'default';
-ALTER TABLE ticket_codes ALTER COLUMN ticket_type DROP DEFAULT;
 ALTER TABLE ticket_codes ADD FOREIGN KEY (activity_id, ticket_type)
     REFERENCES ticket_types (activity_id, key);
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use flashclaim_tests::{bearer, problem, TestApp};
 
+/// The first ticket's id: what the ticket routes take (`<activity id>-<code>`).
 fn code_of(claim: &serde_json::Value) -> String {
-    claim["tickets"][0]["code"].as_str().unwrap().to_string()
+    claim["tickets"][0]["id"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,8 +238,11 @@ async fn code_pools_are_uploaded_whole_or_not_at_all_and_codes_come_back_on_retu
         r.text()
     );
     let mut issued = Vec::new();
+    let mut shown = Vec::new();
     for user in ["a", "b", "c"] {
-        issued.push(code_of(&t.claim(id, user, "").await.json()));
+        let claim = t.claim(id, user, "").await.json();
+        issued.push(code_of(&claim));
+        shown.push(claim["tickets"][0]["code"].as_str().unwrap().to_string());
     }
     assert_eq!(
         issued,
@@ -247,6 +251,11 @@ async fn code_pools_are_uploaded_whole_or_not_at_all_and_codes_come_back_on_retu
             format!("{id}-AAA-2"),
             format!("{id}-LATE-1")
         ]
+    );
+    assert_eq!(
+        shown,
+        ["AAA-1", "AAA-2", "LATE-1"],
+        "pool codes as uploaded"
     );
     problem(&t.claim(id, "d", "").await, 409, "sold_out");
     assert_eq!(
@@ -576,7 +585,8 @@ async fn the_claims_export_streams_every_row_as_postgres_has_it() {
             "claimed_at",
             "returned_at",
             "redeemed_at",
-            "drained_at"
+            "drained_at",
+            "ticket_type"
         ]
     );
     let expected = pg
@@ -602,6 +612,7 @@ async fn the_claims_export_streams_every_row_as_postgres_has_it() {
         assert_eq!(row[4], want.get::<_, String>(3));
         assert_eq!(row[5], time(want.get(4)));
         assert_eq!(row[6], time(want.get(5)));
+        assert_eq!(row[9], "default", "the type of an activity without types");
     }
     assert_eq!(rows[1][2], "comma,user", "quoted and unquoted back");
     assert_eq!(rows[5][2], "say \"hi\", 5", "quotes inside quoted fields");
@@ -1153,8 +1164,13 @@ async fn nothing_to_find_is_answered_on_every_route_never_a_query_without_rows()
     let listing = t.send("GET", "/api/activities", None, "").await;
     assert_eq!(listing.status, 200, "{}", listing.text());
     assert_eq!(
-        listing.json(),
-        serde_json::json!({ "activities": [], "next_cursor": null })
+        (
+            listing.json()["activities"].clone(),
+            listing.json()["next_cursor"].clone()
+        ),
+        (serde_json::json!([]), serde_json::Value::Null),
+        "{}",
+        listing.text()
     );
     problem(
         &t.send("GET", "/api/activities/424242", None, "").await,
@@ -1218,7 +1234,7 @@ async fn nothing_to_find_is_answered_on_every_route_never_a_query_without_rows()
         assert_eq!(csv.status, 200);
         assert_eq!(
             csv.text(),
-            "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at\r\n"
+            "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type\r\n"
         );
     };
     empty_reads().await;
