@@ -20,7 +20,7 @@ pub fn activities(query: &str) -> Result<HttpResponse, ApiError> {
         .query(
             &format!(
                 "SELECT {} FROM (SELECT * FROM activities \
-                   WHERE ($1 = '' OR status = $1) AND ($2 = 0 OR id < $2) \
+                   WHERE ($1 = '' OR status = $1) AND ($2::int8 = 0 OR id < $2::int8) \
                    ORDER BY id DESC LIMIT $3) AS activities",
                 glue::ACTIVITY_ARRAYS
             ),
