@@ -694,8 +694,12 @@ async fn authorization_matrix_every_route_by_anonymous_user_other_user_and_admin
         ("POST", format!("/api/activities/{id}/passes"), Who::User),
         ("GET", "/api/tickets".into(), Who::User),
         ("GET", format!("/api/tickets/{code}"), Who::Owner),
+        ("GET", format!("/api/tickets/{code}/qr.svg"), Who::Owner),
         ("DELETE", format!("/api/tickets/{other_code}"), Who::Owner),
         ("POST", "/admin/activities".into(), Who::Admin),
+        ("GET", "/admin/activities".into(), Who::Admin),
+        ("GET", format!("/admin/activities/{id}"), Who::Admin),
+        ("GET", "/admin/blacklist".into(), Who::Admin),
         ("PATCH", format!("/admin/activities/{id}"), Who::Admin),
         (
             "POST",
