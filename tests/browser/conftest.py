@@ -169,12 +169,14 @@ class App:
                 self.process.wait(timeout=10)
         self.log.close()
 
-    def create_activity(self, name="Browser test", starts_in=-60, lasts=3600, stock=10, **more):
+    def create_activity(self, name="Browser test", starts_in=-60, lasts=3600, stock=10, per_user_limit=1, **more):
         now = datetime.now(timezone.utc)
         body = {"name": name, "description": "Made by the browser tests",
                 "starts_at": iso(now + timedelta(seconds=starts_in)),
                 "ends_at": iso(now + timedelta(seconds=starts_in + lasts)),
-                "stock_total": stock, "per_user_limit": 1, **more}
+                "stock_total": stock, "per_user_limit": per_user_limit, **more}
+        # None leaves a field out (an activity with ticket_types has no stock of its own).
+        body = {k: v for k, v in body.items() if v is not None}
         status, a = self.api.request("POST", "/admin/activities", body, token=self.admin)
         assert status == 201, a
         return a

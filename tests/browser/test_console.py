@@ -135,3 +135,42 @@ def test_an_operator_runs_a_campaign(app, screen):
     page.get_by_role("heading", name="活动").wait_for()
     s.check("activities-zh")
     s.assert_clean()
+
+
+def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
+    s = screen("console-types")
+    page = s.page
+    page.goto(app.base + "/console/#/new")
+    page.get_by_label("Username").fill(app.operator)
+    page.get_by_label("Password").fill(app.operator_password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="New activity").wait_for()
+    page.get_by_label("Name", exact=True).fill("Gala")
+    now = datetime.now()
+    page.get_by_label("Starts at").fill(local_input(now + timedelta(hours=1)))
+    page.get_by_label("Ends at").fill(local_input(now + timedelta(hours=3)))
+    page.get_by_role("button", name="Add a ticket type").click()
+    page.get_by_role("button", name="Add a ticket type").click()
+    assert not page.get_by_label("Stock", exact=True).first.is_visible() or page.locator("[data-field=stock_total]").is_hidden()
+    first = page.locator("[data-type-row]").nth(0)
+    second = page.locator("[data-type-row]").nth(1)
+    first.get_by_label("Key").fill("vip")
+    first.get_by_label("Name shown to users").fill("VIP box")
+    first.get_by_label("Stock").fill("2")
+    second.get_by_label("Key").fill("Standard Seat!")
+    second.get_by_label("Name shown to users").fill("Standard")
+    second.get_by_label("Stock").fill("20")
+    page.get_by_role("button", name="Save draft").click()
+    error = second.locator(".error-message").first
+    error.wait_for()
+    assert "ticket_types[1]" in error.inner_text()
+    s.check("type-error")
+    second.get_by_label("Key").fill("standard")
+    page.get_by_role("button", name="Save draft").click()
+    page.get_by_role("heading", name="Gala").wait_for()
+    activity_id = int(re.search(r"#/a/(\d+)", page.url).group(1))
+    status, body = app.api.request("GET", f"/admin/activities/{activity_id}", token=app.admin)
+    assert status == 200, body
+    assert [(t["key"], t["stock_total"]) for t in body["ticket_types"]] == [("vip", 2), ("standard", 20)]
+    s.check("draft")
+    s.assert_clean()

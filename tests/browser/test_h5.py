@@ -206,3 +206,32 @@ def test_sold_out_rate_limited_and_unavailable_each_say_so(strict_app, screen):
     assert t.page.locator("#claim-button").is_enabled()
     t.check("unavailable")
     s.assert_clean()
+
+
+def test_a_person_chooses_a_ticket_type_and_claims_it(app, screen):
+    now = time.time()
+    activity = app.create_activity(name="Gala: two classes", stock=None, per_user_limit=None, ticket_types=[
+        {"key": "vip", "name": "VIP box", "stock_total": 1, "per_user_limit": 1},
+        {"key": "standard", "name": "Standard seat", "stock_total": 5, "per_user_limit": 1},
+    ])
+    app.publish(activity["id"])
+    user = f"g{secrets.token_hex(4)}"
+    app.api.register(user)
+    s = screen("types")
+    log_in(s.page, app.base, user)
+    s.page.goto(f"{app.base}/#/a/{activity['id']}")
+    s.page.get_by_label(re.compile("VIP box: 1 of 1 left")).check()
+    s.check("choose")
+    s.page.locator("#claim-button:enabled").click()
+    s.page.get_by_role("heading", name="Claimed!").wait_for()
+    s.page.get_by_label(re.compile("VIP box: 0 of 1 left")).wait_for()
+    assert s.page.locator("#claim-button").is_disabled()
+    s.page.get_by_label(re.compile("Standard seat: 5 of 5 left")).check()
+    assert s.page.locator("#claim-button").is_enabled()
+    href = s.page.locator("#claim-result").get_by_role("link", name="View ticket").get_attribute("href")
+    ticket_id = href.removeprefix("#/t/")
+    status, ticket = app.api.request("GET", f"/api/tickets/{ticket_id}", token=app.api.login(user))
+    assert status == 200 and ticket["ticket_type"] == "vip", ticket
+    s.check("claimed")
+    s.assert_clean()
+    assert time.time() - now < 60

@@ -143,7 +143,15 @@ async function editView(id) {
     field({ name: 'per_user_limit', label: t('f_per_user_limit'), type: 'number', value: a.per_user_limit ?? 1, attrs: { inputmode: 'numeric' } }),
     field({ name: 'kind', label: t('f_kind'), type: 'select', value: a.kind, options: [['counter', t('kind_counter')], ['codes', t('kind_codes')]] }),
     field({ name: 'require_pass', label: t('f_require_pass'), type: 'checkbox', value: a.require_pass }),
+    typesEditor(a),
     h('button', { type: 'submit', class: 'button' }, t('save_draft')));
+  const syncSingle = () => {
+    // With ticket types the stock and kind are each type's; the activity's limit is optional.
+    const typed = form.querySelectorAll('[data-type-row]').length > 0;
+    ['stock_total', 'kind'].forEach((n) => { form.querySelector(`[data-field=${n}]`).hidden = typed; });
+  };
+  form.addEventListener('types-changed', syncSingle);
+  syncSingle();
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const data = new FormData(form);
@@ -152,11 +160,20 @@ async function editView(id) {
       description: data.get('description'),
       starts_at: fromLocalInput(data.get('starts_at')),
       ends_at: fromLocalInput(data.get('ends_at')),
-      stock_total: Number(data.get('stock_total')),
-      per_user_limit: Number(data.get('per_user_limit')),
-      kind: data.get('kind'),
       require_pass: data.get('require_pass') === 'on',
     };
+    const rows = Array.from(form.querySelectorAll('[data-type-row]'));
+    if (rows.length) {
+      body.ticket_types = rows.map((row) => {
+        const v = (n) => row.querySelector(`[name=${n}]`).value;
+        return { key: v('tt_key'), name: v('tt_name'), stock_total: Number(v('tt_stock')), per_user_limit: Number(v('tt_limit')), kind: v('tt_kind') };
+      });
+      if (data.get('per_user_limit')) body.per_user_limit = Number(data.get('per_user_limit'));
+    } else {
+      body.stock_total = Number(data.get('stock_total'));
+      body.per_user_limit = Number(data.get('per_user_limit'));
+      body.kind = data.get('kind');
+    }
     if (data.get('image_url')) body.image_url = data.get('image_url');
     try {
       const saved = id
@@ -166,10 +183,44 @@ async function editView(id) {
       location.hash = `#/a/${saved.id ?? id}`;
     } catch (err) {
       const detail = err.body?.detail || '';
-      showErrors(form, [[FORM_FIELDS.find((n) => detail.startsWith(n)) || null, problemText(err)]], t('error_title'));
+      const row = detail.match(/^ticket_types\[(\d+)\]/);
+      const name = row ? `type-${row[1]}` : FORM_FIELDS.find((n) => detail.startsWith(n)) || null;
+      showErrors(form, [[name, problemText(err)]], t('error_title'));
     }
   });
   replace(main, h('h1', {}, t(id ? 'edit_title' : 'new_title')), form);
+}
+
+// Ticket types (seat classes, coupon tiers): each its own key, stock, per-person limit and
+// kind. None: the activity has one stock (the fields above).
+function typesEditor(a) {
+  const rows = h('div');
+  const box = h('fieldset', { class: 'form-group', id: 'ticket-types' },
+    h('legend', { class: 'label' }, t('types_title')),
+    h('span', { class: 'hint' }, t('types_hint')), rows);
+  const addRow = (tt = {}) => {
+    const index = rows.children.length;
+    const remove = h('button', { type: 'button', class: 'button button--secondary' }, t('type_remove'));
+    const row = h('fieldset', { class: 'form-group', 'data-type-row': true, 'data-field': `type-${index}` },
+      h('legend', {}, t('type_n', { n: index + 1 })),
+      h('span', { class: 'error-message', id: `type-${index}-error`, hidden: true }),
+      field({ name: 'tt_key', label: t('type_key'), hint: t('type_key_hint'), value: tt.key ?? '', attrs: { autocapitalize: 'none', spellcheck: 'false' } }),
+      field({ name: 'tt_name', label: t('type_name'), value: tt.name ?? '' }),
+      field({ name: 'tt_stock', label: t('f_stock_total'), type: 'number', value: tt.stock_total ?? 10, attrs: { inputmode: 'numeric' } }),
+      field({ name: 'tt_limit', label: t('f_per_user_limit'), type: 'number', value: tt.per_user_limit ?? 1, attrs: { inputmode: 'numeric' } }),
+      field({ name: 'tt_kind', label: t('f_kind'), type: 'select', value: tt.kind ?? 'counter', options: [['counter', t('kind_counter')], ['codes', t('kind_codes')]] }),
+      remove);
+    remove.addEventListener('click', () => { row.remove(); box.dispatchEvent(new Event('types-changed', { bubbles: true })); });
+    rows.append(row);
+    box.dispatchEvent(new Event('types-changed', { bubbles: true }));
+  };
+  const add = h('button', { type: 'button', class: 'button button--secondary', id: 'add-type' }, t('type_add'));
+  add.addEventListener('click', () => addRow());
+  box.append(add);
+  const existing = a.ticket_types || [];
+  // One type called `default` is what an activity made without types has: show none.
+  if (!(existing.length === 1 && existing[0].key === 'default')) existing.forEach(addRow);
+  return box;
 }
 
 async function detailView(id) {
@@ -212,7 +263,7 @@ async function detailView(id) {
 
   replace(main, takeFlash(), header, actions, message,
     liveSection(id),
-    a.kind === 'codes' ? codesSection(id) : null,
+    a.kind === 'codes' || a.kind === 'mixed' ? codesSection(id, a) : null,
     exportSection(id, a));
 }
 
@@ -272,8 +323,11 @@ function liveSection(id) {
 
 // ---- codes, export, reconcile -------------------------------------------------------------
 
-function codesSection(id) {
+function codesSection(id, a) {
+  const pools = (a.ticket_types || []).filter((tt) => tt.kind === 'codes');
+  const typed = pools.length > 1 || (pools.length === 1 && pools[0].key !== 'default');
   const form = h('form', { novalidate: true, id: 'codes-form' },
+    typed ? field({ name: 'type', label: t('type_for_codes'), type: 'select', options: pools.map((tt) => [tt.key, `${tt.name} (${tt.key})`]) }) : null,
     field({ name: 'file', label: t('codes_file'), hint: t('codes_hint'), type: 'file', attrs: { accept: '.csv,text/csv,text/plain' } }),
     h('button', { type: 'submit', class: 'button button--secondary' }, t('upload')));
   const result = h('div', { id: 'codes-result', 'aria-live': 'polite' });
@@ -283,7 +337,11 @@ function codesSection(id) {
     if (!file) { showErrors(form, [['file', t('choose_file')]], t('error_title')); return; }
     showErrors(form, [], '');
     try {
-      const r = (await api('POST', `/admin/activities/${encodeURIComponent(id)}/codes`, { body: await file.text(), headers: { 'content-type': 'text/csv' } })).body;
+      const key = typed ? new FormData(form).get('type') : null;
+      const path = key
+        ? `/admin/activities/${encodeURIComponent(id)}/ticket_types/${encodeURIComponent(key)}/codes`
+        : `/admin/activities/${encodeURIComponent(id)}/codes`;
+      const r = (await api('POST', path, { body: await file.text(), headers: { 'content-type': 'text/csv' } })).body;
       replace(result, notice(t('uploaded', { n: r.added ?? r.accepted ?? r.count ?? '' }), 'ok'));
     } catch (err) {
       const b = err.body || {};

@@ -14,13 +14,22 @@ function every(ms, fn) { timers.push(setInterval(fn, ms)); }
 function stopTimers() { timers.forEach(clearInterval); timers = []; }
 function token() { return auth.get()?.token; }
 
-// What a person sees of an activity right now, on the server's clock.
-function stateOf(a) {
+// What a person sees of an activity (or of one of its ticket types, which may have a
+// window of its own inside the activity's) right now, on the server's clock.
+function stateOf(a, type = null) {
   const now = clock.now();
-  if (a.status === 'closed' || now >= Date.parse(a.ends_at)) return 'ended';
-  if (a.stock_left <= 0) return 'soldout';
-  if (now < Date.parse(a.starts_at)) return 'upcoming';
+  const starts = Date.parse(type?.starts_at || a.starts_at);
+  const ends = Date.parse(type?.ends_at || a.ends_at);
+  if (a.status === 'closed' || now >= ends) return 'ended';
+  if ((type ? type.stock_left : a.stock_left) <= 0) return 'soldout';
+  if (now < starts) return 'upcoming';
   return 'open';
+}
+
+// The ticket types a person chooses between: none when the activity has just one.
+function choices(a) {
+  const types = a.ticket_types || [];
+  return types.length > 1 ? types : [];
 }
 
 function badge(state) {
@@ -129,13 +138,36 @@ async function detailView(id) {
   let inFlight = false;
   let pendingKey = null;
   let retryUntil = 0;
+  let chosen = choices(a)[0]?.key ?? null;
+  const typeOf = () => (a.ticket_types || []).find((tt) => tt.key === chosen) || null;
+  const typePicker = h('div');
+  const drawTypes = () => {
+    const types = choices(a);
+    if (!types.length) { replace(typePicker); return; }
+    if (!typePicker.firstChild) {
+      replace(typePicker, h('fieldset', { class: 'form-group', id: 'ticket-type' },
+        h('legend', { class: 'label' }, t('choose_type')),
+        types.map((tt) => {
+          const id = `tt-${tt.key}`;
+          const input = h('input', { type: 'radio', name: 'ticket_type', id, value: tt.key, checked: tt.key === chosen });
+          input.addEventListener('change', () => { chosen = tt.key; pendingKey = null; draw(); });
+          return h('div', { class: 'checkbox' }, input, h('label', { for: id, 'data-type-label': tt.key }));
+        })));
+    }
+    types.forEach((tt) => {
+      const label = typePicker.querySelector(`[data-type-label="${CSS.escape(tt.key)}"]`);
+      if (label) label.textContent = `${t('type_stock', { name: tt.name, left: Math.max(0, tt.stock_left), total: tt.stock_total })} · ${t(`state_${stateOf(a, tt)}`)}`;
+    });
+  };
 
   const draw = () => {
-    const state = stateOf(a);
+    drawTypes();
+    const type = choices(a).length ? typeOf() : null;
+    const state = stateOf(a, type);
     replace(stateBadge, badge(state));
     stock.textContent = t('stock', { left: Math.max(0, a.stock_left), total: a.stock_total });
     held.textContent = a.my_claimed ? t('you_hold', { n: a.my_claimed }) : '';
-    const untilStart = Date.parse(a.starts_at) - clock.now();
+    const untilStart = Date.parse(type?.starts_at || a.starts_at) - clock.now();
     countdown.textContent = state === 'upcoming' ? t('starts_in', { time: duration(untilStart) }) : '';
     const waitRetry = retryUntil - Date.now();
     if (retryUntil && waitRetry <= 0) {
@@ -184,15 +216,17 @@ async function detailView(id) {
       if (a.require_pass) await getPass(id);
       let response;
       try {
-        response = await postClaim(id, key);
+        response = await postClaim(id, key, chosen);
       } catch (e) {
         if (!(e instanceof Problem) || e.code !== 'pass_required') throw e;
         replace(message, notice(t('p_pass_required')));
         await getPass(id);
-        response = await postClaim(id, key);
+        response = await postClaim(id, key, chosen);
       }
       pendingKey = null;
-      a.stock_left = response.body.stock_left ?? a.stock_left;
+      a.stock_left = choices(a).length ? a.stock_left - 1 : (response.body.stock_left ?? a.stock_left);
+      const claimedType = typeOf();
+      if (claimedType && response.body.stock_left !== undefined) claimedType.stock_left = response.body.stock_left;
       a.my_claimed = (a.my_claimed || 0) + (response.body.tickets?.length || 0);
       replace(message);
       showTickets(response.body);
@@ -213,7 +247,9 @@ async function detailView(id) {
         updateNav();
         replace(message, notice(t('p_unauthenticated'), 'error'));
       } else {
-        if (p.code === 'sold_out') a.stock_left = 0;
+        if (p.code === 'sold_out') {
+          if (choices(a).length && typeOf()) typeOf().stock_left = 0; else a.stock_left = 0;
+        }
         replace(message, notice(problemText(p), 'error'));
       }
     } finally {
@@ -233,7 +269,7 @@ async function detailView(id) {
       h('dt', {}, t('starts_at')), h('dd', {}, formatTime(a.starts_at, lang)),
       h('dt', {}, t('ends_at')), h('dd', {}, formatTime(a.ends_at, lang))),
     h('p', { class: 'muted' }, t('per_user', { n: a.per_user_limit }), a.require_pass ? ` · ${t('pass_needed')}` : ''),
-    held, countdown, button, loginLink, message, result);
+    typePicker, held, countdown, button, loginLink, message, result);
   draw();
   // The countdown ticks often so the button opens within a few hundred ms of the second.
   every(200, draw);
@@ -249,9 +285,11 @@ async function getPass(id) {
   }
 }
 
-function postClaim(id, key) {
+function postClaim(id, key, ticketType) {
+  const json = { quantity: 1 };
+  if (ticketType) json.ticket_type = ticketType;
   return call('POST', `/api/activities/${encodeURIComponent(id)}/claims`, {
-    token: token(), json: { quantity: 1 }, headers: { 'idempotency-key': key },
+    token: token(), json, headers: { 'idempotency-key': key },
   });
 }
 

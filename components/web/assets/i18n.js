@@ -66,6 +66,10 @@ const STRINGS = {
     required_payload: 'Paste the QR payload', health_title: 'Stores', h_status: 'Status', h_redis: 'Redis', h_postgres: 'Postgres',
     h_backlog: 'Drain backlog', h_oldest: 'Oldest entry age (ms)', yes: 'yes', no: 'no', activity_n: 'Activity {id}',
     open_detail: 'Open',
+    types_title: 'Ticket types (optional)', types_hint: 'Leave empty for one stock. Add types for seat classes or coupon tiers, each with its own stock and limit.',
+    type_add: 'Add a ticket type', type_remove: 'Remove this type', type_n: 'Ticket type {n}', type_key: 'Key',
+    type_key_hint: 'Lower-case letters, digits, - or _ (e.g. vip)', type_name: 'Name shown to users',
+    type_for_codes: 'Ticket type', choose_type: 'Ticket type', type_stock: '{name}: {left} of {total} left',
   },
   zh: {
     skip: '跳到主要内容', brand: 'flashclaim 抢票', brand_console: 'flashclaim 运营后台', nav_main: '主导航',
@@ -130,6 +134,10 @@ const STRINGS = {
     required_payload: '请粘贴二维码内容', health_title: '存储状态', h_status: '状态', h_redis: 'Redis', h_postgres: 'Postgres',
     h_backlog: '待落库', h_oldest: '最早条目等待（毫秒）', yes: '是', no: '否', activity_n: '活动 {id}',
     open_detail: '打开',
+    types_title: '票种（可选）', types_hint: '不填则只有一种库存。可按座位等级或券面额添加票种，各有库存与限领。',
+    type_add: '添加票种', type_remove: '删除该票种', type_n: '票种 {n}', type_key: '标识',
+    type_key_hint: '小写字母、数字、- 或 _（例如 vip）', type_name: '向用户显示的名称',
+    type_for_codes: '票种', choose_type: '选择票种', type_stock: '{name}：剩余 {left} / {total}',
   },
 };
 
