@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod keys;
 pub mod listing;
 pub mod qr;
+pub mod rotation;
 pub mod scripts;
 pub mod shards;
 pub mod ticket;
