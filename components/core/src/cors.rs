@@ -132,6 +132,8 @@ impl Caching {
 /// is kept longer server-side, but its stock is live and a change drops it, so the edge
 /// gets no longer for it either (a countdown page must not see a minute-old stock).
 pub const PUBLIC_READ_MAX_AGE_SECS: i64 = crate::activity::LIST_TTL_MS / 1000;
+// A listing lifetime under a second would make `max-age=0`: say so at build time.
+const _: () = assert!(PUBLIC_READ_MAX_AGE_SECS >= 1);
 
 /// `GET /api/activities` and `GET /api/activities/{id}`: public unless the answer was made
 /// for the caller's token (`my_claimed`).
@@ -345,7 +347,6 @@ mod tests {
             PUBLIC_READ_MAX_AGE_SECS * 1000,
             crate::activity::LIST_TTL_MS
         );
-        assert!(PUBLIC_READ_MAX_AGE_SECS >= 1);
         let mut public = HttpResponse::empty(200);
         activity_read(false).apply(&mut public);
         assert_eq!(

@@ -76,7 +76,7 @@ pub fn blacklist_cursor(user_id: &str) -> String {
 
 fn from_hex(text: &str) -> Option<String> {
     // A user id is at most 64 characters of up to 4 bytes each.
-    if text.is_empty() || text.len() % 2 != 0 || text.len() > 512 {
+    if text.is_empty() || !text.len().is_multiple_of(2) || text.len() > 512 {
         return None;
     }
     let bytes = (0..text.len())
