@@ -90,6 +90,8 @@ def test_claim_opens_on_the_servers_second_with_the_phone_ten_minutes_fast(app, 
     page.get_by_role("heading", name="Claimed!").wait_for()
     code = page.locator("#claim-result [data-testid=ticket-code]").first.inner_text()
     assert code
+    assert page.locator("#claim-button").inner_text() == "You hold your limit"
+    assert page.locator("#claim-button").is_disabled()
     if documented("/api/tickets/{code}/qr.svg"):
         page.locator("#claim-result img.qr").wait_for()
         assert page.locator("#claim-result img.qr").evaluate("img => img.complete && img.naturalWidth > 0")
@@ -161,7 +163,7 @@ def test_sold_out_rate_limited_and_unavailable_each_say_so(strict_app, screen):
     app = strict_app
     activity = app.create_activity(name="Last seat", stock=1)
     app.publish(activity["id"])
-    spare = app.create_activity(name="Plenty", stock=50)
+    spare = app.create_activity(name="Plenty", stock=50, per_user_limit=5)
     app.publish(spare["id"])
     user, other, third = (f"s{secrets.token_hex(4)}" for _ in range(3))
     app.api.register(user)

@@ -316,7 +316,9 @@ function liveSection(id) {
   };
   load();
   every(2000, load);
-  cleanups.push(() => chart?.destroy());
+  const resize = () => chart?.setSize({ width: Math.max(280, Math.min(main.clientWidth || 600, 1000)), height: 200 });
+  window.addEventListener('resize', resize);
+  cleanups.push(() => { window.removeEventListener('resize', resize); chart?.destroy(); });
   return h('section', { 'aria-labelledby': 'live-h' }, h('h2', { id: 'live-h' }, t('live_title')),
     h('p', { class: 'muted' }, t('live_note')), stats, soldOut, chartBox, status);
 }

@@ -182,6 +182,10 @@ async function detailView(id) {
     } else if (state === 'upcoming') {
       button.disabled = true;
       button.textContent = t('claim_wait', { time: duration(untilStart) });
+    } else if (state === 'open' && a.per_user_limit && (a.my_claimed || 0) >= a.per_user_limit) {
+      // The limit is the server's to enforce; the page only spares a pointless press.
+      button.disabled = true;
+      button.textContent = t('limit_held');
     } else {
       button.disabled = state !== 'open' || waitRetry > 0;
       button.textContent = state === 'open' ? t('claim') : t(`state_${state}`);
