@@ -50,7 +50,8 @@ test-e2e:
 
 ## Tier 3 again on real Spin, when a `spin` binary is found (SPIN=/path/to/spin to choose
 ## one): the end-to-end and API suites with `spin up -c <HTTP components>` as on a Spin
-## without the cron plugin, then the drain on the cron trigger when the plugin is installed.
+## without the cron plugin, then the drain on the cron trigger and the browser scenarios
+## (tests/browser, the whole manifest) when the plugin is installed.
 SPIN ?= $(shell command -v spin 2>/dev/null)
 SPIN_RUN := FLASHCLAIM_SPIN=$(SPIN) FLASHCLAIM_E2E_RUNTIME=spin
 test-spin:
@@ -61,8 +62,9 @@ test-spin:
 	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
-	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron; \
-	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger was not tried"; fi
+	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron || exit $$?; \
+	  $(SPIN_RUN) .data/browser/venv/bin/pytest -q tests/browser; \
+	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger and the browser tests on Spin were not tried"; fi
 
 ## Tier 3 over three Redis shards (needs wasm): its own stores, three Redis primaries with
 ## AOF `appendfsync always` and a Postgres under $(SHARDS_DATA), since the tests crash,

@@ -32,6 +32,10 @@ SHOTS = ROOT / "target/browser"
 AXE = ROOT / ".data/browser/node_modules/axe-core/axe.min.js"
 CHROMIUM = os.environ.get("FLASHCLAIM_CHROMIUM", "/usr/bin/chromium")
 HTTP_TIMEOUT = 10
+# The test host, or real Spin with FLASHCLAIM_E2E_RUNTIME=spin (FLASHCLAIM_SPIN names the
+# binary), as the end-to-end suites choose.
+RUNTIME = "spin" if os.environ.get("FLASHCLAIM_E2E_RUNTIME", "host").startswith("spin") else "host"
+SPIN = os.environ.get("FLASHCLAIM_SPIN") or shutil.which("spin") or "spin"
 VIEWPORTS = {"375": {"width": 375, "height": 667}, "1280": {"width": 1280, "height": 800}}
 
 
@@ -121,22 +125,31 @@ class App:
         })
         env.update(extra_env or {})
         SHOTS.mkdir(parents=True, exist_ok=True)
-        self.log = open(SHOTS / f"host-{name}.log", "wb")
+        self.log = open(SHOTS / f"app-{name}.log", "wb")
+        if RUNTIME == "spin":
+            # Real Spin with the whole manifest (the cron trigger plugin drains every second,
+            # as the test host does).
+            self.state_dir = SHOTS / f"spin-state-{name}"
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            command = [SPIN, "up", "--from", str(ROOT / "spin.toml"), "--listen",
+                       f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir)]
+        else:
+            command = [str(ROOT / "target/debug/spin-test-host"), "--manifest",
+                       str(ROOT / "spin.toml"), "--listen", f"127.0.0.1:{self.port}"]
         self.process = subprocess.Popen(
-            [str(ROOT / "target/debug/spin-test-host"), "--manifest", str(ROOT / "spin.toml"),
-             "--listen", f"127.0.0.1:{self.port}"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         self.api = Api(self.base)
         deadline = time.monotonic() + 120
         while True:
-            assert self.process.poll() is None, f"the test host exited; see {self.log.name}"
+            assert self.process.poll() is None, f"the app exited; see {self.log.name}"
             try:
                 status, _ = self.api.request("GET", "/healthz")
                 if status == 200:
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "the test host did not answer within 120 s"
+            assert time.monotonic() < deadline, f"the app ({RUNTIME}) did not answer within 120 s"
             time.sleep(0.2)
         self.operator = "operator"
         self.operator_password = secrets.token_hex(12)
@@ -161,12 +174,17 @@ class App:
 
     def stop(self):
         if self.process.poll() is None:
+            # SIGTERM first: spin up passes it on to its trigger processes.
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                pass
+            try:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
         self.log.close()
 
     def create_activity(self, name="Browser test", starts_in=-60, lasts=3600, stock=10, per_user_limit=1, **more):
