@@ -96,7 +96,14 @@ pub fn redeem(req: &Request, code: &str) -> Result<HttpResponse, ApiError> {
         .and_then(Reply::as_text)
         .and_then(TicketRecord::parse)
         .ok_or(ApiError::NotFound)?;
-    proof.check(secret.as_bytes(), &ticket, &record.user)?;
+    // A QR shown before a ticket_secret rotation still redeems (core::rotation).
+    flashclaim_core::rotation::check_ticket(
+        &proof,
+        secret.as_bytes(),
+        || glue::optional_var("ticket_secret_previous"),
+        &ticket,
+        &record.user,
+    )?;
     let now = glue::now();
     let (keys, argv) = ticket::redeem_command(&ticket, now);
     let reply = redis

@@ -69,6 +69,8 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         .bytes()
         .await
         .map_err(|_| ApiError::invalid("the body could not be read"))?;
+    let settings =
+        settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous").await);
     let (activity, command) = claim::prepare(
         id,
         authorization.as_deref(),
@@ -107,9 +109,11 @@ async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let activity = ActivityId::parse(id)?;
     let secret = glue::var("jwt_secret").await?;
     let authorization = header(req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
-    let principal = flashclaim_core::jwt::authenticate(
+    let previous = glue::optional_var("jwt_secret_previous").await;
+    let principal = flashclaim_core::rotation::authenticate(
         authorization,
         secret.as_bytes(),
+        || previous,
         glue::now().as_secs(),
     )?;
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").await.as_deref());

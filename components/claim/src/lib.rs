@@ -41,6 +41,7 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         eprintln!("flashclaim: {e}");
         ApiError::Internal
     })?;
+    let settings = settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous"));
     let (activity, command) = claim::prepare(
         id,
         req.header("authorization").and_then(|h| h.as_str()),

@@ -170,6 +170,8 @@ impl ClaimCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimSettings {
     pub jwt_secret: String,
+    /// During a rotation, the secret of the tokens issued before it (`core::rotation`).
+    pub jwt_secret_previous: Option<String>,
     pub rate: RateLimit,
     pub global_rate: RateLimit,
 }
@@ -192,9 +194,18 @@ impl ClaimSettings {
         };
         Ok(ClaimSettings {
             jwt_secret,
+            jwt_secret_previous: None,
             rate: limit("claim_rate_limit", rate, RateLimit::default())?,
             global_rate: limit("claim_global_rate_limit", global_rate, RateLimit::OFF)?,
         })
+    }
+}
+
+impl ClaimSettings {
+    /// `jwt_secret_previous` (absent or empty: no rotation in progress).
+    pub fn with_previous_jwt_secret(mut self, previous: Option<String>) -> Self {
+        self.jwt_secret_previous = previous.filter(|s| !s.trim().is_empty());
+        self
     }
 }
 
@@ -212,8 +223,12 @@ pub fn prepare(
     random: impl FnOnce(usize) -> Vec<u8>,
 ) -> Result<(ActivityId, ClaimCommand), ApiError> {
     let activity = ActivityId::parse(id)?;
-    let principal =
-        crate::jwt::authenticate(authorization, settings.jwt_secret.as_bytes(), now.as_secs())?;
+    let principal = crate::rotation::authenticate(
+        authorization,
+        settings.jwt_secret.as_bytes(),
+        || settings.jwt_secret_previous.clone(),
+        now.as_secs(),
+    )?;
     let request = ClaimRequest::parse(body)?;
     let idempotency = idempotency_key
         .map(|k| {

@@ -4,7 +4,7 @@
 
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
-use flashclaim_core::jwt::{self, Principal};
+use flashclaim_core::jwt::Principal;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -48,7 +48,13 @@ pub fn optional_var(name: &str) -> Option<String> {
 pub fn principal(req: &Request) -> Result<Principal, ApiError> {
     let secret = var("jwt_secret")?;
     let header = req.header("authorization").and_then(|h| h.as_str());
-    jwt::authenticate(header, secret.as_bytes(), now().as_secs())
+    // During a rotation, tokens of the previous secret too (read only if this one refuses).
+    flashclaim_core::rotation::authenticate(
+        header,
+        secret.as_bytes(),
+        || optional_var("jwt_secret_previous"),
+        now().as_secs(),
+    )
 }
 
 pub fn admin(req: &Request) -> Result<Principal, ApiError> {
