@@ -44,7 +44,7 @@ test-lua:
 test-e2e:
 	cargo test $(NATIVE) --test e2e
 	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e
-	cargo test $(NATIVE) --test api --test abuse --test web_api
+	cargo test $(NATIVE) --test api --test abuse --test web_api --test rotation
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
 
@@ -59,7 +59,7 @@ test-spin:
 	  echo "test-spin: no spin binary found; the end-to-end suites ran on the test host only"; \
 	  exit 0; fi; \
 	echo "test-spin: $$($(SPIN) --version)"; \
-	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api || exit $$?; \
+	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api --test rotation || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron || exit $$?; \
