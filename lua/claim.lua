@@ -21,6 +21,8 @@ KEYS[10] pools    HASH    uploaded codes per type (kind = codes): <t>:head and <
                           (next index to pop / to push), <t>:<index> -> code
 KEYS[11] pass     STRING  the user's claim pass: "issued" until used
 KEYS[12] flood    STRING  attempts on the whole activity in the current global window
+KEYS[13] client   HASH    the client address's token bucket on this activity (t: tokens,
+                          at: ms of the last refill), shared with pass.lua
 
 ARGV[1]  user id
 ARGV[2]  quantity (integer >= 1)
@@ -34,6 +36,10 @@ ARGV[9]  rate window, ms
 ARGV[10] attempts allowed on the whole activity per global window (0 = no limit)
 ARGV[11] global window, ms
 ARGV[12] ticket type key; empty: the activity's only type
+ARGV[13] per-address attempts refilled per window (0 = no per-address limit)
+ARGV[14] per-address window, ms
+ARGV[15] per-address burst: the bucket's size
+ARGV[16] the client's address as stored (a keyed hash; empty when unknown), for the log
 
 Returns a flat array (Spin flattens nested replies):
   { 1, claim_id, stock_left, type, kind, code_1, ..., code_n }  claimed (stock_left, kind: the type's)
@@ -44,7 +50,8 @@ Returns a flat array (Spin flattens nested replies):
   { -4 }                         the activity has ended or is closed
   { -4, type }                   the type has closed
   { -5 }                         user blacklisted
-  { -6, retry_after_ms }         rate limited (the user's limit, or the activity's global one)
+  { -6, retry_after_ms }         rate limited (the user's limit, the client address's, or the
+                                 activity's global one)
   { -7, limit, scope, type }     the user already holds the limit; scope: ticket_type | activity
   { -8, type }                   sold out (no stock, or too few codes left in the type's pool)
   { -9 }                         a claim pass is required and the user has no unused one
@@ -55,7 +62,7 @@ Returns a flat array (Spin flattens nested replies):
 
 local meta, stocks, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local log, idem, deny, rate, pools, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local flood = KEYS[12]
+local flood, client = KEYS[12], KEYS[13]
 
 local user = ARGV[1]
 local quantity = tonumber(ARGV[2])
@@ -134,7 +141,28 @@ local function over_limit(key, max_attempts, window)
   return ttl
 end
 
-local wait = over_limit(rate, tonumber(ARGV[8]), ARGV[9]) or over_limit(flood, tonumber(ARGV[10]), ARGV[11])
+-- A token bucket (seed 003's limit_req: a rate with a burst); returns the ms until a
+-- token is back when empty. Every attempt takes a token, refused ones included.
+local function bucket_empty(key, rate, window, burst)
+  if rate <= 0 then
+    return nil
+  end
+  local b = redis.call('HMGET', key, 't', 'at')
+  local tokens, at = tonumber(b[1]) or burst, tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(now - at, 0) * rate / window)
+  if tokens < 1 then
+    redis.call('HSET', key, 't', tokens, 'at', now)
+    return math.ceil((1 - tokens) * window / rate)
+  end
+  redis.call('HSET', key, 't', tokens - 1, 'at', now)
+  -- Gone once it would be full again: an idle address costs no memory.
+  redis.call('PEXPIRE', key, math.ceil(burst * window / rate) + 1000)
+  return nil
+end
+
+local wait = over_limit(rate, tonumber(ARGV[8]), ARGV[9])
+  or bucket_empty(client, tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]))
+  or over_limit(flood, tonumber(ARGV[10]), ARGV[11])
 if wait then
   return { -6, wait }
 end
@@ -203,7 +231,7 @@ end
 
 redis.call('XADD', log, '*', 'e', cjson.encode({
   t = 'claim', claim = claim_id, activity = activity_id, user = user, codes = codes, at = ARGV[3],
-  type = ty,
+  type = ty, addr = ARGV[16],
 }))
 
 if use_idem then

@@ -113,6 +113,7 @@ pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
             Some(serde_json::json!({ "minute": Millis(glue::int(&r[0])?), "claims": glue::int(&r[1])? }))
         })
         .collect();
+    let client_addresses = client_addresses(&pg, id)?;
     let types: Vec<serde_json::Value> = activity
         .ticket_types
         .iter()
@@ -151,9 +152,46 @@ pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
             "passes_issued": live.passes,
             "claims_per_minute": claims_per_minute,
             "ticket_types": types,
+            "client_addresses": client_addresses,
         }),
     ))
 }
+
+/// The bot-farm signal: the addresses (stored hashed) this activity's claims came from
+/// most, with how many users claimed from each and how many accounts were created there.
+/// An operator who sees 300 claims by 300 fresh accounts from one address can blacklist
+/// them (`users.created_addr`, `claims.client_addr`).
+fn client_addresses(
+    pg: &spin_sdk::pg4::Connection,
+    id: ActivityId,
+) -> Result<serde_json::Value, ApiError> {
+    // One row whatever the claims: the top addresses as one JSON array.
+    let rows = pg
+        .query(
+            "SELECT coalesce(json_agg(json_build_object( \
+                      'client_addr', a.client_addr, 'claims', a.claims, 'users', a.users, \
+                      'accounts_created', (SELECT count(*) FROM users u \
+                                           WHERE u.created_addr = a.client_addr)) \
+                    ORDER BY a.claims DESC, a.client_addr), '[]')::text \
+             FROM (SELECT client_addr, count(*)::int8 AS claims, \
+                          count(DISTINCT user_id)::int8 AS users \
+                   FROM claims WHERE activity_id = $1 AND client_addr IS NOT NULL \
+                   GROUP BY client_addr ORDER BY claims DESC, client_addr LIMIT $2) AS a",
+            &[
+                ParameterValue::Int64(id.get()),
+                ParameterValue::Int64(TOP_ADDRESSES),
+            ],
+        )
+        .map_err(|e| glue::pg_internal("stats: client addresses", e))?;
+    rows.rows
+        .first()
+        .and_then(|r| glue::text(&r[0]))
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .ok_or(ApiError::Internal)
+}
+
+/// Addresses listed in the stats, the most claims first.
+const TOP_ADDRESSES: i64 = 20;
 
 /// `GET .../reconcile`: every ticket Redis holds against every row Postgres holds.
 pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
@@ -199,7 +237,11 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
         .map(|t| TypeStock {
             key: t.key.to_string(),
             stock_total: t.stock_total,
-            stock_left: live.stocks.get(t.key.as_str()).copied().unwrap_or(t.stock_total),
+            stock_left: live
+                .stocks
+                .get(t.key.as_str())
+                .copied()
+                .unwrap_or(t.stock_total),
         })
         .collect();
     let report = admin::reconcile(&types, live.backlog, &redis_tickets, &stored);
@@ -209,7 +251,7 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
 /// Rows fetched per query while exporting: memory stays bounded whatever the activity size.
 const EXPORT_PAGE: i64 = 2000;
 const EXPORT_HEADER: &str =
-    "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type\r\n";
+    "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type,client_addr\r\n";
 
 /// Errors must be answered before the streamed 200 starts, so the activity is checked here.
 pub fn check_export(id: &str) -> Result<ActivityId, ApiError> {
@@ -263,8 +305,9 @@ pub async fn export_claims(
                         array_agg(user_id ORDER BY id), array_agg(code ORDER BY id), \
                         array_agg(status ORDER BY id), array_agg(claimed_at ORDER BY id), \
                         array_agg(returned_at ORDER BY id), array_agg(redeemed_at ORDER BY id), \
-                        array_agg(drained_at ORDER BY id), array_agg(ticket_type ORDER BY id) \
-                 FROM (SELECT t.id, t.claim_id, t.user_id, t.status, t.ticket_type, \
+                        array_agg(drained_at ORDER BY id), array_agg(ticket_type ORDER BY id), \
+                        array_agg(client_addr ORDER BY id) \
+                 FROM (SELECT t.id, t.claim_id, t.user_id, t.status, t.ticket_type, c.client_addr, \
                               CASE WHEN tt.kind = 'codes' THEN t.code \
                                    ELSE t.activity_id || '-' || t.code END AS code, \
                               (extract(epoch FROM t.claimed_at) * 1000)::int8 AS claimed_at, \
@@ -303,7 +346,7 @@ pub async fn export_claims(
                     .unwrap_or_default()
             };
             chunk.push_str(&format!(
-                "{},{id},{},{},{},{},{},{},{},{}\r\n",
+                "{},{id},{},{},{},{},{},{},{},{},{}\r\n",
                 text(&row[1]),
                 text(&row[2]),
                 text(&row[3]),
@@ -313,6 +356,7 @@ pub async fn export_claims(
                 time(&row[7]),
                 time(&row[8]),
                 text(&row[9]),
+                text(&row[10]),
             ));
         }
         if !chunk.is_empty() && body.send(chunk.into_bytes()).await.is_err() {

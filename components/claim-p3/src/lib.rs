@@ -45,6 +45,8 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r [u8]> {
 }
 
 async fn settings() -> Result<ClaimSettings, ApiError> {
+    // Read per request from the instance's cached variables: no host call.
+    let per_address = glue::optional_var("claim_rate_limit_per_address").await;
     ClaimSettings::from_variables(
         glue::var("jwt_secret").await?,
         glue::optional_var("claim_rate_limit").await.as_deref(),
@@ -52,6 +54,7 @@ async fn settings() -> Result<ClaimSettings, ApiError> {
             .await
             .as_deref(),
     )
+    .and_then(|s| s.with_per_address(per_address.as_deref()))
     .map_err(|e| {
         eprintln!("flashclaim: {e}");
         ApiError::Internal
@@ -64,6 +67,7 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     let authorization = header(&req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
     let authorization = authorization.map(str::to_string);
     let idempotency = header(&req, "idempotency-key").map(<[u8]>::to_vec);
+    let client = glue::client_addr(&req).await;
     let body = req
         .into_body()
         .bytes()
@@ -76,6 +80,7 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         authorization.as_deref(),
         idempotency.as_deref(),
         &body,
+        client,
         &settings,
         glue::now(),
         glue::random_vec,
@@ -116,8 +121,17 @@ async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         || previous,
         glue::now().as_secs(),
     )?;
+    let settings = settings().await?;
+    let client = claim::stored_client(glue::client_addr(req).await, &settings);
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").await.as_deref());
-    let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
+    let (keys, argv) = claim::pass_command(
+        activity,
+        &principal.user,
+        glue::now(),
+        factor,
+        &client,
+        settings.per_address,
+    );
     let shards = glue::redis_shards().await?;
     let reply = glue::run_script(shards.for_activity(activity), &PASS, &keys, &argv)
         .await

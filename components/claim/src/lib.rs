@@ -32,21 +32,14 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 
 fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     // parse
-    let settings = ClaimSettings::from_variables(
-        glue::var("jwt_secret")?,
-        glue::optional_var("claim_rate_limit").as_deref(),
-        glue::optional_var("claim_global_rate_limit").as_deref(),
-    )
-    .map_err(|e| {
-        eprintln!("flashclaim: {e}");
-        ApiError::Internal
-    })?;
+    let settings = settings()?;
     let settings = settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous"));
     let (activity, command) = claim::prepare(
         id,
         req.header("authorization").and_then(|h| h.as_str()),
         req.header("idempotency-key").map(|h| h.as_bytes()),
         req.body(),
+        glue::client_addr(req),
         &settings,
         glue::now(),
         glue::random_vec,
@@ -70,12 +63,34 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     }
 }
 
+fn settings() -> Result<ClaimSettings, ApiError> {
+    ClaimSettings::from_variables(
+        glue::var("jwt_secret")?,
+        glue::optional_var("claim_rate_limit").as_deref(),
+        glue::optional_var("claim_global_rate_limit").as_deref(),
+    )
+    .and_then(|s| s.with_per_address(glue::optional_var("claim_rate_limit_per_address").as_deref()))
+    .map_err(|e| {
+        eprintln!("flashclaim: {e}");
+        ApiError::Internal
+    })
+}
+
 /// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).
 fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let activity = ActivityId::parse(id)?;
     let principal = glue::principal(req)?;
+    let settings = settings()?;
+    let client = claim::stored_client(glue::client_addr(req), &settings);
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").as_deref());
-    let (keys, argv) = claim::pass_command(activity, &principal.user, glue::now(), factor);
+    let (keys, argv) = claim::pass_command(
+        activity,
+        &principal.user,
+        glue::now(),
+        factor,
+        &client,
+        settings.per_address,
+    );
     let reply = glue::redis_for(activity, "pass")?
         .run(&PASS, &keys, &argv)
         .map_err(|e| glue::redis_unavailable("pass", e))?;

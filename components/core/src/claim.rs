@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::client_addr::ClientAddr;
 use crate::error::{ApiError, LimitScope};
 use crate::http::{json_object, reject_unknown, HttpResponse};
 use crate::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
@@ -96,6 +97,49 @@ impl RateLimit {
     }
 }
 
+/// The per-address limit on one activity's claims and passes (`claim_rate_limit_per_address`):
+/// a token bucket refilled with `rate.attempts` per `rate.window_ms`, holding at most `burst`
+/// (seed 003's `limit_req rate=10r/s burst=20` is `"10/1000/20"`). Off by default: a campus
+/// or a carrier NAT puts many honest people behind one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressLimit {
+    pub rate: RateLimit,
+    pub burst: i64,
+}
+
+impl AddressLimit {
+    pub const OFF: AddressLimit = AddressLimit {
+        rate: RateLimit::OFF,
+        burst: 0,
+    };
+
+    /// `"<attempts>/<window ms>[/<burst>]"` (the burst defaults to the attempts); `"0"`: off.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let (rate_text, burst) = match text.splitn(3, '/').collect::<Vec<_>>().as_slice() {
+            [_, _, b] => (
+                &text[..text.len() - b.len() - 1],
+                Some(b.parse::<i64>().ok()?),
+            ),
+            _ => (text, None),
+        };
+        let rate = RateLimit::parse(rate_text)?;
+        let burst = burst.unwrap_or(rate.attempts);
+        if rate.attempts == 0 {
+            return Some(AddressLimit::OFF);
+        }
+        (burst >= 1).then_some(AddressLimit { rate, burst })
+    }
+
+    fn args(&self) -> [Arg; 3] {
+        [
+            Arg::Int(self.rate.attempts),
+            Arg::Int(self.rate.window_ms),
+            Arg::Int(self.burst),
+        ]
+    }
+}
+
 /// Everything the claim script needs, built from validated inputs only.
 #[derive(Debug, Clone)]
 pub struct ClaimCommand {
@@ -161,7 +205,34 @@ impl ClaimCommand {
             Arg::Int(global_rate.window_ms),
             Arg::from(request.ticket_type.as_ref().map_or("", TypeKey::as_str)),
         ];
-        ClaimCommand { keys, argv }
+        let mut command = ClaimCommand { keys, argv };
+        command.set_client(activity, "", AddressLimit::OFF);
+        command
+    }
+
+    /// Who asked (the stored form of the client's address, "" when unknown) and the limit
+    /// on that address: KEYS[13] and ARGV[13..16] of claim.lua.
+    pub fn with_client(
+        mut self,
+        activity: ActivityId,
+        stored_addr: &str,
+        limit: AddressLimit,
+    ) -> Self {
+        self.set_client(activity, stored_addr, limit);
+        self
+    }
+
+    fn set_client(&mut self, activity: ActivityId, stored_addr: &str, limit: AddressLimit) {
+        self.keys.truncate(12);
+        self.argv.truncate(12);
+        let bucket = if stored_addr.is_empty() {
+            "unknown"
+        } else {
+            stored_addr
+        };
+        self.keys.push(ActivityKeys::new(activity).client(bucket));
+        self.argv.extend(limit.args());
+        self.argv.push(Arg::from(stored_addr));
     }
 }
 
@@ -174,6 +245,7 @@ pub struct ClaimSettings {
     pub jwt_secret_previous: Option<String>,
     pub rate: RateLimit,
     pub global_rate: RateLimit,
+    pub per_address: AddressLimit,
 }
 
 impl ClaimSettings {
@@ -197,7 +269,18 @@ impl ClaimSettings {
             jwt_secret_previous: None,
             rate: limit("claim_rate_limit", rate, RateLimit::default())?,
             global_rate: limit("claim_global_rate_limit", global_rate, RateLimit::OFF)?,
+            per_address: AddressLimit::OFF,
         })
+    }
+
+    /// `claim_rate_limit_per_address` (absent or empty: off).
+    pub fn with_per_address(mut self, text: Option<&str>) -> Result<Self, String> {
+        if let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) {
+            self.per_address = AddressLimit::parse(t).ok_or_else(|| {
+                format!("claim_rate_limit_per_address `{t}` is not `<attempts>/<window ms>[/<burst>]` or `0`")
+            })?;
+        }
+        Ok(self)
     }
 }
 
@@ -218,6 +301,7 @@ pub fn prepare(
     authorization: Option<&str>,
     idempotency_key: Option<&[u8]>,
     body: &[u8],
+    client: Option<ClientAddr>,
     settings: &ClaimSettings,
     now: Millis,
     random: impl FnOnce(usize) -> Vec<u8>,
@@ -258,6 +342,11 @@ pub fn prepare(
         &prefixes,
         settings.rate,
         settings.global_rate,
+    )
+    .with_client(
+        activity,
+        &stored_client(client, settings),
+        settings.per_address,
     );
     Ok((activity, command))
 }
@@ -466,16 +555,31 @@ pub fn pass_factor(variable: Option<&str>) -> i64 {
 }
 
 /// pass.lua's KEYS and ARGV.
+/// The claim log's and the address bucket's name for a client: its keyed hash (see
+/// `ClientAddr::hashed`; the claim component already holds `jwt_secret`), "" when unknown.
+pub fn stored_client(client: Option<ClientAddr>, settings: &ClaimSettings) -> String {
+    client.map_or_else(String::new, |a| a.hashed(settings.jwt_secret.as_bytes()))
+}
+
 pub fn pass_command(
     activity: ActivityId,
     user: &UserId,
     now: Millis,
     factor: i64,
+    stored_addr: &str,
+    limit: AddressLimit,
 ) -> (Vec<String>, Vec<Arg>) {
     let k = ActivityKeys::new(activity);
+    let bucket = if stored_addr.is_empty() {
+        "unknown"
+    } else {
+        stored_addr
+    };
+    let mut argv = vec![Arg::Int(now.0), Arg::Int(factor)];
+    argv.extend(limit.args());
     (
-        vec![k.meta(), k.passes(), k.pass(user)],
-        vec![Arg::Int(now.0), Arg::Int(factor)],
+        vec![k.meta(), k.passes(), k.pass(user), k.client(bucket)],
+        argv,
     )
 }
 
@@ -487,6 +591,12 @@ pub fn decode_pass(activity: ActivityId, reply: &[Reply]) -> Result<HttpResponse
         (Some(2), Some(_)) => 200,
         (Some(-1), _) => return Err(ApiError::NotFound),
         (Some(-4), _) => return Err(ApiError::Ended),
+        (Some(-6), _) => {
+            let ms = reply.get(1).and_then(Reply::as_int).unwrap_or(1000);
+            return Err(ApiError::RateLimited {
+                retry_after_secs: (ms.max(1) as u64).div_ceil(1000),
+            });
+        }
         (Some(-8), _) => return Err(ApiError::SoldOut),
         (Some(-13), _) => {
             return Err(ApiError::Conflict(
@@ -503,6 +613,59 @@ pub fn decode_pass(activity: ActivityId, reply: &[Reply]) -> Result<HttpResponse
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_per_address_limit_reads_as_rate_window_and_optional_burst() {
+        let l = AddressLimit::parse("10/1000/20").unwrap();
+        assert_eq!((l.rate.attempts, l.rate.window_ms, l.burst), (10, 1000, 20));
+        let l = AddressLimit::parse(" 5/60000 ").unwrap();
+        assert_eq!((l.rate.attempts, l.rate.window_ms, l.burst), (5, 60000, 5));
+        assert_eq!(AddressLimit::parse("0"), Some(AddressLimit::OFF));
+        for bad in [
+            "",
+            "10",
+            "10/0",
+            "10/1000/0",
+            "10/1000/x",
+            "10/1000/20/1",
+            "-1/1000",
+        ] {
+            assert_eq!(AddressLimit::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_claim_names_its_client_bucket_on_the_activity_shard() {
+        let id = ActivityId::parse("7").unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let request = ClaimRequest::parse(b"{}").unwrap();
+        let plain = ClaimCommand::new(
+            id,
+            &user,
+            request.clone(),
+            None,
+            Millis(1),
+            "c",
+            &["P".into()],
+            RateLimit::OFF,
+            RateLimit::OFF,
+        );
+        assert_eq!((plain.keys.len(), plain.argv.len()), (13, 16));
+        assert_eq!(plain.keys[12], ActivityKeys::new(id).client("unknown"));
+        let limit = AddressLimit::parse("10/1000/20").unwrap();
+        let with = plain.with_client(id, "abc", limit);
+        assert_eq!((with.keys.len(), with.argv.len()), (13, 16));
+        assert!(
+            with.keys[12].starts_with(&ActivityKeys::new(id).meta()[..5]),
+            "{}",
+            with.keys[12]
+        );
+        assert_eq!(with.keys[12], ActivityKeys::new(id).client("abc"));
+        assert_eq!(
+            with.argv[12..],
+            [Arg::Int(10), Arg::Int(1000), Arg::Int(20), Arg::from("abc")]
+        );
+    }
+
     use super::*;
 
     fn bytes(s: &str) -> Reply {
@@ -551,6 +714,7 @@ mod tests {
             Some(&auth),
             Some(b"key-1"),
             br#"{"quantity": 3}"#,
+            Some(ClientAddr::of("198.51.100.7".parse().unwrap())),
             &settings(),
             now,
             |n| {
@@ -571,6 +735,13 @@ mod tests {
         };
         assert_eq!(prefixes.split(',').count(), 3);
         assert_eq!(command.argv[5], Arg::Int(1), "an Idempotency-Key was given");
+        let stored = ClientAddr::of("198.51.100.7".parse().unwrap())
+            .hashed(settings().jwt_secret.as_bytes());
+        assert_eq!(
+            command.argv[15],
+            Arg::from(stored.as_str()),
+            "the log names the client, hashed"
+        );
     }
 
     #[test]
@@ -589,7 +760,7 @@ mod tests {
                 "invalid_request",
             ),
         ] {
-            let e = prepare(id, auth, None, body, &settings(), now, never).unwrap_err();
+            let e = prepare(id, auth, None, body, None, &settings(), now, never).unwrap_err();
             assert_eq!(e.code(), code, "{id} {auth:?}");
         }
     }
@@ -821,12 +992,18 @@ mod tests {
             RateLimit::default(),
             RateLimit::OFF,
         );
-        assert_eq!(cmd.keys.len(), 12);
+        assert_eq!(cmd.keys.len(), 13);
         assert_eq!(cmd.keys[0], "fc:{a:5}:meta");
         assert_eq!(cmd.keys[11], "fc:{a:5}:flood");
+        assert_eq!(cmd.keys[12], "fc:{a:5}:client:unknown");
         assert_eq!(cmd.keys[1], "fc:{a:5}:stocks");
         assert_eq!(cmd.keys[9], "fc:{a:5}:pools");
-        assert_eq!(cmd.argv.len(), 12);
+        assert_eq!(cmd.argv.len(), 16);
+        assert_eq!(
+            cmd.argv[12],
+            Arg::Int(0),
+            "no per-address limit unless asked"
+        );
         assert_eq!(cmd.argv[11], Arg::from("vip"));
         assert_eq!(cmd.argv[9], Arg::Int(0));
         assert_eq!(cmd.argv[4], Arg::from("AAAA,BBBB"));

@@ -30,6 +30,10 @@ pub enum LogEvent {
         /// The ticket type; entries logged before ticket types have none: `default`.
         #[serde(default, rename = "type")]
         ticket_type: Option<String>,
+        /// The client's address as stored (a keyed hash); absent or empty when unknown,
+        /// and in entries logged before addresses were.
+        #[serde(default, deserialize_with = "empty_as_none")]
+        addr: Option<String>,
     },
     /// The owner gave the ticket back (return.lua).
     Return(TicketChange),
@@ -150,6 +154,10 @@ fn changes_of(entries: &[LogEntry]) -> Changes {
     changes
 }
 
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|a| !a.is_empty()))
+}
+
 fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
     let mut rows = Rows::default();
     for entry in entries {
@@ -160,6 +168,7 @@ fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
             codes,
             at,
             ticket_type,
+            addr,
         } = &entry.event
         else {
             continue;
@@ -171,6 +180,7 @@ fn rows_of<'a>(entries: impl Iterator<Item = &'a LogEntry>) -> Rows {
         rows.claim_users.push(user.clone());
         rows.claim_quantities.push(codes.len() as i64);
         rows.claim_at_ms.push(at);
+        rows.claim_addrs.push(addr.clone().unwrap_or_default());
         for code in codes {
             rows.ticket_claims.push(claim.clone());
             rows.ticket_activities.push(activity);
@@ -193,6 +203,7 @@ impl LogEvent {
                 codes,
                 at,
                 ticket_type,
+                addr: _,
             } => {
                 ticket_type
                     .as_deref()
@@ -220,6 +231,8 @@ pub struct Rows {
     pub claim_users: Vec<String>,
     pub claim_quantities: Vec<i64>,
     pub claim_at_ms: Vec<i64>,
+    /// Stored client addresses, "" for unknown (written as NULL).
+    pub claim_addrs: Vec<String>,
     pub ticket_claims: Vec<String>,
     pub ticket_activities: Vec<i64>,
     pub ticket_codes: Vec<String>,

@@ -76,6 +76,10 @@ impl ActivityKeys {
     pub fn passes(&self) -> String {
         self.key("passes")
     }
+    /// The token bucket of one client address (stored form) on this activity.
+    pub fn client(&self, stored_addr: &str) -> String {
+        self.key(&format!("client:{stored_addr}"))
+    }
     /// Attempts on the whole activity in the current global rate window.
     pub fn flood(&self) -> String {
         self.key("flood")

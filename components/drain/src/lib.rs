@@ -272,10 +272,11 @@ fn in_transaction(pg: &pg4::Connection, steps: &[Step]) -> Result<(), String> {
 fn insert_claims(pg: &pg4::Connection, rows: &Rows) -> Result<(), pg4::PgError> {
     pg.execute(
         "WITH new_claims AS ( \
-           INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at) \
-           SELECT c.id, c.activity_id, c.user_id, c.quantity, to_timestamp(c.at / 1000.0) \
-           FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
-                AS c(id, activity_id, user_id, quantity, at) \
+           INSERT INTO claims (id, activity_id, user_id, quantity, claimed_at, client_addr) \
+           SELECT c.id, c.activity_id, c.user_id, c.quantity, to_timestamp(c.at / 1000.0), \
+                  NULLIF(c.addr, '') \
+           FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $12::text[]) \
+                AS c(id, activity_id, user_id, quantity, at, addr) \
            ON CONFLICT (id) DO NOTHING) \
          INSERT INTO tickets (claim_id, activity_id, user_id, code, status, claimed_at, ticket_type) \
          SELECT t.claim_id, t.activity_id, t.user_id, t.code, 'active', to_timestamp(t.at / 1000.0), t.ticket_type \
@@ -294,6 +295,7 @@ fn insert_claims(pg: &pg4::Connection, rows: &Rows) -> Result<(), pg4::PgError> 
             glue::str_array(&rows.ticket_codes),
             glue::int_array(&rows.ticket_at_ms),
             glue::str_array(&rows.ticket_types),
+            glue::str_array(&rows.claim_addrs),
         ],
     )?;
     Ok(())

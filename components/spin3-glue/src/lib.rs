@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
@@ -287,6 +288,34 @@ pub fn respond(r: HttpResponse) -> Response {
         let _ = trailers_tx.write(Ok(None)).await;
     });
     response
+}
+
+/// Who is asking (see `flashclaim_core::client_addr`): the peer Spin names, or what a
+/// `trusted_proxies` proxy forwarded. A `trusted_proxies` that is not a CIDR list is a
+/// deployment error: logged, and nobody is trusted.
+pub async fn client_addr(req: &spin_sdk::http::Request) -> Option<ClientAddr> {
+    let trusted = match optional_var("trusted_proxies").await {
+        None => TrustedProxies::default(),
+        Some(t) => TrustedProxies::parse(&t).unwrap_or_else(|e| {
+            eprintln!("flashclaim: {e}; no proxy is trusted");
+            TrustedProxies::default()
+        }),
+    };
+    let joined = |name: &str| {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    ClientAddr::resolve(
+        joined("spin-client-addr").as_deref(),
+        joined("forwarded").as_deref(),
+        joined("x-forwarded-for").as_deref(),
+        &trusted,
+    )
 }
 
 /// What the response path needs to know about the request, read before the handler

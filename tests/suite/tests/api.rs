@@ -1238,7 +1238,7 @@ async fn nothing_to_find_is_answered_on_every_route_never_a_query_without_rows()
         assert_eq!(csv.status, 200);
         assert_eq!(
             csv.text(),
-            "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type\r\n"
+            "claim_id,activity_id,user_id,code,status,claimed_at,returned_at,redeemed_at,drained_at,ticket_type,client_addr\r\n"
         );
     };
     empty_reads().await;

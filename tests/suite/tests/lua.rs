@@ -26,6 +26,8 @@ struct Lab {
     activity: Activity,
     rate: RateLimit,
     global_rate: RateLimit,
+    /// The client's stored address and the per-address limit (claim.lua's KEYS[13]).
+    client: (String, claim::AddressLimit),
     seq: u32,
 }
 
@@ -61,6 +63,7 @@ impl Lab {
             activity,
             rate: RateLimit::OFF,
             global_rate: RateLimit::OFF,
+            client: (String::new(), claim::AddressLimit::OFF),
             seq: 0,
         };
         lab.publish_expect(true);
@@ -120,7 +123,8 @@ impl Lab {
             &prefixes,
             self.rate,
             self.global_rate,
-        );
+        )
+        .with_client(self.activity.id, &self.client.0, self.client.1);
         claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap())
     }
 
@@ -175,7 +179,7 @@ impl Lab {
             .query_async(&mut conn)
             .await
             .unwrap();
-        keys.retain(|k| !k.contains(":rate:"));
+        keys.retain(|k| !k.contains(":rate:") && !k.contains(":client:"));
         keys.sort();
         let mut out = Vec::new();
         for k in keys {
@@ -514,7 +518,14 @@ async fn a_ticket_is_redeemed_once() {
 
 fn take_pass(lab: &Lab, user: &str, now: i64) -> Result<u16, ApiError> {
     let id = lab.activity.id;
-    let (keys, argv) = claim::pass_command(id, &UserId::parse(user).unwrap(), Millis(now), 2);
+    let (keys, argv) = claim::pass_command(
+        id,
+        &UserId::parse(user).unwrap(),
+        Millis(now),
+        2,
+        &lab.client.0,
+        lab.client.1,
+    );
     claim::decode_pass(id, &run_script(&lab.redis, &PASS, &keys, &argv).unwrap()).map(|r| r.status)
 }
 
@@ -817,4 +828,111 @@ async fn a_republish_keeps_every_types_stock() {
     claimed(lab.claim_type("a", "std", 2));
     assert_eq!(lab.publish_expect(false), 3 + 3);
     assert_eq!((lab.stock("std"), lab.stock("vip")), (3, 3));
+}
+
+fn rate_limited_secs(outcome: Result<ClaimOutcome, ApiError>) -> u64 {
+    match outcome {
+        Err(ApiError::RateLimited { retry_after_secs }) => retry_after_secs,
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+}
+
+/// Seed 003's `limit_req`: 1 attempt per second per address, a burst of 3.
+fn per_address(lab: &mut Lab, stored: &str) {
+    lab.client = (
+        stored.into(),
+        claim::AddressLimit::parse("1/1000/3").unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_gets_its_burst_then_one_attempt_per_refill() {
+    let mut lab = Lab::new(activity(100, 1)).await;
+    per_address(&mut lab, "addr-a");
+    let t = START + 10;
+    for u in ["a1", "a2", "a3"] {
+        claimed(lab.claim_at(u, 1, t, None));
+    }
+    let before = lab.snapshot().await;
+    assert_eq!(rate_limited_secs(lab.claim_at("a4", 1, t, None)), 1);
+    assert_eq!(
+        lab.snapshot().await,
+        before,
+        "a refusal changed nothing but the counters"
+    );
+    // 999 ms later the bucket holds 0.999 of a token: still refused, for the last 1 ms.
+    assert_eq!(rate_limited_secs(lab.claim_at("a4", 1, t + 999, None)), 1);
+    claimed(lab.claim_at("a4", 1, t + 1_000, None));
+    rate_limited_secs(lab.claim_at("a5", 1, t + 1_000, None));
+    // Quiet long enough, the bucket is full again, and no fuller than the burst.
+    for u in ["b1", "b2", "b3"] {
+        claimed(lab.claim_at(u, 1, t + 60_000, None));
+    }
+    rate_limited_secs(lab.claim_at("b4", 1, t + 60_000, None));
+    assert_eq!(lab.stock("default"), 100 - 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn addresses_have_separate_buckets_and_an_ipv6_slash_64_is_one_address() {
+    use flashclaim_core::client_addr::ClientAddr;
+    let stored = |ip: &str| ClientAddr::of(ip.parse().unwrap()).hashed(b"lab secret");
+    let mut lab = Lab::new(activity(100, 1)).await;
+    let t = START + 10;
+    per_address(&mut lab, &stored("2001:db8:5:6::1"));
+    for u in ["a1", "a2", "a3"] {
+        claimed(lab.claim_at(u, 1, t, None));
+    }
+    // Another address in the same /64: the same bucket, already empty.
+    per_address(&mut lab, &stored("2001:db8:5:6:ffff::9"));
+    rate_limited_secs(lab.claim_at("a4", 1, t, None));
+    // The next /64 and an IPv4 address each have a full bucket.
+    for (ip, users) in [
+        ("2001:db8:5:7::1", ["b1", "b2", "b3"]),
+        ("198.51.100.7", ["c1", "c2", "c3"]),
+    ] {
+        per_address(&mut lab, &stored(ip));
+        for u in users {
+            claimed(lab.claim_at(u, 1, t, None));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passes_and_claims_from_one_address_draw_on_one_bucket() {
+    let mut a = activity(10, 1);
+    a.require_pass = true;
+    let mut lab = Lab::new(a).await;
+    per_address(&mut lab, "addr-p");
+    let t = START + 10;
+    assert_eq!(take_pass(&lab, "p1", t), Ok(201));
+    assert_eq!(take_pass(&lab, "p2", t), Ok(201));
+    claimed(lab.claim_at("p1", 1, t, None));
+    assert_eq!(
+        take_pass(&lab, "p3", t),
+        Err(ApiError::RateLimited {
+            retry_after_secs: 1
+        })
+    );
+    rate_limited_secs(lab.claim_at("p2", 1, t, None));
+    lab.client.0 = "addr-q".into();
+    assert_eq!(take_pass(&lab, "p3", t), Ok(201));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_claim_log_names_the_client_address_for_the_operator() {
+    let mut lab = Lab::new(activity(10, 1)).await;
+    lab.client = ("f00dfeed".into(), claim::AddressLimit::OFF);
+    claimed(lab.claim("u1", 1));
+    lab.client = (String::new(), claim::AddressLimit::OFF);
+    claimed(lab.claim("u2", 1));
+    let batch = lab.drain_read("reader", 10, 60_000);
+    let addrs: Vec<Option<String>> = batch
+        .entries
+        .iter()
+        .map(|e| match &e.event {
+            LogEvent::Claim { addr, .. } => addr.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(addrs, vec![Some("f00dfeed".to_string()), None]);
 }
