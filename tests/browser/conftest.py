@@ -292,15 +292,27 @@ class Screen:
         assert self.errors == [], "\n".join(self.errors)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.failed_call = report.failed
+    return report
+
+
 @pytest.fixture
 def screen(browser, request):
     def make(name=None, locale="en-GB", init_script=None):
         context = browser.new_context(locale=locale, viewport=VIEWPORTS["375"], accept_downloads=True)
         if init_script:
             context.add_init_script(init_script)
-        made.append(context)
-        return Screen(context, name or request.node.name.removeprefix("test_"))
+        made.append(Screen(context, name or request.node.name.removeprefix("test_")))
+        return made[-1]
     made = []
     yield make
-    for c in made:
-        c.close()
+    for s in made:
+        if getattr(request.node, "failed_call", False):
+            # What the page showed when the test failed, and what it said in its console.
+            s.page.screenshot(path=str(SHOTS / f"FAILED-{s.name}.png"), full_page=True)
+            print(f"{s.name}: {s.page.url}; errors: {s.errors}")
+        s.context.close()

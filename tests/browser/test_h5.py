@@ -49,8 +49,11 @@ def find_in_list(page, name, within=15):
     return link
 
 
-def log_in(page, base, username, password="correct-horse-9"):
+def log_in(page, base, username, password="correct-horse-9", screen=None):
     page.goto(base + "/#/login")
+    page.get_by_label("Username").wait_for()
+    if screen:
+        screen.check("login")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
@@ -131,7 +134,7 @@ def test_a_pool_code_reaches_the_user_exactly_as_uploaded(app, screen):
     user = f"p{secrets.token_hex(4)}"
     app.api.register(user)
     s = screen("pool")
-    log_in(s.page, app.base, user)
+    log_in(s.page, app.base, user, screen=s)
     s.page.goto(f"{app.base}/#/a/{activity['id']}")
     s.page.locator("#claim-button:enabled").click()
     s.page.get_by_role("heading", name="Claimed!").wait_for()
@@ -151,6 +154,11 @@ def test_an_activity_named_like_markup_is_shown_as_text(app, screen):
     s.page.get_by_role("button", name="Refresh").wait_for()
     link = find_in_list(s.page, name)
     assert link.inner_text() == name
+    s.page.locator("#lang-switch").click()
+    s.page.get_by_role("heading", name="活动").wait_for()
+    assert s.page.get_by_role("link", name=name).inner_text() == name
+    s.check("list-zh")
+    s.page.locator("#lang-switch").click()
     link.click()
     s.page.locator("h1", has_text=name).wait_for()
     assert s.page.locator("main img[src=x]").count() == 0
@@ -237,3 +245,42 @@ def test_a_person_chooses_a_ticket_type_and_claims_it(app, screen):
     s.check("claimed")
     s.assert_clean()
     assert time.time() - now < 60
+
+
+def test_a_lost_answer_is_retried_with_the_same_key_and_never_claims_twice(app, screen):
+    # Two per person, so only the reused Idempotency-Key keeps the retry from a second ticket.
+    activity = app.create_activity(name="Lost answer", stock=10, per_user_limit=2)
+    app.publish(activity["id"])
+    user = f"l{secrets.token_hex(4)}"
+    app.api.register(user)
+    s = screen("lost-answer")
+    page = s.page
+    log_in(page, app.base, user)
+    keys = []
+
+    def drop_first_answer(route):
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            # The claim reaches the server and happens; its answer is lost on the way back,
+            # as on a phone that loses its connection at the wrong moment.
+            route.fetch(timeout=10000)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(f"**/api/activities/{activity['id']}/claims", drop_first_answer)
+    page.goto(f"{app.base}/#/a/{activity['id']}")
+    page.locator("#claim-button:enabled").click()
+    page.get_by_text(re.compile("We could not confirm your claim")).wait_for()
+    s.check("unconfirmed")
+    page.locator("#claim-button:enabled").click()
+    page.get_by_role("heading", name="Claimed!").wait_for()
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1], keys
+    status, detail = app.api.request("GET", f"/api/activities/{activity['id']}", token=app.api.login(user))
+    assert status == 200 and detail["my_claimed"] == 1 and detail["stock_left"] == 9, detail
+    # A new press after that is a new claim with a new key.
+    page.locator("#claim-button:enabled").click()
+    page.locator("#claim-result").get_by_text("Claimed!").wait_for()
+    page.wait_for_function("() => document.querySelector('#claim-button').textContent === 'You hold your limit'")
+    assert len(keys) == 3 and keys[2] != keys[0]
+    s.assert_clean()

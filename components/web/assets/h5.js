@@ -242,8 +242,11 @@ async function detailView(id) {
       if (p.code === 'rate_limited') {
         const after = Number(p.headers?.get('retry-after')) || 1;
         retryUntil = Date.now() + after * 1000;
+      } else if (unknown) {
+        // No answer, or one that cannot say: the next press repeats this claim (same key).
+        replace(message, notice(t('p_unavailable_unknown'), 'error'));
       } else if (p.code === 'unavailable') {
-        replace(message, notice(t(unknown ? 'p_unavailable_unknown' : 'p_unavailable'), 'error'));
+        replace(message, notice(t('p_unavailable'), 'error'));
       } else if (p.code === 'not_started') {
         replace(message, notice(t('p_not_started', { time: formatTime(a.starts_at, lang) }), 'error'));
       } else if (p.code === 'unauthenticated') {
