@@ -66,15 +66,17 @@ test-spin:
 	  $(SPIN_RUN) .data/browser/venv/bin/pytest -q tests/browser; \
 	else echo "test-spin: no trigger-cron plugin; the drain on Spin's cron trigger and the browser tests on Spin were not tried"; fi
 
-## Tier 3 over three Redis shards (needs wasm): its own stores, three Redis primaries with
-## AOF `appendfsync always` and a Postgres under $(SHARDS_DATA), since the tests crash,
-## restart and wipe shards: spread, every operation across shards, contention on each
+## Tier 3 over three Redis shards (needs wasm), on the test host and on real Spin when
+## found: its own stores, three Redis primaries with AOF `appendfsync always` and a
+## Postgres under $(SHARDS_DATA), since the tests crash, restart and wipe shards: spread, every operation across shards, contention on each
 ## shard at once, a shard killed mid-storm, a shard back empty, a changed endpoint list.
 SHARDS_DATA ?= $(CURDIR)/.data/test-shards
 test-shards:
 	@FLASHCLAIM_DATA=$(SHARDS_DATA) FLASHCLAIM_REDIS_SHARDS=3 $(SERVICES) start --durable
 	@status=0; \
 	  FLASHCLAIM_DATA=$(SHARDS_DATA) cargo test $(NATIVE) --test shards -- --nocapture || status=$$?; \
+	  if [ $$status -eq 0 ] && [ -n "$(SPIN)" ]; then \
+	    FLASHCLAIM_DATA=$(SHARDS_DATA) $(SPIN_RUN) cargo test $(NATIVE) --test shards -- --nocapture || status=$$?; fi; \
 	  FLASHCLAIM_DATA=$(SHARDS_DATA) $(SERVICES) stop; \
 	  exit $$status
 

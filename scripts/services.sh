@@ -89,8 +89,9 @@ redis_start() {
   redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
     --maxclients 10000 --databases 256 "${persist[@]}"
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+  # PONG, not just an answer: a restart answers LOADING until its AOF is read back.
+  for _ in $(seq 1 300); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
     sleep 0.1
   done
   echo "services: redis shard $n did not start on $port: $(tail -n 1 "$dir/redis.log")" >&2

@@ -532,6 +532,7 @@ async fn a_shard_killed_mid_storm_fails_only_its_own_activities_and_loses_nothin
         // A kept connection may first fail once on the restarted server.
         retries += 1;
         assert!(retries < 5 && r.status == 503, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let report = c.app.drain().await;
     assert_eq!(
