@@ -68,8 +68,9 @@ test-spin:
 
 ## Tier 3 over three Redis shards (needs wasm), on the test host and on real Spin when
 ## found: its own stores, three Redis primaries with AOF `appendfsync always` and a
-## Postgres under $(SHARDS_DATA), since the tests crash, restart and wipe shards: spread, every operation across shards, contention on each
-## shard at once, a shard killed mid-storm, a shard back empty, a changed endpoint list.
+## Postgres under $(SHARDS_DATA), since the tests crash, restart and wipe shards: spread,
+## every operation across shards, contention on each shard at once, a shard killed
+## mid-storm, a shard back empty, a changed endpoint list.
 SHARDS_DATA ?= $(CURDIR)/.data/test-shards
 test-shards:
 	@FLASHCLAIM_DATA=$(SHARDS_DATA) FLASHCLAIM_REDIS_SHARDS=3 $(SERVICES) start --durable
