@@ -122,6 +122,7 @@ async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         glue::now().as_secs(),
     )?;
     let settings = settings().await?;
+    glue::human_check(req).await?;
     let client = claim::stored_client(glue::client_addr(req).await, &settings);
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").await.as_deref());
     let (keys, argv) = claim::pass_command(

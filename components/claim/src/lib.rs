@@ -81,6 +81,7 @@ fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let activity = ActivityId::parse(id)?;
     let principal = glue::principal(req)?;
     let settings = settings()?;
+    glue::human_check(req)?;
     let client = claim::stored_client(glue::client_addr(req), &settings);
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").as_deref());
     let (keys, argv) = claim::pass_command(

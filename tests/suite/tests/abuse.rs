@@ -615,3 +615,38 @@ async fn operators_see_claims_and_accounts_per_address_in_stats_and_export() {
     let from_farm = lines.filter(|l| l.ends_with(&format!(",{farm}"))).count();
     assert_eq!(from_farm, 3, "{csv}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_captcha_verifier_a_claim_pass_needs_a_token_it_accepts() {
+    let verifier = Verifier::start(false).await;
+    let app = verifier.app().await;
+    let id = app.create_activity(10, r#","require_pass":true"#).await;
+    assert_eq!(app.publish(id).await.status, 200);
+    let pass = |token: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let auth = flashclaim_tests::bearer(&flashclaim_tests::token("passer", None));
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("authorization", auth.as_str()),
+            ];
+            if let Some(t) = token {
+                headers.push(("captcha-token", t));
+            }
+            app.client
+                .send(
+                    "POST",
+                    &format!("/api/activities/{id}/passes"),
+                    &headers,
+                    "",
+                )
+                .await
+                .expect("the pass route answers")
+        }
+    };
+    problem(&pass(None).await, 400, "captcha_required");
+    problem(&pass(Some("forged")).await, 403, "captcha_failed");
+    let r = pass(Some("human")).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(verifier.seen.lock().unwrap().len(), 2);
+}
