@@ -10,8 +10,10 @@ use flashclaim_core::admin::{apply_patch, parse_blacklist_reason};
 use flashclaim_core::auth::{Credentials, Registration};
 use flashclaim_core::claim::ClaimRequest;
 use flashclaim_core::codes::parse_upload;
+use flashclaim_core::cors::AllowedOrigins;
 use flashclaim_core::ids::{ActivityId, IdempotencyKey, TicketRef, UserId};
 use flashclaim_core::jwt::{self, Claims};
+use flashclaim_core::listing::{blacklist_cursor, AdminActivityQuery, BlacklistQuery};
 use flashclaim_core::ticket::parse_redeem;
 use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
@@ -64,6 +66,16 @@ fn parse_bytes(parser: &str, input: &[u8]) {
         "rfc3339" => {
             let _ = Millis::parse_rfc3339(&text);
         }
+        "admin_list_query" => client_error(AdminActivityQuery::parse(&text)),
+        "blacklist_query" => client_error(BlacklistQuery::parse(&text)),
+        "cors_origins" => {
+            // A deployment's variable: never refused, junk entries are dropped.
+            let origins = AllowedOrigins::parse(Some(&text));
+            assert!(!origins.allows("null") && !origins.allows(""));
+        }
+        "qr_payload" => {
+            let _ = flashclaim_core::qr::svg(&text);
+        }
         other => panic!("no parser named {other} (a corpus directory without a parser)"),
     }
 }
@@ -86,6 +98,10 @@ const PARSERS: &[&str] = &[
     "jwt",
     "authorization",
     "rfc3339",
+    "admin_list_query",
+    "blacklist_query",
+    "cors_origins",
+    "qr_payload",
 ];
 
 #[test]
@@ -161,6 +177,12 @@ proptest! {
         for parser in PARSERS {
             parse_bytes(parser, &input);
         }
+    }
+
+    #[test]
+    fn blacklist_cursors_round_trip_any_user_id(user in "\\PC{1,64}") {
+        let q = BlacklistQuery::parse(&format!("cursor={}", blacklist_cursor(&user))).unwrap();
+        prop_assert_eq!(q.after, user);
     }
 
     #[test]
