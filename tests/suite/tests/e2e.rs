@@ -1094,6 +1094,49 @@ async fn an_activity_without_types_keeps_every_answer_and_patches_check_the_type
         (Some("General"), Some(2))
     );
 
+    // Bad types are refused whole at creation: nothing is stored.
+    let before = t.count("SELECT count(*) FROM activities").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (opens, closes) = (
+        flashclaim_core::time::Millis(now),
+        flashclaim_core::time::Millis(now + 60_000),
+    );
+    for types in [
+        r#"[{"key":"a","name":"A","stock_total":1},{"key":"a","name":"B","stock_total":1}]"#
+            .to_string(),
+        r#"[{"key":"a","name":"A","stock_total":1,"kind":"lottery"}]"#.to_string(),
+        format!(
+            r#"[{{"key":"a","name":"A","stock_total":1,"ends_at":"{}"}}]"#,
+            flashclaim_core::time::Millis(now + 120_000)
+        ),
+        "[]".to_string(),
+    ] {
+        let body = format!(
+            r#"{{"name":"x","starts_at":"{opens}","ends_at":"{closes}","ticket_types":{types}}}"#
+        );
+        problem(
+            &t.as_admin("POST", "/admin/activities", &body).await,
+            400,
+            "invalid_request",
+        );
+    }
+    let both = format!(
+        r#"{{"name":"x","starts_at":"{opens}","ends_at":"{closes}","stock_total":3,"ticket_types":[{{"key":"a","name":"A","stock_total":1}}]}}"#
+    );
+    problem(
+        &t.as_admin("POST", "/admin/activities", &both).await,
+        400,
+        "invalid_request",
+    );
+    assert_eq!(
+        t.count("SELECT count(*) FROM activities").await,
+        before,
+        "nothing stored"
+    );
+
     // A draft's types are replaced whole; bad types change nothing.
     let draft = create_typed(&t, r#"[{"key":"a","name":"A","stock_total":1}]"#, "").await;
     for bad in [
