@@ -173,4 +173,11 @@ def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
     assert status == 200, body
     assert [(t["key"], t["stock_total"]) for t in body["ticket_types"]] == [("vip", 2), ("standard", 20)]
     s.check("draft")
+    page.get_by_role("button", name="Publish").click()
+    page.get_by_role("button", name="Yes").click()
+    page.get_by_text("Published.", exact=True).wait_for()
+    # The live view by type.
+    page.locator("#live-types tr[data-type=vip]").get_by_text("2 / 2").wait_for()
+    page.locator("#live-types tr[data-type=standard]").get_by_text("20 / 20").wait_for()
+    s.check("types-live")
     s.assert_clean()

@@ -272,6 +272,7 @@ async function detailView(id) {
 function liveSection(id) {
   const stats = h('div', { class: 'stats', id: 'live-stats' });
   const soldOut = h('p', { id: 'sold-out' });
+  const perType = h('div', { id: 'live-types' });
   const chartBox = h('div', { class: 'chart', id: 'cpm-chart', role: 'img', 'aria-label': t('cpm_title') });
   const status = h('p', { class: 'muted', role: 'status' });
   let chart = null;
@@ -282,6 +283,13 @@ function liveSection(id) {
       ['s_backlog', s.backlog], ['s_pool_left', s.pool_left], ['s_passes', s.passes_issued],
     ].filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => h('div', { class: 'stat', 'data-stat': k.slice(2) },
       h('span', { class: 'stat__value' }, String(v)), h('span', {}, t(k)))));
+    const types = s.ticket_types || [];
+    replace(perType, types.length > 1 ? h('div', { class: 'table-wrap' }, h('table', {},
+      h('caption', { class: 'label' }, t('types_live')),
+      h('thead', {}, h('tr', {}, ['type_key', 's_stock_left', 's_sold', 's_returned', 's_redeemed'].map((k) => h('th', { scope: 'col' }, t(k))))),
+      h('tbody', {}, types.map((tt) => h('tr', { 'data-type': tt.key },
+        h('td', { class: 'mono' }, tt.key), h('td', {}, `${tt.stock_left} / ${tt.stock_total}`),
+        h('td', {}, String(tt.sold ?? '')), h('td', {}, String(tt.returned ?? '')), h('td', {}, String(tt.redeemed ?? ''))))))) : null);
     if (s.stock_left === 0 && s.stock_total > 0 && !soldOutAt) soldOutAt = s.sold_out_at ? new Date(s.sold_out_at) : new Date();
     soldOut.textContent = soldOutAt ? t('sold_out_at', { time: soldOutAt.toLocaleTimeString(lang === 'zh' ? 'zh-CN' : 'en-GB') }) : t('not_sold_out');
     // The last 30 minutes, a point per minute (minutes without claims are 0), so the
@@ -320,7 +328,7 @@ function liveSection(id) {
   window.addEventListener('resize', resize);
   cleanups.push(() => { window.removeEventListener('resize', resize); chart?.destroy(); });
   return h('section', { 'aria-labelledby': 'live-h' }, h('h2', { id: 'live-h' }, t('live_title')),
-    h('p', { class: 'muted' }, t('live_note')), stats, soldOut, chartBox, status);
+    h('p', { class: 'muted' }, t('live_note')), stats, perType, soldOut, chartBox, status);
 }
 
 // ---- codes, export, reconcile -------------------------------------------------------------
