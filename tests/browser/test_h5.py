@@ -284,3 +284,21 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_never_claims_twice(app, 
     page.wait_for_function("() => document.querySelector('#claim-button').textContent === 'You hold your limit'")
     assert len(keys) == 3 and keys[2] != keys[0]
     s.assert_clean()
+
+
+def test_an_activity_that_needs_a_pass_gets_one_and_claims(app, screen):
+    activity = app.create_activity(name="Anti-bot drop", stock=3, require_pass=True)
+    app.publish(activity["id"])
+    user = f"b{secrets.token_hex(4)}"
+    app.api.register(user)
+    s = screen("pass")
+    log_in(s.page, app.base, user)
+    s.page.goto(f"{app.base}/#/a/{activity['id']}")
+    s.page.get_by_text("A claim pass is fetched for you first").wait_for()
+    s.page.locator("#claim-button:enabled").click()
+    s.page.get_by_role("heading", name="Claimed!").wait_for()
+    s.check("claimed")
+    # The pass the page fetched was spent by that claim.
+    status, body = app.api.request("POST", f"/api/activities/{activity['id']}/passes", token=app.api.login(user))
+    assert status == 200 and body["pass"] == "used", (status, body)
+    s.assert_clean()
