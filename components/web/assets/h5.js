@@ -11,6 +11,7 @@ let timers = [];
 let flash = null; // a message carried to the next screen
 
 function every(ms, fn) { timers.push(setInterval(fn, ms)); }
+// clearInterval and clearTimeout share one id space, so either clears both kinds.
 function stopTimers() { timers.forEach(clearInterval); timers = []; }
 function token() { return auth.get()?.token; }
 
@@ -138,6 +139,7 @@ async function detailView(id) {
   let inFlight = false;
   let pendingKey = null;
   let retryUntil = 0;
+  let openTimer = null;
   let chosen = choices(a)[0]?.key ?? null;
   const typeOf = () => (a.ticket_types || []).find((tt) => tt.key === chosen) || null;
   const typePicker = h('div');
@@ -182,6 +184,11 @@ async function detailView(id) {
     } else if (state === 'upcoming') {
       button.disabled = true;
       button.textContent = t('claim_wait', { time: duration(untilStart) });
+      // In the last second, wake exactly at the opening instead of at the next tick.
+      if (untilStart < 1000 && !openTimer) {
+        openTimer = setTimeout(() => { openTimer = null; draw(); }, Math.max(0, untilStart) + 2);
+        timers.push(openTimer);
+      }
     } else if (state === 'open' && a.per_user_limit && (a.my_claimed || 0) >= a.per_user_limit) {
       // The limit is the server's to enforce; the page only spares a pointless press.
       button.disabled = true;
