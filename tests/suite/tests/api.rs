@@ -586,7 +586,8 @@ async fn the_claims_export_streams_every_row_as_postgres_has_it() {
             "returned_at",
             "redeemed_at",
             "drained_at",
-            "ticket_type"
+            "ticket_type",
+            "client_addr"
         ]
     );
     let expected = pg
