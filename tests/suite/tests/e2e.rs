@@ -1173,6 +1173,40 @@ async fn an_activity_without_types_keeps_every_answer_and_patches_check_the_type
         1
     );
     assert_eq!(t.count(&format!("SELECT sum(stock_total)::int8 FROM ticket_types WHERE activity_id = {draft} AND key = 'b'")).await, 7);
+
+    // A type holding uploaded codes cannot be dropped from a draft: its codes would be lost.
+    let pooled = create_typed(
+        &t,
+        r#"[{"key":"p","name":"Pool","stock_total":1,"kind":"codes"},{"key":"q","name":"Q","stock_total":1}]"#,
+        "",
+    )
+    .await;
+    let r = t
+        .send_typed(
+            "POST",
+            &format!("/admin/activities/{pooled}/codes"),
+            &t.admin,
+            "text/csv",
+            "P1\n".into(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = t
+        .as_admin(
+            "PATCH",
+            &format!("/admin/activities/{pooled}"),
+            r#"{"ticket_types":[{"key":"q"}]}"#,
+        )
+        .await;
+    problem(&r, 409, "conflict");
+    assert_eq!(
+        t.count(&format!(
+            "SELECT count(*) FROM ticket_types WHERE activity_id = {pooled}"
+        ))
+        .await,
+        2,
+        "nothing changed"
+    );
 }
 
 /// The migration on a database the previous schema filled: every activity gets the type
