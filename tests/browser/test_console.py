@@ -134,6 +134,9 @@ def test_an_operator_runs_a_campaign(app, screen):
     page.locator("#lang-switch").click()
     page.get_by_role("heading", name="活动").wait_for()
     s.check("activities-zh")
+    page.get_by_role("button", name="退出登录").click()
+    page.get_by_role("heading", name="运营登录").wait_for()
+    assert page.evaluate("() => localStorage.getItem('flashclaim.console.session')") is None
     s.assert_clean()
 
 

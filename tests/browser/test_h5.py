@@ -133,6 +133,12 @@ def test_claim_opens_on_the_servers_second_with_the_phone_ten_minutes_fast(app, 
     page.get_by_role("link", name=code).wait_for()
     assert page.get_by_text("Given back").count() == 1
     s.check("tickets")
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_text("You have logged out.").wait_for()
+    assert page.get_by_role("link", name="Log in").is_visible()
+    assert page.evaluate("() => localStorage.getItem('flashclaim.h5.session')") is None
+    page.goto(app.base + "/#/tickets")
+    page.get_by_role("link", name="Log in to see your tickets.").wait_for()
     s.assert_clean()
 
 
