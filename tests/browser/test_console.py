@@ -184,3 +184,24 @@ def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
     page.locator("#live-types tr[data-type=standard]").get_by_text("20 / 20").wait_for()
     s.check("types-live")
     s.assert_clean()
+
+
+def test_only_operators_get_in_and_a_refused_session_asks_to_log_in_again(app, screen):
+    s = screen("console-access")
+    page = s.page
+    user = f"n{datetime.now().strftime('%H%M%S%f')}"
+    app.api.register(user)
+    page.goto(app.base + "/console/")
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill("correct-horse-9")
+    page.get_by_role("button", name="Log in").click()
+    page.locator("[data-field=username] .error-message").get_by_text("This account is not an operator.").wait_for()
+    s.check("not-operator")
+    # A session the API no longer accepts (here: signed with another secret).
+    page.evaluate("""() => localStorage.setItem('flashclaim.console.session', JSON.stringify({
+        token: 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcGVyYXRvciIsInJvbGUiOiJhZG1pbiIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl'}))""")
+    page.goto(app.base + "/console/#/blacklist")
+    page.reload()
+    page.get_by_text("Please log in again.").wait_for()
+    page.get_by_role("button", name="Log in").wait_for()
+    s.assert_clean()

@@ -20,7 +20,13 @@ function notice(text, kind = '') {
 function takeFlash() { const f = flash; flash = null; return f ? notice(f.text, f.kind) : null; }
 function api(method, path, opts = {}) { return call(method, path, { token: token(), ...opts }); }
 function fail(into, e) {
-  if (e instanceof Problem && (e.code === 'unauthenticated' || e.status === 401)) { auth.clear(); updateNav(); }
+  if (e instanceof Problem && (e.code === 'unauthenticated' || e.status === 401)) {
+    // The session expired or was refused: back to the log-in form, saying why.
+    auth.clear();
+    flash = { text: t('p_unauthenticated'), kind: 'error' };
+    route();
+    return;
+  }
   replace(into, notice(problemText(e), 'error'));
 }
 
@@ -422,7 +428,7 @@ async function blacklistView() {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    if (!data.user_id) { showErrors(form, [['user_id', t('user_id')]], t('error_title')); return; }
+    if (!data.user_id) { showErrors(form, [['user_id', t('required_user')]], t('error_title')); return; }
     showErrors(form, [], '');
     try {
       await api('PUT', `/admin/blacklist/${encodeURIComponent(data.user_id)}`, data.reason ? { json: { reason: data.reason } } : {});
