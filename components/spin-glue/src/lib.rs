@@ -516,7 +516,10 @@ pub fn type_stocks(
     let shards = redis_shards()?;
     let mut by_shard: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, id) in activities.iter().enumerate() {
-        by_shard.entry(shards.for_activity(*id)).or_default().push(i);
+        by_shard
+            .entry(shards.for_activity(*id))
+            .or_default()
+            .push(i);
     }
     let mut stocks = vec![Default::default(); activities.len()];
     for (address, positions) in by_shard {
