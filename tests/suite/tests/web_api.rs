@@ -52,6 +52,11 @@ fn assert_server_time(r: &Response, before: i64, after: i64) {
     assert!((before - 5..=after + 5).contains(&t), "{text}");
     let date = header(r, "date").expect("a Date header");
     assert_eq!(
+        r.headers.get_all("date").iter().count(),
+        1,
+        "one Date header"
+    );
+    assert_eq!(
         date,
         flashclaim_core::time::Millis(t).http_date(),
         "Date is the second of server_time"
