@@ -277,7 +277,7 @@ async function detailView(id) {
     h('p', {}, h('a', { href: '#/' }, t('back_to_list'))),
     h('h1', {}, a.name),
     h('div', { class: 'card__meta' }, stateBadge, stock),
-    a.image_url ? h('img', { src: a.image_url, alt: '', class: 'qr', referrerpolicy: 'no-referrer' }) : null,
+    a.image_url ? h('img', { src: a.image_url, alt: '', class: 'activity-image', referrerpolicy: 'no-referrer' }) : null,
     a.description ? h('p', {}, a.description) : null,
     h('dl', { class: 'summary-list' },
       h('dt', {}, t('starts_at')), h('dd', {}, formatTime(a.starts_at, lang)),
