@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test-browser test-spin test-shards test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-browser test-spin test-shards bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -80,6 +80,16 @@ test-shards:
 	    FLASHCLAIM_DATA=$(SHARDS_DATA) $(SPIN_RUN) cargo test $(NATIVE) --test shards -- --nocapture || status=$$?; fi; \
 	  FLASHCLAIM_DATA=$(SHARDS_DATA) $(SERVICES) stop; \
 	  exit $$status
+
+## An edge cache measured (BENCHMARKS.md, "An edge cache in front"): nginx proxy_cache in
+## front of the app, 2,000 clients refreshing a detail during a claim storm, with and
+## without the cache (needs nginx: `apt-get install nginx-light`; services and wasm).
+bench-edge: deps wasm
+	@$(SERVICES) start
+	@status=0; cargo test $(NATIVE) --test edge_cache -- --nocapture || status=$$?; \
+	  if [ $$status -eq 0 ] && [ -n "$(SPIN)" ]; then \
+	    $(SPIN_RUN) cargo test $(NATIVE) --test edge_cache -- --nocapture || status=$$?; fi; \
+	  $(SERVICES) stop; exit $$status
 
 ## Tier 4: the H5 app and the operator console in a real browser (needs services and wasm):
 ## the web component's unit tests, then tests/browser (pytest; Playwright for Python driving
