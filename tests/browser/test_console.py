@@ -200,7 +200,6 @@ def test_only_operators_get_in_and_a_refused_session_asks_to_log_in_again(app, s
     # A session the API no longer accepts (here: signed with another secret).
     page.evaluate("""() => localStorage.setItem('flashclaim.console.session', JSON.stringify({
         token: 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvcGVyYXRvciIsInJvbGUiOiJhZG1pbiIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnbmF0dXJl'}))""")
-    page.goto(app.base + "/console/#/blacklist")
     page.reload()
     page.get_by_text("Please log in again.").wait_for()
     page.get_by_role("button", name="Log in").wait_for()
