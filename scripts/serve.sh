@@ -94,6 +94,8 @@ flashclaim is serving on http://$listen (Redis :$REDIS_PORT, Postgres :$PG_PORT,
 
   The H5 app (users):          http://$listen/
   The operator console:        http://$listen/console/
+                               (log in as $FLASHCLAIM_ADMIN_USERNAME; the password:
+                                grep ADMIN_PASSWORD .data/dev-secrets.env)
 
 Demo activity $id. The API:
 
