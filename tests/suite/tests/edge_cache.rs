@@ -101,17 +101,22 @@ http {{
         .args(["-g", "daemon off;"])
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let probe = HttpClient::new(base.clone()).with_timeout(Duration::from_secs(2));
+    // Owned at once, so a failed start still stops it (Drop).
+    let nginx = Nginx {
+        child,
+        dir,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let probe = HttpClient::new(nginx.base.clone()).with_timeout(Duration::from_secs(2));
     for _ in 0..100 {
         if probe.get("/healthz").await.is_ok() {
-            return Nginx { child, dir, base };
+            return nginx;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
         "nginx did not start: {:?}",
-        std::fs::read_to_string(dir.join("error.log"))
+        std::fs::read_to_string(nginx.dir.join("error.log"))
     );
 }
 
