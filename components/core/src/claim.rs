@@ -296,6 +296,8 @@ impl ClaimSettings {
 /// claim components: the activity id from the path, the caller from the token, the body,
 /// the Idempotency-Key, and the script's KEYS/ARGV. `random(n)` gives `n` random bytes; it
 /// is called once per claim.
+// Each argument is one fact of the request or the instance, read by the component.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     id: &str,
     authorization: Option<&str>,
