@@ -24,8 +24,8 @@ pub mod qr;
 pub mod rotation;
 pub mod scripts;
 pub mod shards;
-pub mod ticket;
 pub mod throttle;
+pub mod ticket;
 pub mod ticket_type;
 pub mod time;
 

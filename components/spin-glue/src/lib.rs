@@ -111,8 +111,8 @@ pub fn human_check(req: &Request) -> Result<(), ApiError> {
         .header("content-type", "application/x-www-form-urlencoded")
         .header("content-length", body.len().to_string())
         .build();
-    let response: spin_sdk::http::Response =
-        spin_sdk::http::run(spin_sdk::http::send(request)).map_err(|e| {
+    let response: spin_sdk::http::Response = spin_sdk::http::run(spin_sdk::http::send(request))
+        .map_err(|e| {
             // The URL is configuration, not a secret; the body (with the secret) is not logged.
             eprintln!("flashclaim: human check: the verifier could not be asked: {e}");
             ApiError::Unavailable("the human check could not be verified; try again")
