@@ -144,12 +144,14 @@ impl Variant {
                     }
                 ),
                 header: Some(("x-user-id", user.to_string())),
+                body: String::new(),
             },
             Variant::FlashclaimP2 | Variant::FlashclaimP3 => Req {
                 method: "POST",
                 path: format!("/api/activities/{activity}/claims"),
                 // Signed beforehand: signing is the client's cost, not the service's.
                 header: Some(("authorization", bearer(&token(user, None)))),
+                body: String::new(),
             },
         }
     }
@@ -159,6 +161,7 @@ struct Req {
     method: &'static str,
     path: String,
     header: Option<(&'static str, String)>,
+    body: String,
 }
 
 impl Req {
@@ -167,6 +170,7 @@ impl Req {
             method: "GET",
             path: path.into(),
             header: None,
+            body: String::new(),
         }
     }
 }
@@ -273,7 +277,7 @@ async fn load(base_url: String, reqs: Vec<Req>, concurrency: usize, expect: u16)
                             r.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
                         let sent = Instant::now();
                         let status = client
-                            .send(r.method, &r.path, &headers, "")
+                            .send(r.method, &r.path, &headers, r.body.clone())
                             .await
                             .map_or(0, |r| r.status);
                         latencies.push(sent.elapsed());
@@ -1004,6 +1008,16 @@ async fn run() {
     let stores = store_pids().await;
     let mut runtimes = Vec::new();
     let wanted = std::env::var("FLASHCLAIM_BENCH_RUNTIMES").unwrap_or_else(|_| "host,spin".into());
+    let flood_runtimes = |wanted: &str| -> Vec<Runtime> {
+        let mut out = Vec::new();
+        if wanted.split(',').any(|r| r.trim() == "host") {
+            out.push(Runtime::TestHost);
+        }
+        if wanted.split(',').any(|r| r.trim() == "spin") && spin_binary().is_some() {
+            out.push(Runtime::Spin);
+        }
+        out
+    };
     if wanted.split(',').any(|r| r.trim() == "host") {
         runtimes.push(Runtime::TestHost);
     }
@@ -1025,6 +1039,12 @@ async fn run() {
         }
         drains.push(apps.drain().await);
         eprintln!("bench: {} ({:?}) done", apps.name, apps.runtime);
+    }
+    let mut floods = Vec::new();
+    if std::env::var("FLASHCLAIM_BENCH_FLOOD").map_or(true, |v| v != "0") {
+        for &rt in &flood_runtimes(&wanted) {
+            floods.push(login_flood(rt).await);
+        }
     }
     let mut redis_limits = Vec::new();
     for &c in &levels {
@@ -1166,5 +1186,156 @@ async fn run() {
             d.temp_rate,
             100.0 * d.rate / d.bulk_rate
         );
+    }
+    if !floods.is_empty() {
+        println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins: answered 401 (hashed) / 429 (refused before hashing) | target |");
+        println!("|---|---|---|---|---|---|---|");
+        for f in &floods {
+            for (what, m, logins) in [
+                ("alone", &f.alone, None),
+                (
+                    "beside 2,000 bad logins, throttle on (default)",
+                    &f.throttled,
+                    Some(f.throttled_logins),
+                ),
+                (
+                    "beside 2,000 bad logins, throttle off",
+                    &f.unthrottled,
+                    Some(f.unthrottled_logins),
+                ),
+            ] {
+                let ratio = m.1 / f.alone.1;
+                let target = match what {
+                    w if w.contains("throttle on") => {
+                        if ratio <= 1.2 {
+                            "≤ 1.2× ✓"
+                        } else {
+                            "≤ 1.2× ✗"
+                        }
+                    }
+                    _ => "",
+                };
+                println!(
+                    "| {} | {what} | {:.0} | {:.1} | {ratio:.2}× | {} | {target} |",
+                    f.runtime,
+                    m.0,
+                    m.1,
+                    logins.map_or("–".to_string(), |(a, b)| format!("{a} / {b}")),
+                );
+            }
+        }
+    }
+}
+
+const FLOOD_STORM: usize = 6_000;
+const FLOOD_STORM_C: usize = 64;
+const FLOOD_LOGINS: usize = 2_000;
+const FLOOD_ROUNDS: usize = 3;
+
+/// A claim storm alone, beside a flood of bad logins with the login throttle on (the
+/// default), and with it off: the storm's claims/s and p99 (medians of the rounds), and
+/// how the logins were answered.
+struct Flood {
+    runtime: &'static str,
+    alone: (f64, f64),
+    throttled: (f64, f64),
+    unthrottled: (f64, f64),
+    throttled_logins: (usize, usize),
+    unthrottled_logins: (usize, usize),
+}
+
+/// Issue 13's proof: 2,000 bad logins from one address against one account, fired beside
+/// a claim storm, must leave the claims' p99 within 1.2× of the storm alone, because past
+/// the threshold no password is hashed. The same flood with the throttle off shows what
+/// the argon2 work would have cost.
+async fn login_flood(rt: Runtime) -> Flood {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let mut results = Vec::new();
+    for throttle in ["", "0"] {
+        let (redis_url, _) = fresh_redis_db().await;
+        let pg_url = fresh_pg_db().await;
+        let mut extra = vec![("SPIN_VARIABLE_REGISTER_RATE_LIMIT", "0")];
+        if throttle == "0" {
+            extra.push(("SPIN_VARIABLE_LOGIN_THROTTLE_PER_USER", "0"));
+            extra.push(("SPIN_VARIABLE_LOGIN_THROTTLE_PER_ADDRESS", "0"));
+        }
+        let app = TestApp::start_on_runtime(rt, &redis_url, &pg_url, &extra).await;
+        let activity = app.create_activity(10_000_000, "").await;
+        assert_eq!(app.publish(activity).await.status, 200);
+        let r = app
+            .send(
+                "POST",
+                "/api/users",
+                None,
+                r#"{"username":"victim","password":"the real password"}"#,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let base = app.client.base_url().to_string();
+        let storm = |round: usize, tag: &str| -> Vec<Req> {
+            (0..FLOOD_STORM)
+                .map(|i| Variant::FlashclaimP3.request(activity, &format!("{tag}{round}u{i}")))
+                .collect()
+        };
+        // Warm-up, so the first round does not pay for instance creation.
+        load(base.clone(), storm(0, "warm"), FLOOD_STORM_C, 201).await;
+        let (mut alone, mut beside, mut answered) = (Vec::new(), Vec::new(), (0, 0));
+        for round in 0..FLOOD_ROUNDS {
+            let a = load(base.clone(), storm(round, "alone"), FLOOD_STORM_C, 201).await;
+            alone.push((
+                FLOOD_STORM as f64 / a.elapsed.as_secs_f64(),
+                percentile(&a.latencies, 0.99),
+            ));
+            let logins: Vec<Req> = (0..FLOOD_LOGINS)
+                .map(|i| Req {
+                    method: "POST",
+                    path: "/api/sessions".into(),
+                    header: Some(("content-type", "application/json".into())),
+                    body: format!(
+                        r#"{{"username":"victim","password":"guess number {round}-{i}"}}"#
+                    ),
+                })
+                .collect();
+            let flood = tokio::spawn(load(base.clone(), logins, 16, 401));
+            let b = load(base.clone(), storm(round, "beside"), FLOOD_STORM_C, 201).await;
+            beside.push((
+                FLOOD_STORM as f64 / b.elapsed.as_secs_f64(),
+                percentile(&b.latencies, 0.99),
+            ));
+            let flood = flood.await.unwrap();
+            let refused = flood.errors.get(&429).copied().unwrap_or(0);
+            answered = (
+                answered.0 + flood.latencies.len() - flood.errors.values().sum::<usize>(),
+                answered.1 + refused,
+            );
+            eprintln!(
+                "bench: flood {:?} throttle {} round {round}: alone {:.0}/s p99 {:.1} ms; beside {:.0}/s p99 {:.1} ms; logins {:?}",
+                rt,
+                if throttle.is_empty() { "on" } else { "off" },
+                alone[round].0, alone[round].1, beside[round].0, beside[round].1, flood.errors
+            );
+        }
+        let pick = |v: &[(f64, f64)]| {
+            (
+                median(v.iter().map(|x| x.0).collect()),
+                median(v.iter().map(|x| x.1).collect()),
+            )
+        };
+        results.push((pick(&alone), pick(&beside), answered));
+    }
+    Flood {
+        runtime: if rt == Runtime::TestHost {
+            "test host"
+        } else {
+            "Spin"
+        },
+        alone: results[0].0,
+        throttled: results[0].1,
+        unthrottled: results[1].1,
+        throttled_logins: results[0].2,
+        unthrottled_logins: results[1].2,
     }
 }
