@@ -8,12 +8,5 @@
 ALTER TABLE users ADD COLUMN created_addr text;
 CREATE INDEX users_by_created_addr ON users (created_addr, created_at);
 
--- Failed logins per key ('user:<username>' or 'addr:<hashed address>'): the login
--- throttle reads them before hashing a password. `last_failed_ms` is the auth component's
--- clock, the same clock that reads it back.
-CREATE TABLE login_failures (
-    key            text PRIMARY KEY,
-    failures       integer NOT NULL CHECK (failures >= 1),
-    last_failed_ms bigint NOT NULL
-);
-CREATE INDEX login_failures_by_age ON login_failures (last_failed_ms);
+-- Failed logins are counted in Redis (lua/login.lua), not here: a refused guess must not
+-- cost a Postgres connection.

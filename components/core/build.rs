@@ -15,6 +15,7 @@ const SCRIPTS: &[&str] = &[
     "pool",
     "view",
     "stocks",
+    "login",
 ];
 
 fn main() {

@@ -3,17 +3,21 @@
 //! and an unknown user get the same answer after the same work.
 //!
 //! Both routes are limited per client address before any hash is computed (see
-//! `flashclaim_core::throttle`): accounts created per address, and failed logins per
-//! username and per address with a growing back-off.
+//! `flashclaim_core::throttle`): accounts created per address (counted in Postgres, where
+//! the accounts are), and failed logins per username and per address with a growing
+//! back-off (counted in Redis by lua/login.lua, so a refused guess costs one round trip).
 
 use flashclaim_spin as glue;
 
 use flashclaim_core::auth::{self, Credentials, Registration, BAD_CREDENTIALS};
 use flashclaim_core::claim::RateLimit;
-use flashclaim_core::throttle::{self, Failures, LoginThrottle};
+use flashclaim_core::scripts::LOGIN;
+use flashclaim_core::throttle::{self, Count, Failures, LoginThrottle};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::pg4::{self, DbValue, ParameterValue};
+use spin_sdk::pg4::{self, ParameterValue};
+
+use glue::SpinRedis;
 
 #[spin_sdk::http_component]
 fn handle(req: Request) -> Response {
@@ -172,10 +176,7 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     let credentials = Credentials::parse(req.body())?;
     let secret = glue::var("jwt_secret")?;
     let addr = throttle::stored_address(glue::client_addr(req), secret.as_bytes());
-    let keys = [
-        throttle::user_key(&credentials.username),
-        throttle::address_key(&addr),
-    ];
+    let keys = throttle::login_keys(&credentials.username, &addr);
     let per_user = setting("login_throttle_per_user", LoginThrottle::PER_USER, |t| {
         LoginThrottle::parse(t, LoginThrottle::PER_USER)
     });
@@ -184,54 +185,38 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
         LoginThrottle::PER_ADDRESS,
         |t| LoginThrottle::parse(t, LoginThrottle::PER_ADDRESS),
     );
+    // The counters first, alone: a throttled guess costs one Redis round trip, no Postgres
+    // connection and no argon2 work.
+    let redis = counters()?;
+    let (user_failures, addr_failures) = count(&redis, &keys, Count::Read)?;
+    throttle::check_login(
+        (per_user, user_failures),
+        (per_address, addr_failures),
+        glue::now().0,
+    )?;
     let pg = glue::pg_open()?;
-    let now = glue::now().0;
     // One row whatever the name (spin#3671: a query with no row never returns on Spin
-    // 4.0.x): an unknown user is a row of NULLs, and so are keys that never failed.
+    // 4.0.x): an unknown user is a row of NULLs.
     let rows = pg
         .query(
-            "SELECT users.id, users.password_hash, users.role, \
-                    fu.failures::int8, fu.last_failed_ms, fa.failures::int8, fa.last_failed_ms \
-             FROM (VALUES (1)) AS one(x) \
-             LEFT JOIN users ON users.username = $1 \
-             LEFT JOIN login_failures fu ON fu.key = $2 \
-             LEFT JOIN login_failures fa ON fa.key = $3",
-            &[
-                glue::str_param(&credentials.username),
-                glue::str_param(&keys[0]),
-                glue::str_param(&keys[1]),
-            ],
+            "SELECT users.id, users.password_hash, users.role FROM (VALUES (1)) AS one(x) \
+             LEFT JOIN users ON users.username = $1",
+            &[glue::str_param(&credentials.username)],
         )
         .map_err(|e| glue::pg_internal("log in", e))?;
-    let row = rows.rows.first().ok_or(ApiError::Internal)?;
-    let failures = |count: &DbValue, last: &DbValue| {
-        Some(Failures {
-            count: glue::int(count)?,
-            last_ms: glue::int(last)?,
-        })
-    };
-    // Refused from the counters alone: no argon2 work for a throttled guess.
-    throttle::check_login(
-        (per_user, failures(&row[3], &row[4])),
-        (per_address, failures(&row[5], &row[6])),
-        now,
-    )?;
-    let user = match (
-        glue::text(&row[0]),
-        glue::text(&row[1]),
-        glue::text(&row[2]),
-    ) {
-        (Some(id), Some(hash), Some(role)) => Some((id, hash, role)),
-        _ => None,
-    };
+    let user = rows
+        .rows
+        .first()
+        .and_then(|r| Some((glue::text(&r[0])?, glue::text(&r[1])?, glue::text(&r[2])?)));
     if !auth::verify_password(&credentials.password, user.as_ref().map(|u| u.1.as_str())) {
-        // Counted for an unknown name too, so the answer says nothing about who exists.
-        // The failure's time is now, after the hash: the wait runs from the answer.
-        count_failure(&pg, &keys, glue::now().0)?;
+        // Counted for an unknown name too, so neither answer nor counter tells who exists.
+        count(&redis, &keys, Count::Fail)?;
         return Err(BAD_CREDENTIALS);
     }
     let (id, _, role) = user.ok_or(BAD_CREDENTIALS)?;
-    forget_failures(&pg, &keys[0], glue::now().0)?;
+    // A success clears the username's count (not the address's: one good password from a
+    // shared address must not reset a guessing run on other accounts).
+    count(&redis, &keys, Count::Clear)?;
     let ttl = glue::optional_var("session_ttl_secs")
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|t| *t > 0)
@@ -248,37 +233,27 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     ))
 }
 
-/// One more failure for the username and the address; a run quiet for the throttle's
-/// forget time starts again from one.
-fn count_failure(pg: &pg4::Connection, keys: &[String], now: i64) -> Result<(), ApiError> {
-    pg.execute(
-        "INSERT INTO login_failures AS f (key, failures, last_failed_ms) \
-         SELECT k, 1, $2::int8 FROM unnest($1::text[]) AS k \
-         ON CONFLICT (key) DO UPDATE SET \
-           failures = CASE WHEN f.last_failed_ms <= $2::int8 - $3::int8 THEN 1 ELSE f.failures + 1 END, \
-           last_failed_ms = $2::int8",
-        &[
-            glue::str_array(keys),
-            ParameterValue::Int64(now),
-            ParameterValue::Int64(LoginThrottle::PER_USER.forget_after_ms),
-        ],
-    )
-    .map_err(|e| glue::pg_internal("count a failed login", e))?;
-    Ok(())
+/// The Redis holding the login counters: the first endpoint of `redis_address`.
+fn counters() -> Result<SpinRedis, ApiError> {
+    let shards = glue::redis_shards()?;
+    let first = shards.all().first().ok_or(ApiError::Internal)?;
+    // Without the counters no guess can be refused cheaply: refuse the login (503) rather
+    // than let a guessing run through unthrottled.
+    SpinRedis::open(first).map_err(|e| glue::redis_unavailable("login counters", e))
 }
 
-/// A success clears the username's count (not the address's: one good password from a
-/// shared address must not reset a guessing run on other accounts), and sweeps counters
-/// long forgotten so the table stays small.
-fn forget_failures(pg: &pg4::Connection, user_key: &str, now: i64) -> Result<(), ApiError> {
-    pg.execute(
-        "DELETE FROM login_failures WHERE key = $1 OR last_failed_ms <= $2::int8 - $3::int8",
-        &[
-            glue::str_param(user_key),
-            ParameterValue::Int64(now),
-            ParameterValue::Int64(LoginThrottle::PER_USER.forget_after_ms),
-        ],
-    )
-    .map_err(|e| glue::pg_internal("clear failed logins", e))?;
-    Ok(())
+/// One login.lua call; the failures it reports afterwards.
+fn count(redis: &SpinRedis, keys: &[String], what: Count) -> Result<Counts, ApiError> {
+    let reply = redis
+        .run(&LOGIN, keys, &throttle::login_args(what, glue::now().0))
+        .map_err(|e| glue::redis_unavailable("login counters", e))?;
+    if what == Count::Clear {
+        return Ok((None, None));
+    }
+    throttle::decode_counts(&reply).ok_or_else(|| {
+        eprintln!("flashclaim: login.lua returned an unexpected reply");
+        ApiError::Internal
+    })
 }
+
+type Counts = (Option<Failures>, Option<Failures>);

@@ -3,12 +3,14 @@
 //!
 //! A login costs an argon2 hash, which is exactly the CPU a claim storm needs; so a key
 //! that has failed too often is refused from its counters alone, with a back-off that
-//! doubles with each further failure. Nothing here does I/O: the auth component reads the
-//! counters with the user's row and hands them in.
+//! doubles with each further failure. Nothing here does I/O: the auth component counts in
+//! Redis (lua/login.lua, one round trip, no Postgres connection for a refused attempt) and
+//! hands the counts in.
 
 use crate::claim::RateLimit;
 use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
+use crate::scripts::{Arg, Reply};
 
 /// Failures a key has had: how many, and when the last one was (ms since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +79,47 @@ impl LoginThrottle {
     }
 }
 
-/// The keys failed logins are counted under.
-pub fn user_key(username: &str) -> String {
-    format!("user:{username}")
+/// The Redis keys failed logins are counted under (login.lua's KEYS), for a username and a
+/// stored client address. They live on the first endpoint of `redis_address`: they belong
+/// to no activity, and one place keeps a username's count whole.
+pub fn login_keys(username: &str, stored_addr: &str) -> Vec<String> {
+    vec![
+        format!("fc:login:user:{username}"),
+        format!("fc:login:addr:{stored_addr}"),
+    ]
 }
 
-pub fn address_key(hashed_addr: &str) -> String {
-    format!("addr:{hashed_addr}")
+/// What login.lua does to the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Before the password is looked at: read only.
+    Read,
+    /// A wrong password or an unknown username: one more failure for both keys.
+    Fail,
+    /// A success: the username's count is cleared.
+    Clear,
+}
+
+pub fn login_args(count: Count, now_ms: i64) -> Vec<Arg> {
+    let mode = match count {
+        Count::Read => "read",
+        Count::Fail => "fail",
+        Count::Clear => "clear",
+    };
+    vec![
+        Arg::from(mode),
+        Arg::Int(now_ms),
+        // Both throttles forget after the same quiet time.
+        Arg::Int(LoginThrottle::PER_USER.forget_after_ms),
+    ]
+}
+
+/// login.lua's `{ user_n, user_last, addr_n, addr_last }`: the username's and the address's
+/// failures (`None` for a key that has none). `None` for a reply of another shape.
+pub fn decode_counts(reply: &[Reply]) -> Option<(Option<Failures>, Option<Failures>)> {
+    let int = |i: usize| reply.get(i).and_then(Reply::as_int);
+    let failures = |n: i64, last_ms: i64| (n > 0).then_some(Failures { count: n, last_ms });
+    Some((failures(int(0)?, int(1)?), failures(int(2)?, int(3)?)))
 }
 
 /// Refuse a login attempt before hashing when the username or the address must wait;
@@ -218,6 +254,29 @@ mod tests {
 
     #[test]
     fn keys_of_users_and_addresses_cannot_collide() {
-        assert_ne!(user_key("abc"), address_key("abc"));
+        let keys = login_keys("abc", "abc");
+        assert_ne!(keys[0], keys[1]);
+    }
+
+    #[test]
+    fn counts_are_read_from_the_scripts_reply() {
+        let reply = [
+            Reply::Int(3),
+            Reply::Int(1_000),
+            Reply::Int(0),
+            Reply::Int(0),
+        ];
+        assert_eq!(
+            decode_counts(&reply),
+            Some((
+                Some(Failures {
+                    count: 3,
+                    last_ms: 1_000
+                }),
+                None
+            ))
+        );
+        assert_eq!(decode_counts(&[Reply::Int(1)]), None);
+        assert_eq!(login_args(Count::Fail, 5)[0], Arg::from("fail"));
     }
 }

@@ -936,3 +936,47 @@ async fn the_claim_log_names_the_client_address_for_the_operator() {
         .collect();
     assert_eq!(addrs, vec![Some("f00dfeed".to_string()), None]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_failures_count_for_both_keys_forget_when_quiet_and_a_success_clears_the_user() {
+    use flashclaim_core::scripts::LOGIN;
+    use flashclaim_core::throttle::{self, Count, Failures};
+    let (_, conn) = fresh_redis_db().await;
+    let redis = NativeRedis::new(conn);
+    let keys = throttle::login_keys("victim", "addr-1");
+    let run = |count: Count, now: i64| {
+        let reply = run_script(&redis, &LOGIN, &keys, &throttle::login_args(count, now)).unwrap();
+        throttle::decode_counts(&reply)
+    };
+    let f = |count, last_ms| Some(Failures { count, last_ms });
+    assert_eq!(run(Count::Read, 1_000), Some((None, None)));
+    assert_eq!(run(Count::Fail, 1_000), Some((f(1, 1_000), f(1, 1_000))));
+    assert_eq!(run(Count::Fail, 2_000), Some((f(2, 2_000), f(2, 2_000))));
+    // Reading counts nothing.
+    assert_eq!(run(Count::Read, 2_500), Some((f(2, 2_000), f(2, 2_000))));
+    // One ms short of the forget time the run goes on; at it, it starts again.
+    let forget = throttle::LoginThrottle::PER_USER.forget_after_ms;
+    assert_eq!(
+        run(Count::Fail, 2_000 + forget - 1)
+            .unwrap()
+            .0
+            .unwrap()
+            .count,
+        3
+    );
+    assert_eq!(
+        run(Count::Fail, 2_000 + 2 * forget).unwrap().0,
+        f(1, 2_000 + 2 * forget)
+    );
+    // A success clears the username only.
+    run_script(
+        &redis,
+        &LOGIN,
+        &keys,
+        &throttle::login_args(Count::Clear, 9_999_999),
+    )
+    .unwrap();
+    let (user, addr) = run(Count::Read, 9_999_999).unwrap();
+    assert_eq!(user, None);
+    assert_eq!(addr.unwrap().count, 1);
+}
