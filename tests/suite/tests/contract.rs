@@ -11,7 +11,8 @@ fn document() -> serde_json::Value {
     serde_json::from_str(&text).expect("docs/openapi.json is JSON")
 }
 
-/// spin.toml's HTTP routes, `:param` written as OpenAPI's `{param}`.
+/// spin.toml's API routes, `:param` written as OpenAPI's `{param}`. The `web` component's
+/// routes serve pages, not API: the browser tier (tests/browser) is their contract.
 fn manifest_routes() -> Vec<String> {
     let manifest: toml::Value = toml::from_str(
         &std::fs::read_to_string(flashclaim_tests::root().join("spin.toml")).unwrap(),
@@ -21,6 +22,7 @@ fn manifest_routes() -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|t| t["component"].as_str() != Some("web"))
         .map(|t| {
             t["route"]
                 .as_str()
