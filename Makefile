@@ -83,8 +83,9 @@ test-shards:
 
 ## An edge cache measured (BENCHMARKS.md, "An edge cache in front"): nginx proxy_cache in
 ## front of the app, 2,000 clients refreshing a detail during a claim storm, with and
-## without the cache (needs nginx: `apt-get install nginx-light`; services and wasm).
+## without the cache (installs nginx-light when missing; services and wasm).
 bench-edge: deps wasm
+	@scripts/deps.sh --edge
 	@$(SERVICES) start
 	@status=0; cargo test $(NATIVE) --test edge_cache -- --nocapture || status=$$?; \
 	  if [ $$status -eq 0 ] && [ -n "$(SPIN)" ]; then \

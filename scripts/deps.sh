@@ -10,7 +10,13 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 browser=false
-[ "${1:-}" = "--browser" ] && browser=true
+edge=false
+for arg in "$@"; do
+  case $arg in
+    --browser) browser=true ;;
+    --edge) edge=true ;; # `make bench-edge`: nginx as the edge cache's stand-in
+  esac
+done
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -28,6 +34,9 @@ if $browser; then
   dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
   command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 fi
+if $edge; then
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
@@ -38,6 +47,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # Debian starts the packaged services; flashclaim runs its own on private ports.
   $sudo service redis-server stop >/dev/null 2>&1 || true
   $sudo service postgresql stop >/dev/null 2>&1 || true
+  $sudo service nginx stop >/dev/null 2>&1 || true
 fi
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
