@@ -33,17 +33,28 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
 fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     // parse
     let settings = settings()?;
-    let settings = settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous"));
-    let (activity, command) = claim::prepare(
-        id,
-        req.header("authorization").and_then(|h| h.as_str()),
-        req.header("idempotency-key").map(|h| h.as_bytes()),
-        req.body(),
-        glue::client_addr(req),
-        &settings,
-        glue::now(),
-        glue::random_vec,
-    )?;
+    let client = glue::client_addr(req);
+    let prepare = |settings: &ClaimSettings| {
+        claim::prepare(
+            id,
+            req.header("authorization").and_then(|h| h.as_str()),
+            req.header("idempotency-key").map(|h| h.as_bytes()),
+            req.body(),
+            client,
+            settings,
+            glue::now(),
+            glue::random_vec,
+        )
+    };
+    // `jwt_secret_previous` is looked up (a host call) only for a token the current secret
+    // refuses: during a rotation, not on every claim.
+    let (activity, command) = match prepare(&settings) {
+        Err(ApiError::Unauthenticated(reason)) => match glue::optional_var("jwt_secret_previous") {
+            Some(previous) => prepare(&settings.with_previous_jwt_secret(Some(previous)))?,
+            None => return Err(ApiError::Unauthenticated(reason)),
+        },
+        prepared => prepared?,
+    };
 
     // apply: one connection, one script
     let shards = glue::redis_shards()?;

@@ -74,12 +74,6 @@ pub fn path_segments(req: &Request) -> Vec<&str> {
 /// Spin names, or what a `trusted_proxies` proxy forwarded. A `trusted_proxies` that is not
 /// a CIDR list is a deployment error: logged, and nobody is trusted.
 pub fn client_addr(req: &Request) -> Option<ClientAddr> {
-    let trusted = optional_var("trusted_proxies").map_or_else(TrustedProxies::default, |t| {
-        TrustedProxies::parse(&t).unwrap_or_else(|e| {
-            eprintln!("flashclaim: {e}; no proxy is trusted");
-            TrustedProxies::default()
-        })
-    });
     let joined = |name: &str| {
         let values: Vec<&str> = req
             .headers()
@@ -88,10 +82,23 @@ pub fn client_addr(req: &Request) -> Option<ClientAddr> {
             .collect();
         (!values.is_empty()).then(|| values.join(","))
     };
+    let (forwarded, x_forwarded_for) = (joined("forwarded"), joined("x-forwarded-for"));
+    // A variable look-up is a host call on every WASIp2 request: only a request that carries
+    // a forwarding header needs to know whom to trust.
+    let trusted = if forwarded.is_none() && x_forwarded_for.is_none() {
+        TrustedProxies::default()
+    } else {
+        optional_var("trusted_proxies").map_or_else(TrustedProxies::default, |t| {
+            TrustedProxies::parse(&t).unwrap_or_else(|e| {
+                eprintln!("flashclaim: {e}; no proxy is trusted");
+                TrustedProxies::default()
+            })
+        })
+    };
     ClientAddr::resolve(
         joined("spin-client-addr").as_deref(),
-        joined("forwarded").as_deref(),
-        joined("x-forwarded-for").as_deref(),
+        forwarded.as_deref(),
+        x_forwarded_for.as_deref(),
         &trusted,
     )
 }
