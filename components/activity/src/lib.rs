@@ -1,5 +1,6 @@
 //! The activity component: `GET /api/activities` (published and upcoming, a page at a
-//! time) and `GET /api/activities/:id`.
+//! time), `GET /api/activities/:id`, and the claim passes, `POST /api/activities/:id/passes`
+//! (passes.rs).
 //!
 //! Views are served from Redis with the live stock in the same round trip (MGET of the
 //! cached view and the stock). On a miss one reader rebuilds the view from Postgres under
@@ -10,6 +11,7 @@
 use flashclaim_spin as glue;
 
 mod listing;
+mod passes;
 
 use flashclaim_core::activity::{self, Status, NOT_FOUND_MARKER, NOT_FOUND_TTL_MS};
 use flashclaim_core::cors;
@@ -41,7 +43,11 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
             response.add_vary("Authorization");
             Ok(response)
         }
-        (_, ["api", "activities"] | ["api", "activities", _]) => Err(ApiError::MethodNotAllowed),
+        (Method::Post, ["api", "activities", id, "passes"]) => passes::post(req, id),
+        (
+            _,
+            ["api", "activities"] | ["api", "activities", _] | ["api", "activities", _, "passes"],
+        ) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }

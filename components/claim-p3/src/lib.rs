@@ -1,15 +1,14 @@
 //! The claim component as Spin 4 runs it best: a WASIp3 component (spin-sdk 7) that Spin
 //! reuses across requests, keeping its variables and its Redis connection between them.
-//! `POST /api/activities/:id/claims` and `POST /api/activities/:id/passes`, with exactly
-//! the answers of the WASIp2 claim component (components/claim), which hosts without
-//! WASIp3 run instead.
+//! `POST /api/activities/:id/claims`, with exactly the answers of the WASIp2 claim component
+//! (components/claim), which hosts without WASIp3 run instead. (Passes are the activity
+//! component's.)
 //!
 //! The hot path is one EVALSHA of claim.lua on a kept connection; every check and every
 //! effect happens in the script.
 
 use flashclaim_core::claim::{self, ClaimSettings};
-use flashclaim_core::ids::ActivityId;
-use flashclaim_core::scripts::{CLAIM, PASS};
+use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -34,8 +33,7 @@ async fn route(req: Request) -> Result<HttpResponse, ApiError> {
     let post = req.method() == Method::POST;
     match (post, segments.as_slice()) {
         (true, ["api", "activities", id, "claims"]) => post_claim(req, id).await,
-        (true, ["api", "activities", id, "passes"]) => post_pass(&req, id).await,
-        (false, ["api", "activities", _, "claims" | "passes"]) => Err(ApiError::MethodNotAllowed),
+        (false, ["api", "activities", _, "claims"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -107,35 +105,4 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
             }
         }),
     }
-}
-
-/// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).
-async fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
-    let activity = ActivityId::parse(id)?;
-    let secret = glue::var("jwt_secret").await?;
-    let authorization = header(req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
-    let previous = glue::optional_var("jwt_secret_previous").await;
-    let principal = flashclaim_core::rotation::authenticate(
-        authorization,
-        secret.as_bytes(),
-        || previous,
-        glue::now().as_secs(),
-    )?;
-    let settings = settings().await?;
-    glue::human_check(req).await?;
-    let client = claim::stored_client(glue::client_addr(req).await, &settings);
-    let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").await.as_deref());
-    let (keys, argv) = claim::pass_command(
-        activity,
-        &principal.user,
-        glue::now(),
-        factor,
-        &client,
-        settings.per_address,
-    );
-    let shards = glue::redis_shards().await?;
-    let reply = glue::run_script(shards.for_activity(activity), &PASS, &keys, &argv)
-        .await
-        .map_err(|e| glue::redis_unavailable("pass", e))?;
-    claim::decode_pass(activity, &reply)
 }

@@ -1,5 +1,5 @@
-//! The claim component: `POST /api/activities/:id/claims`, and the claim passes of
-//! anti-bot activities, `POST /api/activities/:id/passes`.
+//! The claim component: `POST /api/activities/:id/claims`, and nothing else (the passes of
+//! anti-bot activities are the activity component's: this instance stays small).
 //!
 //! The hot path is exactly one Redis connection and one EVALSHA; every check and every
 //! effect (stock, per-user and global rate, tickets, claim log, idempotency) happens in
@@ -8,8 +8,7 @@
 use flashclaim_spin as glue;
 
 use flashclaim_core::claim::{self, ClaimSettings};
-use flashclaim_core::ids::ActivityId;
-use flashclaim_core::scripts::{CLAIM, PASS};
+use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -24,8 +23,7 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     let segments = glue::path_segments(req);
     match (req.method(), segments.as_slice()) {
         (Method::Post, ["api", "activities", id, "claims"]) => post_claim(req, id),
-        (Method::Post, ["api", "activities", id, "passes"]) => post_pass(req, id),
-        (_, ["api", "activities", _, "claims" | "passes"]) => Err(ApiError::MethodNotAllowed),
+        (_, ["api", "activities", _, "claims"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -85,26 +83,4 @@ fn settings() -> Result<ClaimSettings, ApiError> {
         eprintln!("flashclaim: {e}");
         ApiError::Internal
     })
-}
-
-/// One pass per user, at most stock x `claim_pass_factor` per activity (pass.lua).
-fn post_pass(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
-    let activity = ActivityId::parse(id)?;
-    let principal = glue::principal(req)?;
-    let settings = settings()?;
-    glue::human_check(req)?;
-    let client = claim::stored_client(glue::client_addr(req), &settings);
-    let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").as_deref());
-    let (keys, argv) = claim::pass_command(
-        activity,
-        &principal.user,
-        glue::now(),
-        factor,
-        &client,
-        settings.per_address,
-    );
-    let reply = glue::redis_for(activity, "pass")?
-        .run(&PASS, &keys, &argv)
-        .map_err(|e| glue::redis_unavailable("pass", e))?;
-    claim::decode_pass(activity, &reply)
 }

@@ -318,43 +318,6 @@ pub async fn client_addr(req: &spin_sdk::http::Request) -> Option<ClientAddr> {
     )
 }
 
-/// The optional human check (`captcha_verify_url`; see `flashclaim_core::captcha`): nothing
-/// when unset; else the request's token verified with that endpoint, failing closed.
-pub async fn human_check(req: &spin_sdk::http::Request) -> Result<(), ApiError> {
-    use flashclaim_core::captcha;
-    use spin_sdk::http::body::IncomingBodyExt;
-    let Some(url) = optional_var("captcha_verify_url").await else {
-        return Ok(());
-    };
-    let token = captcha::token(
-        req.headers()
-            .get(captcha::TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    )?;
-    let secret = optional_var("captcha_secret").await.unwrap_or_default();
-    let body = captcha::verify_body(&secret, token);
-    let unavailable = |e: String| {
-        // The URL is configuration, not a secret; the body (with the secret) is not logged.
-        eprintln!("flashclaim: human check: the verifier could not be asked: {e}");
-        ApiError::Unavailable("the human check could not be verified; try again")
-    };
-    let request = http::Request::post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("content-length", body.len().to_string())
-        .body(body)
-        .map_err(|e| unavailable(e.to_string()))?;
-    let response = spin_sdk::http::send(request)
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    let status = response.status().as_u16();
-    let answer = response
-        .into_body()
-        .bytes()
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    captcha::judge(status, &answer)
-}
-
 /// What the response path needs to know about the request, read before the handler
 /// consumes it (see `flashclaim_core::cors`).
 pub fn request_facts(req: &spin_sdk::http::Request) -> RequestFacts {
