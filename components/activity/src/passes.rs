@@ -8,6 +8,7 @@
 //! paired runs) for a route that never uses it.
 
 use flashclaim_core::claim::{self, ClaimSettings};
+use flashclaim_core::client_addr;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::scripts::PASS;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -27,7 +28,7 @@ pub fn post(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
             ApiError::Internal
         })?;
     glue::human_check(req)?;
-    let client = claim::stored_client(glue::client_addr(req), &settings);
+    let client = client_addr::stored(glue::client_addr(req), settings.jwt_secret.as_bytes());
     let factor = claim::pass_factor(glue::optional_var("claim_pass_factor").as_deref());
     let (keys, argv) = claim::pass_command(
         activity,

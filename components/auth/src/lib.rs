@@ -11,6 +11,7 @@ use flashclaim_spin as glue;
 
 use flashclaim_core::auth::{self, Credentials, Registration, BAD_CREDENTIALS};
 use flashclaim_core::claim::RateLimit;
+use flashclaim_core::client_addr;
 use flashclaim_core::scripts::LOGIN;
 use flashclaim_core::throttle::{self, Count, Failures, LoginThrottle};
 use flashclaim_core::{ApiError, HttpResponse};
@@ -48,7 +49,7 @@ fn setting<T>(name: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T {
 fn register(req: &Request) -> Result<HttpResponse, ApiError> {
     let registration = Registration::parse(req.body())?;
     let secret = glue::var("jwt_secret")?;
-    let addr = throttle::stored_address(glue::client_addr(req), secret.as_bytes());
+    let addr = client_addr::stored(glue::client_addr(req), secret.as_bytes());
     let limit = setting(
         "register_rate_limit",
         throttle::REGISTRATIONS_PER_ADDRESS,
@@ -175,7 +176,7 @@ fn insert_user(
 fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     let credentials = Credentials::parse(req.body())?;
     let secret = glue::var("jwt_secret")?;
-    let addr = throttle::stored_address(glue::client_addr(req), secret.as_bytes());
+    let addr = client_addr::stored(glue::client_addr(req), secret.as_bytes());
     let keys = throttle::login_keys(&credentials.username, &addr);
     let per_user = setting("login_throttle_per_user", LoginThrottle::PER_USER, |t| {
         LoginThrottle::parse(t, LoginThrottle::PER_USER)

@@ -225,12 +225,8 @@ impl ClaimCommand {
     fn set_client(&mut self, activity: ActivityId, stored_addr: &str, limit: AddressLimit) {
         self.keys.truncate(12);
         self.argv.truncate(12);
-        let bucket = if stored_addr.is_empty() {
-            "unknown"
-        } else {
-            stored_addr
-        };
-        self.keys.push(ActivityKeys::new(activity).client(bucket));
+        self.keys
+            .push(ActivityKeys::new(activity).client(stored_addr));
         self.argv.extend(limit.args());
         self.argv.push(Arg::from(stored_addr));
     }
@@ -347,7 +343,7 @@ pub fn prepare(
     )
     .with_client(
         activity,
-        &stored_client(client, settings),
+        &crate::client_addr::stored(client, settings.jwt_secret.as_bytes()),
         settings.per_address,
     );
     Ok((activity, command))
@@ -557,12 +553,6 @@ pub fn pass_factor(variable: Option<&str>) -> i64 {
 }
 
 /// pass.lua's KEYS and ARGV.
-/// The claim log's and the address bucket's name for a client: its keyed hash (see
-/// `ClientAddr::hashed`; the claim component already holds `jwt_secret`), "" when unknown.
-pub fn stored_client(client: Option<ClientAddr>, settings: &ClaimSettings) -> String {
-    client.map_or_else(String::new, |a| a.hashed(settings.jwt_secret.as_bytes()))
-}
-
 pub fn pass_command(
     activity: ActivityId,
     user: &UserId,
@@ -572,15 +562,10 @@ pub fn pass_command(
     limit: AddressLimit,
 ) -> (Vec<String>, Vec<Arg>) {
     let k = ActivityKeys::new(activity);
-    let bucket = if stored_addr.is_empty() {
-        "unknown"
-    } else {
-        stored_addr
-    };
     let mut argv = vec![Arg::Int(now.0), Arg::Int(factor)];
     argv.extend(limit.args());
     (
-        vec![k.meta(), k.passes(), k.pass(user), k.client(bucket)],
+        vec![k.meta(), k.passes(), k.pass(user), k.client(stored_addr)],
         argv,
     )
 }

@@ -148,6 +148,12 @@ impl ClientAddr {
     }
 }
 
+/// How flashclaim stores and counts a client: its keyed hash ([`ClientAddr::hashed`]), or ""
+/// when the host named no peer (such requests share every counter rather than escape it).
+pub fn stored(addr: Option<ClientAddr>, secret: &[u8]) -> String {
+    addr.map_or_else(String::new, |a| a.hashed(secret))
+}
+
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {

@@ -76,9 +76,13 @@ impl ActivityKeys {
     pub fn passes(&self) -> String {
         self.key("passes")
     }
-    /// The token bucket of one client address (stored form) on this activity.
+    /// The token bucket of one client address (stored form, "" when unknown) on this
+    /// activity.
     pub fn client(&self, stored_addr: &str) -> String {
-        self.key(&format!("client:{stored_addr}"))
+        match stored_addr {
+            "" => self.key("client:unknown"),
+            addr => self.key(&format!("client:{addr}")),
+        }
     }
     /// Attempts on the whole activity in the current global rate window.
     pub fn flood(&self) -> String {

@@ -8,7 +8,6 @@
 //! hands the counts in.
 
 use crate::claim::RateLimit;
-use crate::client_addr::ClientAddr;
 use crate::error::ApiError;
 use crate::scripts::{Arg, Reply};
 
@@ -161,12 +160,6 @@ pub const REGISTRATIONS_PER_ADDRESS: RateLimit = RateLimit {
     attempts: 20,
     window_ms: 3_600_000,
 };
-
-/// What the auth routes store for an address (see [`ClientAddr::hashed`]); requests from
-/// a host that names no peer share one name rather than escaping every limit.
-pub fn stored_address(addr: Option<ClientAddr>, secret: &[u8]) -> String {
-    addr.map_or_else(|| "unknown".into(), |a| a.hashed(secret))
-}
 
 #[cfg(test)]
 mod tests {
