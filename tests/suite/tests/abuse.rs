@@ -11,32 +11,24 @@ use spin_test_host::client::Response;
 
 const PASSWORD: &str = "correct horse battery";
 
-async fn register(app: &TestApp, name: &str, headers: &[(&str, &str)]) -> Response {
+/// A JSON POST with extra headers (the shared client's time limit applies).
+async fn post_json(app: &TestApp, path: &str, headers: &[(&str, &str)], body: String) -> Response {
     let mut h = vec![("content-type", "application/json")];
     h.extend_from_slice(headers);
     app.client
-        .send(
-            "POST",
-            "/api/users",
-            &h,
-            format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#),
-        )
+        .send("POST", path, &h, body)
         .await
-        .expect("register answers")
+        .unwrap_or_else(|e| panic!("POST {path} answers: {e}"))
+}
+
+async fn register(app: &TestApp, name: &str, headers: &[(&str, &str)]) -> Response {
+    let body = format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#);
+    post_json(app, "/api/users", headers, body).await
 }
 
 async fn log_in(app: &TestApp, name: &str, password: &str, headers: &[(&str, &str)]) -> Response {
-    let mut h = vec![("content-type", "application/json")];
-    h.extend_from_slice(headers);
-    app.client
-        .send(
-            "POST",
-            "/api/sessions",
-            &h,
-            format!(r#"{{"username":"{name}","password":"{password}"}}"#),
-        )
-        .await
-        .expect("log in answers")
+    let body = format!(r#"{{"username":"{name}","password":"{password}"}}"#);
+    post_json(app, "/api/sessions", headers, body).await
 }
 
 fn retry_after(r: &Response) -> u64 {
@@ -511,19 +503,14 @@ async fn session(app: &TestApp, name: &str, from: &str) -> String {
 }
 
 async fn claim_from(app: &TestApp, id: i64, token: &str, from: &str) -> Response {
-    app.client
-        .send(
-            "POST",
-            &format!("/api/activities/{id}/claims"),
-            &[
-                ("content-type", "application/json"),
-                ("authorization", token),
-                ("x-forwarded-for", from),
-            ],
-            "{}",
-        )
-        .await
-        .expect("the claim answers")
+    let headers = [("authorization", token), ("x-forwarded-for", from)];
+    post_json(
+        app,
+        &format!("/api/activities/{id}/claims"),
+        &headers,
+        "{}".into(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -623,22 +610,17 @@ async fn with_a_captcha_verifier_a_claim_pass_needs_a_token_it_accepts() {
         let app = &app;
         async move {
             let auth = flashclaim_tests::bearer(&flashclaim_tests::token("passer", None));
-            let mut headers = vec![
-                ("content-type", "application/json"),
-                ("authorization", auth.as_str()),
-            ];
+            let mut headers = vec![("authorization", auth.as_str())];
             if let Some(t) = token {
                 headers.push(("captcha-token", t));
             }
-            app.client
-                .send(
-                    "POST",
-                    &format!("/api/activities/{id}/passes"),
-                    &headers,
-                    "",
-                )
-                .await
-                .expect("the pass route answers")
+            post_json(
+                app,
+                &format!("/api/activities/{id}/passes"),
+                &headers,
+                String::new(),
+            )
+            .await
         }
     };
     problem(&pass(None).await, 400, "captcha_required");
