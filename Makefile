@@ -1,7 +1,7 @@
 # flashclaim — the two commands a user needs are `make serve` and `make test`.
 # Everything else here is a tier of `make test` or a tool for developers.
 
-WASM_CRATES := flashclaim-activity flashclaim-claim flashclaim-claim-p3 flashclaim-ticket flashclaim-admin flashclaim-drain flashclaim-auth flashclaim-web host-fixture host-fixture-p3 bench-fixture-p2 bench-fixture-p3
+WASM_CRATES := flashclaim-activity flashclaim-claim flashclaim-claim-p3 flashclaim-sessions-p3 flashclaim-ticket flashclaim-admin flashclaim-drain flashclaim-auth flashclaim-web host-fixture host-fixture-p3 bench-fixture-p2 bench-fixture-p3
 WASM_FLAGS := $(foreach c,$(WASM_CRATES),-p $(c))
 SERVICES := scripts/services.sh
 # Every native cargo call names the same packages, so dependency features unify the same

@@ -49,7 +49,7 @@ if command -v spin >/dev/null 2>&1; then
     spin up --listen "$listen" &
   else
     # No cron plugin: serve the HTTP components and drive the drain through its route.
-    spin up --listen "$listen" -c activity -c claim -c auth -c ticket -c admin -c drain -c web &
+    spin up --listen "$listen" -c activity -c claim -c auth -c sessions -c ticket -c admin -c drain -c web &
     NO_CRON=1
   fi
 else

@@ -9,11 +9,12 @@
 
 use flashclaim_spin as glue;
 
-use flashclaim_core::auth::{self, Credentials, Registration, BAD_CREDENTIALS};
+use flashclaim_core::auth::{self, Registration};
 use flashclaim_core::claim::RateLimit;
 use flashclaim_core::client_addr;
-use flashclaim_core::scripts::LOGIN;
-use flashclaim_core::throttle::{self, Count, Failures, LoginThrottle};
+use flashclaim_core::login::{self, Attempt, LoginSettings, UserRow};
+use flashclaim_core::scripts::{Reply, LOGIN};
+use flashclaim_core::throttle::{self, Count};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4::{self, ParameterValue};
@@ -174,64 +175,46 @@ fn insert_user(
 }
 
 fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
-    let credentials = Credentials::parse(req.body())?;
-    let secret = glue::var("jwt_secret")?;
-    let addr = client_addr::stored(glue::client_addr(req), secret.as_bytes());
-    let keys = throttle::login_keys(&credentials.username, &addr);
-    let per_user = setting("login_throttle_per_user", LoginThrottle::PER_USER, |t| {
-        LoginThrottle::parse(t, LoginThrottle::PER_USER)
-    });
-    let per_address = setting(
-        "login_throttle_per_address",
-        LoginThrottle::PER_ADDRESS,
-        |t| LoginThrottle::parse(t, LoginThrottle::PER_ADDRESS),
+    // parse
+    let settings = LoginSettings::from_variables(
+        glue::var("jwt_secret")?,
+        glue::optional_var("login_throttle_per_user").as_deref(),
+        glue::optional_var("login_throttle_per_address").as_deref(),
+        glue::optional_var("session_ttl_secs").as_deref(),
     );
+    let attempt = login::prepare(req.body(), glue::client_addr(req), &settings)?;
     // The counters first, alone: a throttled guess costs one Redis round trip, no Postgres
     // connection and no argon2 work.
     let redis = counters()?;
-    let (user_failures, addr_failures) = count(&redis, &keys, Count::Read)?;
-    throttle::check_login(
-        (per_user, user_failures),
-        (per_address, addr_failures),
-        glue::now().0,
+    login::check(
+        &settings,
+        &count(&redis, &attempt, Count::Read)?,
+        glue::now(),
     )?;
     let pg = glue::pg_open()?;
-    // One row whatever the name (spin#3671: a query with no row never returns on Spin
-    // 4.0.x): an unknown user is a row of NULLs.
     let rows = pg
         .query(
-            "SELECT users.id, users.password_hash, users.role FROM (VALUES (1)) AS one(x) \
-             LEFT JOIN users ON users.username = $1",
-            &[glue::str_param(&credentials.username)],
+            login::USER_QUERY,
+            &[glue::str_param(&attempt.credentials.username)],
         )
         .map_err(|e| glue::pg_internal("log in", e))?;
     let user = rows
         .rows
         .first()
-        .and_then(|r| Some((glue::text(&r[0])?, glue::text(&r[1])?, glue::text(&r[2])?)));
-    if !auth::verify_password(&credentials.password, user.as_ref().map(|u| u.1.as_str())) {
+        .map_or_else(UserRow::default, |r| UserRow {
+            id: glue::text(&r[0]),
+            password_hash: glue::text(&r[1]),
+            role: glue::text(&r[2]),
+        });
+    let Some(user) = login::verify(&attempt, user) else {
         // Counted for an unknown name too, so neither answer nor counter tells who exists.
-        count(&redis, &keys, Count::Fail)?;
-        return Err(BAD_CREDENTIALS);
-    }
-    let (id, _, role) = user.ok_or(BAD_CREDENTIALS)?;
+        count(&redis, &attempt, Count::Fail)?;
+        return Err(login::refused());
+    };
     // A success clears the username's count (not the address's: one good password from a
     // shared address must not reset a guessing run on other accounts).
-    count(&redis, &keys, Count::Clear)?;
-    let ttl = glue::optional_var("session_ttl_secs")
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|t| *t > 0)
-        .unwrap_or(auth::SESSION_TTL_SECS);
-    let (token, expires_at) = auth::session_token(&id, &role, glue::now(), ttl, secret.as_bytes());
-    Ok(HttpResponse::json(
-        200,
-        &serde_json::json!({
-            "token": token,
-            "token_type": "Bearer",
-            "expires_at": expires_at,
-            "user": { "id": id, "username": credentials.username, "role": role },
-        }),
-    ))
+    count(&redis, &attempt, Count::Clear)?;
+    Ok(login::answer(&settings, &attempt, user, glue::now()))
 }
 
 /// The Redis holding the login counters: the first endpoint of `redis_address`.
@@ -243,18 +226,13 @@ fn counters() -> Result<SpinRedis, ApiError> {
     SpinRedis::open(first).map_err(|e| glue::redis_unavailable("login counters", e))
 }
 
-/// One login.lua call; the failures it reports afterwards.
-fn count(redis: &SpinRedis, keys: &[String], what: Count) -> Result<Counts, ApiError> {
-    let reply = redis
-        .run(&LOGIN, keys, &throttle::login_args(what, glue::now().0))
-        .map_err(|e| glue::redis_unavailable("login counters", e))?;
-    if what == Count::Clear {
-        return Ok((None, None));
-    }
-    throttle::decode_counts(&reply).ok_or_else(|| {
-        eprintln!("flashclaim: login.lua returned an unexpected reply");
-        ApiError::Internal
-    })
+/// One login.lua call, and its reply.
+fn count(redis: &SpinRedis, attempt: &Attempt, what: Count) -> Result<Vec<Reply>, ApiError> {
+    redis
+        .run(
+            &LOGIN,
+            &attempt.counter_keys,
+            &login::counter_args(what, glue::now()),
+        )
+        .map_err(|e| glue::redis_unavailable("login counters", e))
 }
-
-type Counts = (Option<Failures>, Option<Failures>);

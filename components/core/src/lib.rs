@@ -20,6 +20,7 @@ pub mod ids;
 pub mod jwt;
 pub mod keys;
 pub mod listing;
+pub mod login;
 pub mod qr;
 pub mod rotation;
 pub mod scripts;

@@ -203,8 +203,8 @@ pub fn manifest() -> PathBuf {
 }
 
 /// The HTTP components of spin.toml: what `spin up -c` names when there is no cron plugin.
-pub const HTTP_COMPONENTS: [&str; 7] = [
-    "activity", "claim", "auth", "ticket", "admin", "drain", "web",
+pub const HTTP_COMPONENTS: [&str; 8] = [
+    "activity", "claim", "auth", "sessions", "ticket", "admin", "drain", "web",
 ];
 
 /// The `spin` binary the Spin runs use: `FLASHCLAIM_SPIN`, else `spin` on PATH.

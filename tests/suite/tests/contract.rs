@@ -132,27 +132,28 @@ fn every_status_and_code_the_service_answers_is_documented() {
 }
 
 /// spin.wasip2.toml is spin.toml for hosts without WASIp3: the same app in every respect
-/// but the claim component's build, so the two can never drift apart.
+/// but the sources of the components that have a WASIp3 build, so the two can never drift
+/// apart.
 #[test]
-fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_claim_component() {
+fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_builds_of_claim_and_sessions() {
     let read = |name: &str| -> toml::Value {
         toml::from_str(&std::fs::read_to_string(flashclaim_tests::root().join(name)).unwrap())
             .unwrap()
     };
     let p3 = read("spin.toml");
     let mut p2 = read("spin.wasip2.toml");
-    let claim_source = |m: &toml::Value| m["component"]["claim"]["source"].clone();
-    assert_eq!(
-        claim_source(&p3).as_str(),
-        Some("target/wasm32-wasip2/release/flashclaim_claim_p3.wasm")
-    );
-    assert_eq!(
-        claim_source(&p2).as_str(),
-        Some("target/wasm32-wasip2/release/flashclaim_claim.wasm")
-    );
-    p2["component"]["claim"]["source"] = claim_source(&p3);
+    let source = |m: &toml::Value, id: &str| m["component"][id]["source"].clone();
+    for (id, wasip3, wasip2) in [
+        ("claim", "flashclaim_claim_p3.wasm", "flashclaim_claim.wasm"),
+        ("sessions", "flashclaim_sessions_p3.wasm", "flashclaim_auth.wasm"),
+    ] {
+        let path = |file: &str| format!("target/wasm32-wasip2/release/{file}");
+        assert_eq!(source(&p3, id).as_str(), Some(path(wasip3).as_str()));
+        assert_eq!(source(&p2, id).as_str(), Some(path(wasip2).as_str()));
+        p2["component"][id]["source"] = source(&p3, id);
+    }
     assert_eq!(
         p2, p3,
-        "spin.wasip2.toml differs from spin.toml beyond the claim source"
+        "spin.wasip2.toml differs from spin.toml beyond the claim and sessions sources"
     );
 }
