@@ -142,18 +142,19 @@ fn linker() -> Result<Linker<HostState>> {
     // WASIp2 (spin-sdk 5).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    use crate::bindings::{fermyon::spin, spin::postgres::postgres};
+    use crate::bindings::{fermyon::spin, spin::postgres4_0_0::postgres};
     spin::redis::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     spin::variables::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     postgres::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     // WASIp3 (spin-sdk 7): WASI 0.3 (sockets denied by the WASI context, as in Spin without
     // allowed hosts), wasi:http@0.3.0 (outbound requests denied by the same hooks as
-    // WASIp2), async Redis and variables.
+    // WASIp2), async Redis, variables and Postgres.
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     use crate::bindings::p3::spin as spin3;
     spin3::redis::redis::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     spin3::variables::variables::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    spin3::postgres4_2_0::postgres::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
