@@ -12,7 +12,14 @@
 //! - `/redis/open?addr=A` — opens a connection to any address (outbound rules);
 //! - `POST /echo?v=V` — answers `V` and the request body (to match answers to requests),
 //!   with the instance's id, counter and in-flight count;
-//! - `/vars/NAME`, `/http/out`, `/trap`.
+//! - `/vars/NAME`, `/http/out`, `/trap`;
+//! - `/pg/roundtrip` — every type the host converts, through spin-sdk's async `pg`
+//!   (`open-async`, `execute-async`, `query-async`), answered as the WASIp2 fixture answers;
+//! - `/pg/blocking` — the synchronous functions of `spin:postgres@4.2.0` and its connection
+//!   builder (sync and async `build`);
+//! - `/pg/zero-rows?addr=A` — a query with no row (spin#3671), then one with a row;
+//! - `/pg/open?addr=A` — opens a connection to any address (outbound rules);
+//! - `/pg/sleep?ms=N` — a query that waits in Postgres, with the in-flight count.
 //!
 //! Routes are matched on `spin-path-info`, so the component can be mounted anywhere.
 //! wasip3 0.7 has no cross-task wake-ups: state shared by concurrent requests is kept in
@@ -24,6 +31,7 @@ use std::rc::Rc;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
+use spin_sdk::pg::{self, DbValue, ParameterValue as P, PgError};
 use spin_sdk::redis::{Connection, RedisParameter as R};
 use spin_sdk::variables;
 
@@ -178,6 +186,56 @@ async fn handle(req: Request) -> impl IntoResponse {
             }
         }
         "/trap" => panic!("the p3 fixture was asked to trap"),
+        "/pg/roundtrip" => pg_roundtrip().await,
+        "/pg/blocking" => text(200, pg_blocking(&var("pg_address").await).await),
+        "/pg/zero-rows" => {
+            // A query with no row (spin#3671), then one that has a row, on one connection.
+            let addr = match query_param(&req, "addr") {
+                Some(a) => a,
+                None => var("pg_address").await,
+            };
+            match pg::Connection::open(addr).await {
+                Ok(conn) => text(
+                    200,
+                    format!(
+                        "zero={:?}\nafter={:?}",
+                        rows(&conn, "SELECT 1 AS one WHERE false", []).await,
+                        rows(&conn, "SELECT count(*) FROM pg_class WHERE false", []).await
+                    ),
+                ),
+                Err(e) => text(502, format!("open={:?}", wit_error(e))),
+            }
+        }
+        "/pg/open" => {
+            let addr = match query_param(&req, "addr") {
+                Some(a) => a,
+                None => var("pg_address").await,
+            };
+            match pg::Connection::open(addr).await {
+                Ok(_) => text(200, "opened"),
+                Err(e) => text(502, format!("{:?}", wit_error(e))),
+            }
+        }
+        "/pg/sleep" => {
+            let (_guard, in_flight) = InFlight::enter();
+            let ms: i64 = query_param(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50);
+            let slept = match pg::Connection::open(var("pg_address").await).await {
+                Ok(conn) => rows(
+                    &conn,
+                    "SELECT 1::int4 AS slept FROM pg_sleep($1::int8 / 1000.0::float8)",
+                    [P::Int64(ms)],
+                )
+                .await
+                .map(|_| ()),
+                Err(e) => Err(wit_error(e)),
+            };
+            text(
+                200,
+                format!("instance={id:x} in_flight={in_flight} slept={slept:?}"),
+            )
+        }
         _ => text(404, "fixture-p3: no such route"),
     }
 }
@@ -224,5 +282,165 @@ async fn redis_eval(conn: &Connection) -> String {
         )
         .await;
     out.push(format!("status={status:?}"));
+    out.join("\n")
+}
+
+/// The WIT error inside spin-sdk's, so answers read as the WASIp2 fixture's do.
+fn wit_error(e: pg::Error) -> PgError {
+    match e {
+        pg::Error::PgError(e) => e,
+        pg::Error::Decode(d) => PgError::Other(d),
+    }
+}
+
+/// The columns and all rows of a query through `query-async`: the stream, then how the
+/// query ended.
+async fn query(
+    conn: &pg::Connection,
+    statement: &str,
+    params: impl Into<Vec<P>>,
+) -> Result<(Vec<pg::Column>, Vec<Vec<DbValue>>), PgError> {
+    let result = conn.query(statement, params).await.map_err(wit_error)?;
+    let (columns, mut stream, ended) = result.into_inner();
+    let mut rows = Vec::new();
+    while let Some(row) = stream.next().await {
+        rows.push(row);
+    }
+    ended.await?;
+    Ok((columns, rows))
+}
+
+async fn rows(
+    conn: &pg::Connection,
+    statement: &str,
+    params: impl Into<Vec<P>>,
+) -> Result<Vec<Vec<DbValue>>, PgError> {
+    query(conn, statement, params).await.map(|(_, rows)| rows)
+}
+
+/// The WASIp2 fixture's `/pg/roundtrip` through spin-sdk 7's async API: every type the
+/// host converts, a NULL parameter, and `timestamptz` read as a date-time (refused).
+async fn pg_roundtrip() -> (StatusCode, String) {
+    let conn = match pg::Connection::open(var("pg_address").await).await {
+        Ok(c) => c,
+        Err(e) => return text(502, format!("{:?}", wit_error(e))),
+    };
+    let execute = async |statement: &str, params: Vec<P>| {
+        conn.execute(statement, params).await.map_err(wit_error)
+    };
+    let mut out = Vec::new();
+    out.push(format!(
+        "create={:?}",
+        execute(
+            "CREATE TEMP TABLE rt (b bool, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, \
+             s text, bin bytea, at timestamptz, naive timestamp, u uuid, j jsonb, n text)",
+            vec![]
+        )
+        .await
+    ));
+    let params = vec![
+        P::Boolean(true),
+        P::Int16(-2),
+        P::Int32(40_000),
+        P::Int64(9_000_000_000),
+        P::Floating32(1.5),
+        P::Floating64(-2.25),
+        P::Str("héllo 'quoted' ; DROP TABLE rt;--".into()),
+        P::Binary(vec![0, 1, 254, 255]),
+        P::Timestamp(1_767_225_600),
+        P::Datetime((2026, 1, 2, 3, 4, 5, 600_000_000)),
+        P::Uuid("6f1c1b9e-2c44-4a55-9d3b-2f7d0f0b7e11".into()),
+        P::Jsonb(br#"{"k":[1,2]}"#.to_vec()),
+        P::DbNull,
+    ];
+    out.push(format!(
+        "insert={:?}",
+        execute(
+            "INSERT INTO rt VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            params
+        )
+        .await
+    ));
+    let select = "SELECT b, i2, i4, i8, f4, f8, s, bin, extract(epoch FROM at)::int8 AS at_epoch, \
+                  naive, u, j, n FROM rt";
+    match query(&conn, select, []).await {
+        Ok((columns, rows)) => {
+            for c in &columns {
+                out.push(format!("column {}={:?}", c.name, c.data_type));
+            }
+            for v in rows.iter().flatten() {
+                out.push(format!("value={v:?}"));
+            }
+        }
+        Err(e) => out.push(format!("select error={e:?}")),
+    }
+    out.push(format!(
+        "timestamptz_as_datetime={:?}",
+        rows(&conn, "SELECT at FROM rt", []).await
+    ));
+    out.push(format!(
+        "null_param={:?}",
+        rows(&conn, "SELECT $1::int8 IS NULL AS is_null", [P::DbNull]).await
+    ));
+    text(200, out.join("\n"))
+}
+
+/// The synchronous functions of `spin:postgres@4.2.0` (spin-sdk 7's raw bindings), which
+/// block the instance while the host awaits Postgres, and the connection builder (its
+/// `build` and `build-async`).
+// The error is the WIT interface's own, answered as it is.
+#[allow(clippy::result_large_err)]
+async fn pg_blocking(addr: &str) -> String {
+    use pg::wit::postgres::{Connection, ConnectionBuilder};
+    let mut out = Vec::new();
+    match Connection::open(addr) {
+        Ok(conn) => {
+            out.push(format!(
+                "create={:?}",
+                conn.execute("CREATE TEMP TABLE blocking (i int4, s text)", &[])
+            ));
+            out.push(format!(
+                "insert={:?}",
+                conn.execute(
+                    "INSERT INTO blocking VALUES ($1, $2), ($3, NULL)",
+                    &[P::Int32(1), P::Str("one".into()), P::Int32(2)]
+                )
+            ));
+            match conn.query("SELECT i, s FROM blocking ORDER BY i", &[]) {
+                Ok(set) => {
+                    let columns: Vec<_> = set
+                        .columns
+                        .iter()
+                        .map(|c| format!("{}:{:?}", c.name, c.data_type))
+                        .collect();
+                    out.push(format!("columns={}", columns.join(",")));
+                    out.push(format!("rows={:?}", set.rows));
+                }
+                Err(e) => out.push(format!("query={e:?}")),
+            }
+        }
+        Err(e) => out.push(format!("open={e:?}")),
+    }
+    out.push(format!(
+        "denied={:?}",
+        Connection::open("postgres://postgres@127.0.0.1:1/x").map(|_| ())
+    ));
+    let builder = ConnectionBuilder::new(addr);
+    out.push(format!(
+        "bad_ca_root={:?}",
+        builder.set_ca_root("not a certificate")
+    ));
+    out.push(format!(
+        "built={:?}",
+        builder
+            .build()
+            .and_then(|conn| conn.query("SELECT 7::int4 AS seven", &[]))
+            .map(|set| set.rows)
+    ));
+    let built = ConnectionBuilder::new(addr).build_async().await;
+    out.push(format!(
+        "built_async={:?}",
+        built.and_then(|conn| conn.execute("SELECT 1", &[]))
+    ));
     out.join("\n")
 }

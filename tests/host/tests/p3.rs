@@ -1,6 +1,7 @@
 //! The test host runs WASIp3 components (spin-sdk 7, `#[http_service]`) as Spin 4 does,
 //! proven on the real `host-fixture-p3` component beside the WASIp2 fixture, against the
-//! real Redis of `scripts/services.sh` (addresses in `.data/test/services.env`).
+//! real Redis and Postgres of `scripts/services.sh` (addresses in
+//! `.data/test/services.env`).
 //!
 //! The p3 fixture keeps a counter, an in-flight count and a Redis connection in its
 //! instance and reports them with a random instance id, so reuse is seen from outside.
@@ -24,6 +25,10 @@ fn redis_port() -> String {
     services()["REDIS_PORT"].clone()
 }
 
+fn pg_url() -> String {
+    services()["FLASHCLAIM_PG_URL"].clone()
+}
+
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixture-p3/spin.toml")
 }
@@ -36,6 +41,8 @@ fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
             format!("redis://127.0.0.1:{port}"),
         ),
         ("SPIN_VARIABLE_REDIS_PORT", port),
+        ("SPIN_VARIABLE_PG_ADDRESS", pg_url()),
+        ("SPIN_VARIABLE_PG_PORT", services()["PG_PORT"].clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -198,16 +205,23 @@ async fn futures_join<T: Send + 'static>(
 /// start new instances, as Spin's dispatcher does). Returns each instance's highest number
 /// of requests in flight.
 async fn staggered_slow_requests(run: &Running, n: usize) -> BTreeMap<String, u64> {
+    staggered_requests(run, n, "/p3/slow?ms=2000").await
+}
+
+/// Sends `n` requests to `path` 10 ms apart (see [`staggered_slow_requests`]); returns each
+/// instance's highest number of requests in flight.
+async fn staggered_requests(run: &Running, n: usize, path: &str) -> BTreeMap<String, u64> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let client = run.client.clone();
-        tasks.push(tokio::spawn(async move {
-            within(client.get("/p3/slow?ms=2000")).await
-        }));
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move { within(client.get(&path)).await }));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut peak: BTreeMap<String, u64> = BTreeMap::new();
     for r in futures_join(tasks.into_iter()).await {
+        let text = r.text();
+        assert!(!text.contains("Err("), "a request failed: {text}");
         let (instance, in_flight) = instance_and(&r, "in_flight");
         let p = peak.entry(instance).or_default();
         *p = (*p).max(in_flight);
@@ -371,6 +385,16 @@ async fn outbound_rules_hold_as_for_wasip2() {
             );
         }
     }
+    let pg = run
+        .get("/p3/pg/open?addr=postgres://postgres@127.0.0.1:1/x")
+        .await;
+    assert_eq!(
+        (pg.status, bare(&pg.text())),
+        (
+            502,
+            "ConnectionFailed(\"address postgres://127.0.0.1:1 is not permitted\")".into()
+        )
+    );
     let http = run.get("/p3/http/out").await;
     assert_eq!(http.status, 502, "{}", http.text());
     assert!(http.text().contains("HttpRequestDenied"), "{}", http.text());
@@ -453,5 +477,76 @@ async fn answers_stay_matched_to_requests_under_200_concurrent_keep_alive_client
     assert!(
         counts.values().any(|c| c.len() > 1),
         "instances were reused under load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_round_trips_every_supported_type_through_the_async_functions() {
+    let run = Running::with_defaults().await;
+    let r = run.get("/p3/pg/roundtrip").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The WASIp2 fixture's expectations to the letter: one code path converts for both.
+    common::assert_pg_roundtrip(&bare(&r.text()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_blocking_functions_and_the_connection_builder_work_too() {
+    let run = Running::with_defaults().await;
+    let r = run.get("/p3/pg/blocking").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = bare(&r.text());
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "create=Ok(0)",
+            "insert=Ok(2)",
+            "columns=i:Int32,s:Str",
+            "rows=[[Int32(1), Str(\"one\")], [Int32(2), DbNull]]",
+            "denied=Err(ConnectionFailed(\"address postgres://127.0.0.1:1 is not permitted\"))",
+            "bad_ca_root=Err(Other(\"invalid root certificate: no PEM certificate found\"))",
+            "built=Ok([[Int32(7)]])",
+            "built_async=Ok(1)",
+        ]
+    );
+}
+
+/// As for WASIp2 (tests/host.rs): Spin 4.0.x never returns from a query with no row
+/// (spin#3671), so `query-async` refuses it too and marks the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_query_with_zero_rows_is_refused_and_its_database_marked() {
+    let run = Running::with_defaults().await;
+    let path = format!(
+        "/p3/pg/zero-rows?addr={}",
+        common::zero_rows_address(&pg_url())
+    );
+    let first = run.get(&path).await;
+    let again = run.get(&path).await;
+    common::assert_zero_rows_refused(
+        "p3",
+        (first.status, first.text()),
+        (again.status, again.text()),
+    );
+    let other = run.get("/p3/pg/roundtrip").await;
+    assert!(
+        other.text().contains("null_param=Ok("),
+        "other addresses work as before: {}",
+        other.text()
+    );
+}
+
+/// `query-async` awaits Postgres without holding the store: requests of one instance wait
+/// in Postgres together. Were the store held, `p` one-second queries on one instance would
+/// take `p` seconds one after the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_serves_other_requests_while_postgres_answers() {
+    let run = Running::with_defaults().await;
+    let started = std::time::Instant::now();
+    let peak = staggered_requests(&run, 4, "/p3/pg/sleep?ms=1000").await;
+    let elapsed = started.elapsed();
+    let highest = peak.values().copied().max().unwrap();
+    assert!(highest >= 2, "one instance took several: {peak:?}");
+    assert!(
+        elapsed < Duration::from_secs(highest),
+        "{highest} one-second queries of one instance overlapped: {elapsed:?}"
     );
 }
