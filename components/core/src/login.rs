@@ -13,6 +13,18 @@ use crate::scripts::{Arg, Reply};
 use crate::throttle::{self, Count, Failures, LoginThrottle};
 use crate::time::Millis;
 
+/// How long a component that can wait without holding a thread (the WASIp3 build) holds
+/// a guess refused by the throttle before answering it. A guessing run is bounded by its
+/// connections, not by our CPU: each connection gets at most one refused guess a second,
+/// and a held request costs a timer, not CPU. A person who mistyped five times waits one
+/// second more for an answer that says to wait anyway.
+pub const REFUSAL_HOLD_MS: u64 = 1_000;
+
+/// Whether an answer is a refusal by the throttle, which [`REFUSAL_HOLD_MS`] applies to.
+pub fn is_throttled(result: &Result<HttpResponse, ApiError>) -> bool {
+    matches!(result, Err(ApiError::RateLimited { .. }))
+}
+
 /// The variables a login reads.
 #[derive(Debug, Clone)]
 pub struct LoginSettings {

@@ -7,7 +7,9 @@
 //! password is hashed (flashclaim_core::login), so what a refused guess costs is the
 //! request itself. As a WASIp2 request that is a fresh instance and a fresh Redis
 //! connection, about what a WASIp2 claim costs; a login flood beside a claim storm then
-//! takes the storm's CPU. Here it is one EVALSHA on a kept connection.
+//! takes the storm's CPU. Here it is one EVALSHA on a kept connection, and the refusal is
+//! held for a second (`login::REFUSAL_HOLD_MS`) without holding the instance, so a run
+//! of guesses gets at most one refusal a second per connection it opens.
 
 use flashclaim_core::login::{self, Attempt, LoginSettings, UserRow};
 use flashclaim_core::scripts::{LOGIN, Reply};
@@ -24,12 +26,19 @@ use spin_sdk::wasip3::http::types::{ErrorCode, Response};
 async fn handle(req: Request) -> Result<Response, ErrorCode> {
     // Released when the response is built, on every path (see OneAtATime): an argon2 hash
     // holds the instance's only thread for ~60 ms, and no other request should wait on it.
-    let _one = glue::OneAtATime::enter();
+    let one = glue::OneAtATime::enter();
     let facts = glue::request_facts(&req);
     if let Some(answer) = glue::preflight(&facts).await {
         return Ok(glue::respond(answer));
     }
-    Ok(glue::finish(&facts, route(req).await).await)
+    let result = route(req).await;
+    if login::is_throttled(&result) {
+        // Held without holding the instance: other requests may start in it meanwhile.
+        drop(one);
+        let hold = std::time::Duration::from_millis(login::REFUSAL_HOLD_MS);
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(hold.as_nanos() as u64).await;
+    }
+    Ok(glue::finish(&facts, result).await)
 }
 
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {

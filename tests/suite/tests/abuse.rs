@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashclaim_core::login;
 use flashclaim_tests::{problem, Backend, TestApp};
 use spin_test_host::client::Response;
 
@@ -29,6 +30,15 @@ async fn register(app: &TestApp, name: &str, headers: &[(&str, &str)]) -> Respon
 async fn log_in(app: &TestApp, name: &str, password: &str, headers: &[(&str, &str)]) -> Response {
     let body = format!(r#"{{"username":"{name}","password":"{password}"}}"#);
     post_json(app, "/api/sessions", headers, body).await
+}
+
+/// Whether the manifest under test logs in with the WASIp3 build (which holds refusals).
+fn sessions_is_wasip3() -> bool {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(flashclaim_tests::manifest()).unwrap()).unwrap();
+    manifest["component"]["sessions"]["source"]
+        .as_str()
+        .is_some_and(|s| s.ends_with("_p3.wasm"))
 }
 
 fn retry_after(r: &Response) -> u64 {
@@ -235,12 +245,30 @@ async fn a_password_guessing_run_is_throttled_and_costs_no_hash_past_the_thresho
         assert!(failures <= 8, "the wait grows to 8 s by the 8th failure");
     }
 
+    // 30 at once: each refusal is held for a second (WASIp3 build), and one after another
+    // they would outlast the wait.
+    let app = Arc::new(app);
     let before = server_cpu_ms(&app);
+    let guesses = (0..30).map(|i| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = log_in(&app, "victim", &format!("guess-x{i:04}"), &[]).await;
+            (r, started.elapsed())
+        })
+    });
     let mut waits = Vec::new();
-    for i in 0..30 {
-        let r = log_in(&app, "victim", &format!("guess-x{i:04}"), &[]).await;
+    for guess in guesses.collect::<Vec<_>>() {
+        let (r, took) = guess.await.unwrap();
         problem(&r, 429, "rate_limited");
         waits.push(retry_after(&r));
+        if sessions_is_wasip3() {
+            assert!(
+                took >= Duration::from_millis(login::REFUSAL_HOLD_MS),
+                "a refused guess is held {} ms before its answer; this one took {took:?}",
+                login::REFUSAL_HOLD_MS
+            );
+        }
     }
     assert_eq!(waits.len(), 30);
     let throttled = (server_cpu_ms(&app) - before) / 30.0;
