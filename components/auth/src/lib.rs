@@ -184,13 +184,9 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
     );
     let attempt = login::prepare(req.body(), glue::client_addr(req), &settings)?;
     // The counters first, alone: a throttled guess costs one Redis round trip, no Postgres
-    // connection and no argon2 work.
+    // connection and no argon2 work; an admitted one is counted as a failure already.
     let redis = counters()?;
-    login::check(
-        &settings,
-        &count(&redis, &attempt, Count::Read)?,
-        glue::now(),
-    )?;
+    login::check(&count(&redis, &settings, &attempt, Count::Try)?)?;
     let pg = glue::pg_open()?;
     let rows = pg
         .query(
@@ -206,14 +202,9 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
             password_hash: glue::text(&r[1]),
             role: glue::text(&r[2]),
         });
-    let Some(user) = login::verify(&attempt, user) else {
-        // Counted for an unknown name too, so neither answer nor counter tells who exists.
-        count(&redis, &attempt, Count::Fail)?;
-        return Err(login::refused());
-    };
-    // A success clears the username's count (not the address's: one good password from a
-    // shared address must not reset a guessing run on other accounts).
-    count(&redis, &attempt, Count::Clear)?;
+    // An unknown name was counted too, so neither answer nor counter tells who exists.
+    let user = login::verify(&attempt, user).ok_or_else(login::refused)?;
+    count(&redis, &settings, &attempt, Count::Clear)?;
     Ok(login::answer(&settings, &attempt, user, glue::now()))
 }
 
@@ -227,12 +218,17 @@ fn counters() -> Result<SpinRedis, ApiError> {
 }
 
 /// One login.lua call, and its reply.
-fn count(redis: &SpinRedis, attempt: &Attempt, what: Count) -> Result<Vec<Reply>, ApiError> {
+fn count(
+    redis: &SpinRedis,
+    settings: &LoginSettings,
+    attempt: &Attempt,
+    what: Count,
+) -> Result<Vec<Reply>, ApiError> {
     redis
         .run(
             &LOGIN,
             &attempt.counter_keys,
-            &login::counter_args(what, glue::now()),
+            &login::counter_args(settings, what, glue::now()),
         )
         .map_err(|e| glue::redis_unavailable("login counters", e))
 }

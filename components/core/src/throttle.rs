@@ -11,14 +11,7 @@ use crate::claim::RateLimit;
 use crate::error::ApiError;
 use crate::scripts::{Arg, Reply};
 
-/// Failures a key has had: how many, and when the last one was (ms since the epoch).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failures {
-    pub count: i64,
-    pub last_ms: i64,
-}
-
-/// When failed logins start to cost a wait, and how long it grows.
+/// When failed logins start to cost a wait, and how long it grows (login.lua applies it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginThrottle {
     /// Failures allowed before the first wait; 0 turns the throttle off.
@@ -52,30 +45,6 @@ impl LoginThrottle {
             ..default
         })
     }
-
-    /// Failures counted when one more happens at `now_ms` (an old run is forgotten).
-    pub fn counted(&self, failures: Option<Failures>, now_ms: i64) -> i64 {
-        match failures {
-            Some(f) if now_ms - f.last_ms < self.forget_after_ms => f.count,
-            _ => 0,
-        }
-    }
-
-    /// Seconds to wait before this key may try again, or `None` when it may try now.
-    pub fn wait_secs(&self, failures: Option<Failures>, now_ms: i64) -> Option<u64> {
-        let f = failures?;
-        let count = self.counted(Some(f), now_ms);
-        if self.free_failures == 0 || count < self.free_failures {
-            return None;
-        }
-        let doublings = (count - self.free_failures).min(30) as u32;
-        let wait = self
-            .first_wait_ms
-            .saturating_mul(1i64 << doublings)
-            .min(self.max_wait_ms);
-        let left = f.last_ms + wait - now_ms;
-        (left > 0).then(|| (left as u64).div_ceil(1000))
-    }
 }
 
 /// The Redis keys failed logins are counted under (login.lua's KEYS), for a username and a
@@ -91,50 +60,46 @@ pub fn login_keys(username: &str, stored_addr: &str) -> Vec<String> {
 /// What login.lua does to the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// Before the password is looked at: read only.
-    Read,
-    /// A wrong password or an unknown username: one more failure for both keys.
-    Fail,
-    /// A success: the username's count is cleared.
+    /// Before the password is looked at: admit the attempt and count it as a failure, or
+    /// refuse it and count nothing.
+    Try,
+    /// A success: the username's count is cleared and the address's failure given back.
     Clear,
 }
 
-pub fn login_args(count: Count, now_ms: i64) -> Vec<Arg> {
+/// login.lua's ARGV. The waits grow the same way for both keys; only the free failures
+/// differ.
+pub fn login_args(
+    count: Count,
+    now_ms: i64,
+    per_user: LoginThrottle,
+    per_address: LoginThrottle,
+) -> Vec<Arg> {
     let mode = match count {
-        Count::Read => "read",
-        Count::Fail => "fail",
+        Count::Try => "try",
         Count::Clear => "clear",
     };
     vec![
         Arg::from(mode),
         Arg::Int(now_ms),
-        // Both throttles forget after the same quiet time.
-        Arg::Int(LoginThrottle::PER_USER.forget_after_ms),
+        Arg::Int(per_user.forget_after_ms),
+        Arg::Int(per_user.free_failures),
+        Arg::Int(per_address.free_failures),
+        Arg::Int(per_user.first_wait_ms),
+        Arg::Int(per_user.max_wait_ms),
     ]
 }
 
-/// login.lua's `{ user_n, user_last, addr_n, addr_last }`: the username's and the address's
-/// failures (`None` for a key that has none). `None` for a reply of another shape.
-pub fn decode_counts(reply: &[Reply]) -> Option<(Option<Failures>, Option<Failures>)> {
+/// login.lua's answer to "try": admitted, or refused for `wait_ms` (429 with the wait
+/// rounded up to seconds). `None` for a reply of another shape.
+pub fn decode_try(reply: &[Reply]) -> Option<Result<(), ApiError>> {
     let int = |i: usize| reply.get(i).and_then(Reply::as_int);
-    let failures = |n: i64, last_ms: i64| (n > 0).then_some(Failures { count: n, last_ms });
-    Some((failures(int(0)?, int(1)?), failures(int(2)?, int(3)?)))
-}
-
-/// Refuse a login attempt before hashing when the username or the address must wait;
-/// the longer wait is the one the client is told.
-pub fn check_login(
-    user: (LoginThrottle, Option<Failures>),
-    address: (LoginThrottle, Option<Failures>),
-    now_ms: i64,
-) -> Result<(), ApiError> {
-    let wait = [user, address]
-        .into_iter()
-        .filter_map(|(throttle, failures)| throttle.wait_secs(failures, now_ms))
-        .max();
-    match wait {
-        Some(retry_after_secs) => Err(ApiError::RateLimited { retry_after_secs }),
-        None => Ok(()),
+    match (int(0)?, int(1)?) {
+        (1, _) => Some(Ok(())),
+        (0, wait_ms) if wait_ms > 0 => Some(Err(ApiError::RateLimited {
+            retry_after_secs: (wait_ms as u64).div_ceil(1000),
+        })),
+        _ => None,
     }
 }
 
@@ -167,63 +132,12 @@ mod tests {
 
     const T: LoginThrottle = LoginThrottle::after(5);
 
-    fn f(count: i64, last_ms: i64) -> Option<Failures> {
-        Some(Failures { count, last_ms })
-    }
-
     #[test]
-    fn failures_below_the_threshold_cost_no_wait() {
-        assert_eq!(T.wait_secs(None, 0), None);
-        assert_eq!(T.wait_secs(f(4, 1_000), 1_000), None);
-    }
-
-    #[test]
-    fn the_wait_starts_at_the_threshold_and_doubles_with_each_failure() {
-        assert_eq!(T.wait_secs(f(5, 10_000), 10_000), Some(1));
-        assert_eq!(T.wait_secs(f(6, 10_000), 10_000), Some(2));
-        assert_eq!(T.wait_secs(f(7, 10_000), 10_000), Some(4));
-        assert_eq!(T.wait_secs(f(8, 10_000), 10_500), Some(8)); // 7.5 s left, rounded up
-    }
-
-    #[test]
-    fn the_wait_is_over_once_its_time_has_passed() {
-        assert_eq!(T.wait_secs(f(6, 10_000), 11_999), Some(1));
-        assert_eq!(T.wait_secs(f(6, 10_000), 12_000), None);
-    }
-
-    #[test]
-    fn the_wait_never_grows_past_its_cap() {
-        assert_eq!(T.wait_secs(f(1_000_000, 0), 0), Some(15 * 60));
-    }
-
-    #[test]
-    fn a_key_quiet_for_an_hour_starts_from_zero() {
-        let hour = 3_600_000;
-        assert_eq!(T.counted(f(9, 0), hour - 1), 9);
-        assert_eq!(T.counted(f(9, 0), hour), 0);
-        assert_eq!(T.wait_secs(f(9, 0), hour), None);
-    }
-
-    #[test]
-    fn zero_free_failures_turns_the_throttle_off() {
-        let off = LoginThrottle::parse("0", T).unwrap();
-        assert_eq!(off.wait_secs(f(1_000, 0), 0), None);
+    fn zero_free_failures_turns_the_throttle_off_and_bad_values_do_not_parse() {
+        assert_eq!(LoginThrottle::parse("0", T).unwrap().free_failures, 0);
         assert_eq!(LoginThrottle::parse("x", T), None);
         assert_eq!(LoginThrottle::parse("-1", T), None);
         assert_eq!(LoginThrottle::parse(" 7 ", T).unwrap().free_failures, 7);
-    }
-
-    #[test]
-    fn a_login_waits_for_the_longer_of_the_username_and_address_waits() {
-        let user = (T, f(6, 0)); // 2 s
-        let addr = (LoginThrottle::after(20), f(23, 0)); // 8 s
-        assert_eq!(
-            check_login(user, addr, 0),
-            Err(ApiError::RateLimited {
-                retry_after_secs: 8
-            })
-        );
-        assert_eq!(check_login((T, None), (T, f(1, 0)), 0), Ok(()));
     }
 
     #[test]
@@ -252,24 +166,21 @@ mod tests {
     }
 
     #[test]
-    fn counts_are_read_from_the_scripts_reply() {
-        let reply = [
-            Reply::Int(3),
-            Reply::Int(1_000),
-            Reply::Int(0),
-            Reply::Int(0),
-        ];
+    fn the_scripts_answer_admits_or_refuses_with_the_wait_in_whole_seconds() {
+        assert_eq!(decode_try(&[Reply::Int(1), Reply::Int(0)]), Some(Ok(())));
         assert_eq!(
-            decode_counts(&reply),
-            Some((
-                Some(Failures {
-                    count: 3,
-                    last_ms: 1_000
-                }),
-                None
-            ))
+            decode_try(&[Reply::Int(0), Reply::Int(1_001)]),
+            Some(Err(ApiError::RateLimited {
+                retry_after_secs: 2
+            }))
         );
-        assert_eq!(decode_counts(&[Reply::Int(1)]), None);
-        assert_eq!(login_args(Count::Fail, 5)[0], Arg::from("fail"));
+        assert_eq!(decode_try(&[Reply::Int(0), Reply::Int(0)]), None);
+        assert_eq!(decode_try(&[Reply::Int(1)]), None);
+        let args = login_args(Count::Try, 5, T, LoginThrottle::after(20));
+        assert_eq!(args[0], Arg::from("try"));
+        assert_eq!(
+            (args[3].clone(), args[4].clone()),
+            (Arg::Int(5), Arg::Int(20))
+        );
     }
 }

@@ -70,17 +70,14 @@ async fn log_in(req: Request) -> Result<HttpResponse, ApiError> {
         .map_err(|_| ApiError::invalid("the body could not be read"))?;
     let attempt = login::prepare(&body, client, &settings)?;
 
-    // apply: the counters first, alone (a throttled guess ends here), then the user, the
-    // hash, and the count of the outcome
-    let counters = count(&attempt, Count::Read).await?;
-    login::check(&settings, &counters, glue::now())?;
+    // apply: the counters first, alone (a throttled guess ends here; an admitted one is
+    // counted as a failure before its hash), then the user, the hash, and a success given
+    // back
+    login::check(&count(&settings, &attempt, Count::Try).await?)?;
     let user = user_row(&attempt.credentials.username).await?;
-    let Some(user) = login::verify(&attempt, user) else {
-        // Counted for an unknown name too, so neither answer nor counter tells who exists.
-        count(&attempt, Count::Fail).await?;
-        return Err(login::refused());
-    };
-    count(&attempt, Count::Clear).await?;
+    // An unknown name was counted too, so neither answer nor counter tells who exists.
+    let user = login::verify(&attempt, user).ok_or_else(login::refused)?;
+    count(&settings, &attempt, Count::Clear).await?;
 
     // encode
     Ok(login::answer(&settings, &attempt, user, glue::now()))
@@ -89,14 +86,18 @@ async fn log_in(req: Request) -> Result<HttpResponse, ApiError> {
 /// One login.lua call on the first endpoint of `redis_address` (the counters belong to no
 /// activity), on a connection this instance keeps. Without the counters no guess can be
 /// refused cheaply: the login is refused (503) rather than let through unthrottled.
-async fn count(attempt: &Attempt, what: Count) -> Result<Vec<Reply>, ApiError> {
+async fn count(
+    settings: &LoginSettings,
+    attempt: &Attempt,
+    what: Count,
+) -> Result<Vec<Reply>, ApiError> {
     let shards = glue::redis_shards().await?;
     let first = shards.all().first().ok_or(ApiError::Internal)?;
     glue::run_script(
         first,
         &LOGIN,
         &attempt.counter_keys,
-        &login::counter_args(what, glue::now()),
+        &login::counter_args(settings, what, glue::now()),
     )
     .await
     .map_err(|e| glue::redis_unavailable("login counters", e))

@@ -3,6 +3,7 @@
 //! password is hashed. Runs on the test host, and on real Spin with
 //! FLASHCLAIM_E2E_RUNTIME=spin.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,6 +218,32 @@ async fn a_thousand_registrations_from_one_address_are_cut_at_the_limit() {
         n, 20,
         "exactly the limit, however many raced for the last place"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_guesses_at_once_gets_exactly_the_free_failures_hashed() {
+    // Counted before the hash, not after it: 64 guesses in flight together cannot all read
+    // "no failures yet" and all be hashed.
+    let app =
+        Arc::new(TestApp::start_with(&[("SPIN_VARIABLE_LOGIN_THROTTLE_PER_USER", "5")]).await);
+    assert_eq!(register(&app, "victim", &[]).await.status, 201);
+    let guesses: Vec<_> = (0..64)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { log_in(&app, "victim", &format!("burst-{i:03}"), &[]).await })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    for guess in guesses {
+        let r = guess.await.unwrap();
+        match r.status {
+            401 => problem(&r, 401, "unauthenticated"),
+            429 => problem(&r, 429, "rate_limited"),
+            other => panic!("a wrong password answered {other}: {}", r.text()),
+        }
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(401, 5), (429, 59)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -937,46 +937,144 @@ async fn the_claim_log_names_the_client_address_for_the_operator() {
     assert_eq!(addrs, vec![Some("f00dfeed".to_string()), None]);
 }
 
+/// login.lua "try" on fresh counters: `Ok(())` admitted, `Err(wait_ms)` refused.
+struct Login {
+    redis: NativeRedis,
+    conn: redis::aio::MultiplexedConnection,
+    keys: Vec<String>,
+    per_user: flashclaim_core::throttle::LoginThrottle,
+    per_address: flashclaim_core::throttle::LoginThrottle,
+}
+
+impl Login {
+    async fn new(per_user: i64, per_address: i64) -> Login {
+        use flashclaim_core::throttle::{self, LoginThrottle};
+        let (_, conn) = fresh_redis_db().await;
+        Login {
+            redis: NativeRedis::new(conn.clone()),
+            conn,
+            keys: throttle::login_keys("victim", "addr-1"),
+            per_user: LoginThrottle::after(per_user),
+            per_address: LoginThrottle::after(per_address),
+        }
+    }
+
+    fn run(&self, count: flashclaim_core::throttle::Count, now: i64) -> Vec<Reply> {
+        use flashclaim_core::{scripts::LOGIN, throttle};
+        let args = throttle::login_args(count, now, self.per_user, self.per_address);
+        run_script(&self.redis, &LOGIN, &self.keys, &args).unwrap()
+    }
+
+    fn attempt(&self, now: i64) -> Result<(), i64> {
+        match self
+            .run(flashclaim_core::throttle::Count::Try, now)
+            .as_slice()
+        {
+            [Reply::Int(1), Reply::Int(0)] => Ok(()),
+            [Reply::Int(0), Reply::Int(wait)] if *wait > 0 => Err(*wait),
+            other => panic!("login.lua answered {other:?}"),
+        }
+    }
+
+    /// Failures counted for the username and the address.
+    async fn counts(&self) -> (Option<i64>, Option<i64>) {
+        let mut conn = self.conn.clone();
+        let mut n = Vec::new();
+        for key in &self.keys {
+            let v: Option<i64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("n")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n.push(v);
+        }
+        (n[0], n[1])
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn login_failures_count_for_both_keys_forget_when_quiet_and_a_success_clears_the_user() {
-    use flashclaim_core::scripts::LOGIN;
-    use flashclaim_core::throttle::{self, Count, Failures};
-    let (_, conn) = fresh_redis_db().await;
-    let redis = NativeRedis::new(conn);
-    let keys = throttle::login_keys("victim", "addr-1");
-    let run = |count: Count, now: i64| {
-        let reply = run_script(&redis, &LOGIN, &keys, &throttle::login_args(count, now)).unwrap();
-        throttle::decode_counts(&reply)
-    };
-    let f = |count, last_ms| Some(Failures { count, last_ms });
-    assert_eq!(run(Count::Read, 1_000), Some((None, None)));
-    assert_eq!(run(Count::Fail, 1_000), Some((f(1, 1_000), f(1, 1_000))));
-    assert_eq!(run(Count::Fail, 2_000), Some((f(2, 2_000), f(2, 2_000))));
-    // Reading counts nothing.
-    assert_eq!(run(Count::Read, 2_500), Some((f(2, 2_000), f(2, 2_000))));
-    // One ms short of the forget time the run goes on; at it, it starts again.
-    let forget = throttle::LoginThrottle::PER_USER.forget_after_ms;
-    assert_eq!(
-        run(Count::Fail, 2_000 + forget - 1)
-            .unwrap()
-            .0
-            .unwrap()
-            .count,
-        3
-    );
-    assert_eq!(
-        run(Count::Fail, 2_000 + 2 * forget).unwrap().0,
-        f(1, 2_000 + 2 * forget)
-    );
-    // A success clears the username only.
-    run_script(
-        &redis,
-        &LOGIN,
-        &keys,
-        &throttle::login_args(Count::Clear, 9_999_999),
-    )
-    .unwrap();
-    let (user, addr) = run(Count::Read, 9_999_999).unwrap();
-    assert_eq!(user, None);
-    assert_eq!(addr.unwrap().count, 1);
+async fn login_attempts_are_admitted_up_to_the_free_failures_then_wait_one_second_doubling() {
+    let l = Login::new(3, 100).await;
+    for _ in 0..3 {
+        assert_eq!(l.attempt(10_000), Ok(()));
+    }
+    // Refused attempts count nothing: the wait stays one second from the last admitted one.
+    assert_eq!(l.attempt(10_000), Err(1_000));
+    assert_eq!(l.attempt(10_400), Err(600));
+    assert_eq!(l.counts().await, (Some(3), Some(3)));
+    // The window's edge: refused 1 ms before, admitted at it; the next wait is 2 s, then 4 s.
+    assert_eq!(l.attempt(10_999), Err(1));
+    assert_eq!(l.attempt(11_000), Ok(()));
+    assert_eq!(l.attempt(11_000), Err(2_000));
+    assert_eq!(l.attempt(13_000), Ok(()));
+    assert_eq!(l.attempt(13_000), Err(4_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_waits_never_grow_past_fifteen_minutes() {
+    let l = Login::new(1, 100).await;
+    let mut now = 0;
+    for _ in 0..25 {
+        match l.attempt(now) {
+            Ok(()) => {}
+            Err(wait) => {
+                assert!(wait <= 15 * 60_000, "{wait}");
+                now += wait;
+            }
+        }
+    }
+    assert_eq!(l.attempt(now), Err(15 * 60_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_attempts_gets_exactly_the_free_failures_through() {
+    // Counted on admission, before any hash: 50 guesses at the same instant, 5 hashed.
+    let l = Login::new(5, 100).await;
+    let admitted = (0..50).filter(|_| l.attempt(1_000).is_ok()).count();
+    assert_eq!(admitted, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_address_is_throttled_on_its_own_count_across_usernames() {
+    use flashclaim_core::throttle;
+    let mut l = Login::new(100, 4).await;
+    for i in 0..4 {
+        l.keys[0] = throttle::login_keys(&format!("user{i}"), "addr-1").remove(0);
+        assert_eq!(l.attempt(5_000), Ok(()));
+    }
+    l.keys[0] = throttle::login_keys("someone-else", "addr-1").remove(0);
+    assert_eq!(l.attempt(5_000), Err(1_000));
+    // Another address is not.
+    l.keys[1] = throttle::login_keys("x", "addr-2").remove(1);
+    assert_eq!(l.attempt(5_000), Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_free_failures_turns_a_key_off() {
+    let l = Login::new(0, 0).await;
+    for _ in 0..100 {
+        assert_eq!(l.attempt(1_000), Ok(()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_hour_forgets_a_run_and_a_success_clears_the_username_only() {
+    use flashclaim_core::throttle::{Count, LoginThrottle};
+    let l = Login::new(2, 100).await;
+    let forget = LoginThrottle::PER_USER.forget_after_ms;
+    assert_eq!(l.attempt(0), Ok(()));
+    assert_eq!(l.attempt(0), Ok(()));
+    assert_eq!(l.attempt(500), Err(500));
+    // One ms short of an hour's quiet the run goes on (its wait is long over)...
+    assert_eq!(l.attempt(forget - 1), Ok(()));
+    assert_eq!(l.counts().await, (Some(3), Some(3)));
+    // ...after an hour's quiet it starts again from zero.
+    let later = 2 * forget - 1;
+    assert_eq!(l.attempt(later), Ok(()));
+    assert_eq!(l.counts().await, (Some(1), Some(1)));
+    let forget = later;
+    // The right password: the username starts again, the address gets its failure back.
+    assert!(l.run(Count::Clear, forget + 1).is_empty());
+    assert_eq!(l.counts().await, (None, Some(0)));
 }
