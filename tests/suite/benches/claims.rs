@@ -353,6 +353,18 @@ fn machine_busy() -> u64 {
     [0, 1, 2, 5, 6].iter().filter_map(|i| f.get(*i)).sum()
 }
 
+/// Minor page faults of a process so far: a fresh WASIp2 instance pays one for every page
+/// of its memory it touches, which is where a bigger component's time goes.
+fn minor_faults(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// `(ppid, cpu ticks)` of a process: user + system, plus reaped children's for ourselves
 /// (redis-benchmark is one).
 fn proc_stat(pid: u32) -> Option<(u32, u64)> {
@@ -428,6 +440,8 @@ struct CpuUse {
     /// This process and the runtimes it started.
     bench_and_runtime: f64,
     redis: f64,
+    /// Minor page faults of the runtime's processes.
+    runtime_faults: u64,
 }
 
 struct CpuMeter {
@@ -435,6 +449,17 @@ struct CpuMeter {
     at: Instant,
     busy: u64,
     mine: HashMap<u32, (Owner, u64)>,
+    faults: u64,
+}
+
+/// Minor page faults of the runtime's processes (Spin's; none when the runtime is the
+/// test host, which is this process).
+fn runtime_faults(stores: Stores) -> u64 {
+    mine(stores)
+        .into_iter()
+        .filter(|(_, owner)| *owner == Owner::Runtime)
+        .map(|(p, _)| minor_faults(p))
+        .sum()
 }
 
 fn ticks_of(stores: Stores) -> HashMap<u32, (Owner, u64)> {
@@ -451,6 +476,7 @@ impl CpuMeter {
             at: Instant::now(),
             busy: machine_busy(),
             mine: ticks_of(stores),
+            faults: runtime_faults(stores),
         }
     }
 
@@ -469,6 +495,7 @@ impl CpuMeter {
             other_pct: (busy.saturating_sub(ours) as f64 / hz / secs * 100.0).max(0.0),
             bench_and_runtime: get(Owner::Bench) + get(Owner::Runtime),
             redis: get(Owner::Redis),
+            runtime_faults: runtime_faults(self.stores).saturating_sub(self.faults),
         }
     }
 
@@ -664,7 +691,7 @@ impl Apps {
                     let opened = self.redis_connections().await - conns_before;
                     let secs = loaded.elapsed.as_secs_f64();
                     eprintln!(
-                        "bench: {:9} c={concurrency:<3} {:13} round {round} run {run}: {:6.0}/s p99 {:6.2} ms errors {:?} CPU µs/req server {:.0} client {:.0} redis {:.0}; other CPU {:.0}%",
+                        "bench: {:9} c={concurrency:<3} {:13} round {round} run {run}: {:6.0}/s p99 {:6.2} ms errors {:?} CPU µs/req server {:.0} client {:.0} redis {:.0}; runtime page faults/req {:.0}; other CPU {:.0}%",
                         self.name,
                         format!("{v:?}"),
                         size as f64 / secs,
@@ -673,6 +700,7 @@ impl Apps {
                         (cpu.bench_and_runtime - loaded.client_cpu).max(0.0) * 1e6 / size as f64,
                         loaded.client_cpu * 1e6 / size as f64,
                         cpu.redis * 1e6 / size as f64,
+                        cpu.runtime_faults as f64 / size as f64,
                         cpu.other_pct,
                     );
                     if cpu.other_pct >= BUSY_PCT && run < MAX_RUNS {
