@@ -37,6 +37,7 @@ use flashclaim_core::ids::{ActivityId, UserId};
 use flashclaim_core::scripts::{run_script, Arg, CLAIM, PUBLISH};
 use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
+use flashclaim_tests::edge::{nginx_binary, start_nginx};
 use flashclaim_tests::{
     bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, Backend, ManifestApp,
     NativeRedis, Runtime, TestApp,
@@ -1257,6 +1258,20 @@ async fn run() {
                     logins.map_or("–".to_string(), |(a, b)| format!("{a} / {b}")),
                 );
             }
+            if let Some((alone, paced, (hashed, refused, by_edge))) = f.edge {
+                let ratio = paced.1 / alone.1;
+                println!(
+                    "| {} | through nginx (deploy/spin-up/nginx.conf: log-ins limited per address): alone | {:.0} | {:.1} | 1.00× | – |  |",
+                    f.runtime, alone.0, alone.1
+                );
+                println!(
+                    "| {} | through nginx: beside 2,000 paced guesses, throttle on | {:.0} | {:.1} | {ratio:.2}× | {hashed} / {refused} (and {by_edge} refused by nginx) | {} |",
+                    f.runtime,
+                    paced.0,
+                    paced.1,
+                    if ratio <= 1.2 { "≤ 1.2× ✓" } else { "≤ 1.2× ✗" }
+                );
+            }
         }
     }
 }
@@ -1282,6 +1297,10 @@ struct Flood {
     connections_logins: (usize, usize),
     paced_logins: (usize, usize),
     unthrottled_logins: (usize, usize),
+    /// Through nginx with deploy/spin-up/nginx.conf's per-address limit on log-ins: the
+    /// storm alone and beside the paced guesses (`None` without nginx), and the guesses
+    /// answered 401 / 429 by flashclaim / 429 by nginx.
+    edge: Option<EdgeFlood>,
 }
 
 fn bad_login(tag: &str, i: usize) -> Req {
@@ -1292,6 +1311,10 @@ fn bad_login(tag: &str, i: usize) -> Req {
         body: format!(r#"{{"username":"victim","password":"guess {tag} {i}"}}"#),
     }
 }
+
+/// Through nginx: the storm alone (claims/s, p99), beside the paced guesses, and the
+/// guesses answered 401 / 429 by flashclaim / 429 by nginx.
+type EdgeFlood = ((f64, f64), (f64, f64), (usize, usize, usize));
 
 /// Answers by status.
 type Answers = BTreeMap<u16, usize>;
@@ -1410,6 +1433,7 @@ async fn login_flood(rt: Runtime) -> Flood {
         connections_logins: (0, 0),
         paced_logins: (0, 0),
         unthrottled_logins: (0, 0),
+        edge: None,
     };
     for throttle in [true, false] {
         let (redis_url, _) = fresh_redis_db().await;
@@ -1493,9 +1517,81 @@ async fn login_flood(rt: Runtime) -> Flood {
             flood.alone = pick(&alone);
             flood.connections = pick(&connections);
             flood.paced = pick(&paced);
+            if nginx_binary().is_some() {
+                flood.edge = Some(paced_through_edge(&base, &storm, &measured).await);
+            } else {
+                eprintln!("bench: no nginx (scripts/deps.sh --edge): the flood through an edge limit is not measured");
+            }
         } else {
             flood.unthrottled = pick(&connections);
         }
     }
     flood
+}
+
+/// The paced guesses again, with nginx in front as deploy/spin-up/nginx.conf puts it: claims
+/// pass through, log-ins are limited per address (2/s, burst 10). The storm alone is
+/// measured through the same nginx, so the ratio compares like with like.
+async fn paced_through_edge(
+    origin: &str,
+    storm: &dyn Fn(usize, &str) -> Vec<Req>,
+    measured: &dyn Fn(&Loaded) -> (f64, f64),
+) -> EdgeFlood {
+    let origin = origin.trim_start_matches("http://").trim_end_matches('/');
+    let pass = r#"proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_next_upstream off;"#;
+    let nginx = start_nginx(
+        "flood-edge",
+        origin,
+        "limit_req_zone $binary_remote_addr zone=auth_per_address:10m rate=2r/s;\n    limit_req_status 429;",
+        &format!(
+            "location / {{ {pass} }}\n        location ~ ^/api/(sessions|users)$ {{ limit_req zone=auth_per_address burst=10 nodelay; {pass} }}"
+        ),
+    )
+    .await;
+    let base = nginx.base.clone();
+    load(base.clone(), storm(0, "edge-warm"), FLOOD_STORM_C, 201).await;
+    let (mut alone, mut paced, mut answered) = (Vec::new(), Vec::new(), (0, 0, 0));
+    for round in 0..FLOOD_ROUNDS {
+        let a = load(base.clone(), storm(round, "edge-alone"), FLOOD_STORM_C, 201).await;
+        alone.push(measured(&a));
+        let before = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+        let guessing = tokio::spawn(guess_paced(
+            base.clone(),
+            format!("e{round}"),
+            FLOOD_PACED,
+            a.elapsed,
+        ));
+        let c = load(base.clone(), storm(round, "edge-paced"), FLOOD_STORM_C, 201).await;
+        let answers = guessing.await.unwrap();
+        paced.push(measured(&c));
+        // nginx's own refusals are the 429s it logged without asking the origin.
+        let log = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+        let by_edge = log[before.len().min(log.len())..]
+            .lines()
+            .filter(|l| l.starts_with("POST /api/sessions 429") && l.ends_with(" -"))
+            .count();
+        let all_429 = answers.get(&429).copied().unwrap_or(0);
+        answered.0 += answers.get(&401).copied().unwrap_or(0);
+        answered.1 += all_429.saturating_sub(by_edge);
+        answered.2 += by_edge;
+        eprintln!(
+            "bench: flood through nginx round {round}: alone {:.0}/s p99 {:.1} ms; beside {FLOOD_PACED} paced guesses {:.0}/s p99 {:.1} ms, logins {answers:?}, {by_edge} refused by nginx",
+            alone[round].0, alone[round].1, paced[round].0, paced[round].1,
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let pick = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    };
+    (pick(&alone), pick(&paced), answered)
 }

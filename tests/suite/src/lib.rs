@@ -21,6 +21,8 @@ pub fn root() -> PathBuf {
 
 /// The directory `scripts/services.sh` keeps the test stores in: `FLASHCLAIM_DATA`, else
 /// `.data/test` (a served app keeps its own in `.data`).
+pub mod edge;
+
 pub fn data_dir() -> PathBuf {
     std::env::var_os("FLASHCLAIM_DATA")
         .map(PathBuf::from)

@@ -6,12 +6,11 @@
 //! takes the detail load off the origin and that no claim is ever answered by the cache.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashclaim_tests::edge::{start_nginx, Nginx};
 use flashclaim_tests::*;
 use spin_test_host::client::HttpClient;
 
@@ -19,63 +18,15 @@ const READERS: usize = 2_000;
 const CLAIMERS: usize = 64;
 const SECONDS: u64 = 10;
 
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    base: String,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // TERM, not KILL: the master then stops its workers too.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_binary() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx is not installed: `apt-get install nginx-light` (Debian)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// nginx as an edge cache in front of `origin` (`host:port`), logging for every request
 /// whether the origin was asked.
-async fn start_nginx(origin: &str) -> Nginx {
-    let dir = data_dir().join(format!("edge-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("cache")).unwrap();
-    let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        r#"worker_processes 1;
-worker_rlimit_nofile 16384;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 8192; }}
-http {{
-    log_format edge '$request_method $uri $status $upstream_cache_status $upstream_addr';
-    access_log {d}/access.log edge;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    proxy_cache_path {d}/cache keys_zone=edge:10m max_size=100m inactive=60s use_temp_path=off;
-    upstream origin {{ server {origin}; keepalive 256; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
+async fn start_cache(origin: &str) -> Nginx {
+    start_nginx(
+        "edge",
+        origin,
+        "proxy_cache_path {dir}/cache keys_zone=edge:10m max_size=100m inactive=60s use_temp_path=off;",
+        r#"
+        location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -85,39 +36,9 @@ http {{
             # One origin request per expiry, not one per waiting client.
             proxy_cache_lock on;
             proxy_cache_use_stale updating;
-        }}
-    }}
-}}
-"#
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    // The worker may run as another user than the master; it writes the cache.
-    let _ = Command::new("chmod").args(["-R", "777"]).arg(&dir).status();
-    let child = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .spawn()
-        .unwrap();
-    // Owned at once, so a failed start still stops it (Drop).
-    let nginx = Nginx {
-        child,
-        dir,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let probe = HttpClient::new(nginx.base.clone()).with_timeout(Duration::from_secs(2));
-    for _ in 0..100 {
-        if probe.get("/healthz").await.is_ok() {
-            return nginx;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "nginx did not start: {:?}",
-        std::fs::read_to_string(nginx.dir.join("error.log"))
-    );
+        }"#,
+    )
+    .await
 }
 
 struct Phase {
@@ -226,7 +147,7 @@ async fn an_edge_cache_takes_the_detail_load_off_the_origin_and_never_caches_a_c
     let direct = storm(t.client.base_url(), id, "direct", READERS).await;
 
     // Through the edge cache: the origin sees what nginx forwards.
-    let edge = start_nginx(&origin).await;
+    let edge = start_cache(&origin).await;
     let cached = storm(&edge.base, id, "edge", READERS).await;
     let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap();
     let detail_path = format!("/api/activities/{id}");
