@@ -1,7 +1,7 @@
 // The operator console: activities of every status, create / edit drafts, upload codes,
 // publish, close, a live view per activity, export, reconcile, blacklist, redeem, health.
 
-import { h, replace, field, showErrors, formatTime } from './dom.js';
+import { h, replace, field, showErrors, requireFields, formatTime } from './dom.js';
 import { call, Problem, session, tokenClaims } from './api.js';
 import { t, lang, setupLanguage, problemText } from './i18n.js';
 
@@ -53,11 +53,8 @@ function loginView() {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    const errors = [];
-    if (!data.username) errors.push(['username', t('required_username')]);
-    if (!data.password) errors.push(['password', t('required_password')]);
-    showErrors(form, errors, t('error_title'));
-    if (errors.length) return;
+    const required = { username: t('required_username'), password: t('required_password') };
+    if (!requireFields(form, data, required, t('error_title'))) return;
     try {
       const s = (await call('POST', '/api/sessions', { json: { username: data.username, password: data.password } })).body;
       if (tokenClaims(s.token).role !== 'admin') {
@@ -428,8 +425,7 @@ async function blacklistView() {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    if (!data.user_id) { showErrors(form, [['user_id', t('required_user')]], t('error_title')); return; }
-    showErrors(form, [], '');
+    if (!requireFields(form, data, { user_id: t('required_user') }, t('error_title'))) return;
     try {
       await api('PUT', `/admin/blacklist/${encodeURIComponent(data.user_id)}`, data.reason ? { json: { reason: data.reason } } : {});
       replace(message, notice(t('added'), 'ok'));
@@ -451,8 +447,7 @@ function redeemView() {
   const message = h('div', { id: 'redeem-message', 'aria-live': 'assertive' });
   const redeem = async (payload) => {
     const qr = payload.trim();
-    if (!qr) { showErrors(form, [['qr', t('required_payload')]], t('error_title')); return; }
-    showErrors(form, [], '');
+    if (!requireFields(form, { qr }, { qr: t('required_payload') }, t('error_title'))) return;
     // The payload is FC1.<ticket id>.<tag>: the id names the route, the server checks the rest.
     const rest = qr.startsWith('FC1.') ? qr.slice(4) : qr;
     const code = rest.includes('.') ? rest.slice(0, rest.lastIndexOf('.')) : rest;

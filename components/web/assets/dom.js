@@ -65,6 +65,14 @@ export function field({ name, label, type = 'text', hint, value, required, attrs
     control);
 }
 
+// Required fields left empty in `data`, each shown beside its field (and any earlier errors
+// cleared); true when none is missing. `messages`: { fieldName: message }.
+export function requireFields(form, data, messages, title) {
+  const errors = Object.entries(messages).filter(([name]) => !data[name]);
+  showErrors(form, errors, title);
+  return errors.length === 0;
+}
+
 // Shows errors the GOV.UK way: a summary at the top linking to each field, and the message
 // beside the field. `errors` is a list of [fieldName | null, message].
 export function showErrors(form, errors, title) {

@@ -1,7 +1,7 @@
 // The H5 app: activity list, detail with the claim button on the server's clock, log in /
 // register, my tickets with the server-drawn QR code, give a ticket back.
 
-import { h, replace, field, showErrors, formatTime } from './dom.js';
+import { h, replace, field, showErrors, requireFields, formatTime } from './dom.js';
 import { call, clock, Problem, randomKey, session } from './api.js';
 import { t, lang, setupLanguage, duration, problemText } from './i18n.js';
 
@@ -438,11 +438,8 @@ function accountView(register) {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    const errors = [];
-    if (!data.username) errors.push(['username', t('required_username')]);
-    if (!data.password) errors.push(['password', t('required_password')]);
-    showErrors(form, errors, t('error_title'));
-    if (errors.length) return;
+    const required = { username: t('required_username'), password: t('required_password') };
+    if (!requireFields(form, data, required, t('error_title'))) return;
     const submit = form.querySelector('button[type=submit]');
     submit.disabled = true;
     try {
