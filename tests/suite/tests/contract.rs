@@ -145,7 +145,11 @@ fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_builds_of_claim_and_sessions
     let source = |m: &toml::Value, id: &str| m["component"][id]["source"].clone();
     for (id, wasip3, wasip2) in [
         ("claim", "flashclaim_claim_p3.wasm", "flashclaim_claim.wasm"),
-        ("sessions", "flashclaim_sessions_p3.wasm", "flashclaim_auth.wasm"),
+        (
+            "sessions",
+            "flashclaim_sessions_p3.wasm",
+            "flashclaim_auth.wasm",
+        ),
     ] {
         let path = |file: &str| format!("target/wasm32-wasip2/release/{file}");
         assert_eq!(source(&p3, id).as_str(), Some(path(wasip3).as_str()));
