@@ -499,18 +499,20 @@ async fn unknown_ids_are_negatively_cached_in_redis() {
 #[test]
 fn every_component_stays_small_because_it_is_instantiated_per_request() {
     const LIMIT: u64 = 600 * 1024;
-    let manifest = std::fs::read_to_string(flashclaim_tests::manifest()).unwrap();
-    // The cron tick runs the drain's .wasm under a component id of its own.
-    let sources: std::collections::BTreeSet<&str> = manifest
-        .lines()
-        .filter_map(|l| l.strip_prefix("source = \""))
-        .map(|s| s.trim_end_matches('"'))
-        .collect();
-    // The six API components and the web component of the pages.
-    assert_eq!(sources.len(), 7);
-    for source in sources {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(flashclaim_tests::manifest()).unwrap()).unwrap();
+    let components = manifest["component"].as_table().unwrap();
+    // Every HTTP component, and the cron tick's (the drain's .wasm under an id of its own).
+    let mut ids: Vec<&str> = components.keys().map(String::as_str).collect();
+    ids.sort();
+    let mut expected: Vec<&str> = flashclaim_tests::HTTP_COMPONENTS.to_vec();
+    expected.push("drain-cron");
+    expected.sort();
+    assert_eq!(ids, expected);
+    for (id, component) in components {
+        let source = component["source"].as_str().unwrap();
         let size = std::fs::metadata(flashclaim_tests::root().join(source))
-            .unwrap()
+            .unwrap_or_else(|e| panic!("component `{id}`: {source}: {e}"))
             .len();
         assert!(size <= LIMIT, "{source} is {size} bytes, over {LIMIT}");
     }
