@@ -38,12 +38,13 @@ test-unit:
 test-lua:
 	cargo test $(NATIVE) --test lua
 
-## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e runs
-## with spin.toml (WASIp3 claim) and spin.wasip2.toml (WASIp2 claim); then the Postgres
+## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e and
+## abuse run with spin.toml (WASIp3 claim and log-in) and spin.wasip2.toml (their WASIp2
+## builds); then the Postgres
 ## outage test, which stops the shared Postgres and so runs on its own.
 test-e2e:
 	cargo test $(NATIVE) --test e2e
-	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e
+	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e --test abuse
 	cargo test $(NATIVE) --test api --test abuse --test web_api --test rotation
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
@@ -60,7 +61,7 @@ test-spin:
 	  exit 0; fi; \
 	echo "test-spin: $$($(SPIN) --version)"; \
 	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api --test rotation || exit $$?; \
-	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e || exit $$?; \
+	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e --test abuse || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron || exit $$?; \
 	  $(SPIN_RUN) .data/browser/venv/bin/pytest -q tests/browser; \
