@@ -40,8 +40,8 @@ test-lua:
 
 ## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e and
 ## abuse run with spin.toml (WASIp3 claim and log-in) and spin.wasip2.toml (their WASIp2
-## builds); then the Postgres
-## outage test, which stops the shared Postgres and so runs on its own.
+## builds); then the Postgres outage test, which stops the shared Postgres and so runs on
+## its own.
 test-e2e:
 	cargo test $(NATIVE) --test e2e
 	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e --test abuse
