@@ -109,12 +109,9 @@ async fn a_forwarded_address_from_an_untrusted_peer_is_ignored() {
         "{:?}",
         r.header("retry-after")
     );
-    let pg = app.pg().await;
-    let n: i64 = pg
-        .query_one("SELECT count(DISTINCT created_addr) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app
+        .count("SELECT count(DISTINCT created_addr) FROM users")
+        .await;
     assert_eq!(n, 1, "every account was counted under the one real peer");
 }
 
@@ -207,13 +204,7 @@ async fn a_thousand_registrations_from_one_address_are_cut_at_the_limit() {
         }
     }
     assert_eq!((created, refused), (20, 980));
-    let n: i64 = app
-        .pg()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.count("SELECT count(*) FROM users").await;
     assert_eq!(
         n, 20,
         "exactly the limit, however many raced for the last place"
@@ -513,13 +504,7 @@ async fn with_a_captcha_verifier_registration_needs_a_token_it_accepts() {
         ],
         "a request without a token never reaches the verifier"
     );
-    let users: i64 = app
-        .pg()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let users = app.count("SELECT count(*) FROM users").await;
     assert_eq!(users, 1, "refused registrations stored nothing");
 }
 
