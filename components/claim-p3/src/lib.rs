@@ -18,13 +18,7 @@ use spin_sdk::wasip3::http::types::{ErrorCode, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Result<Response, ErrorCode> {
-    // Released when the response is built, on every path (see OneAtATime).
-    let _one = glue::OneAtATime::enter();
-    let facts = glue::request_facts(&req);
-    if let Some(answer) = glue::preflight(&facts).await {
-        return Ok(glue::respond(answer));
-    }
-    Ok(glue::finish(&facts, route(req).await).await)
+    Ok(glue::serve(req, route, |_| None).await)
 }
 
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {

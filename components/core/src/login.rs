@@ -20,9 +20,11 @@ use crate::time::Millis;
 /// second more for an answer that says to wait anyway.
 pub const REFUSAL_HOLD_MS: u64 = 1_000;
 
-/// Whether an answer is a refusal by the throttle, which [`REFUSAL_HOLD_MS`] applies to.
-pub fn is_throttled(result: &Result<HttpResponse, ApiError>) -> bool {
+/// How long to hold an answer before sending it: [`REFUSAL_HOLD_MS`] for a refusal by the
+/// throttle, nothing for any other answer.
+pub fn refusal_hold(result: &Result<HttpResponse, ApiError>) -> Option<std::time::Duration> {
     matches!(result, Err(ApiError::RateLimited { .. }))
+        .then(|| std::time::Duration::from_millis(REFUSAL_HOLD_MS))
 }
 
 /// The variables a login reads.
@@ -201,6 +203,17 @@ mod tests {
             })
         ));
         assert_eq!(check(&[Reply::Nil]), Err(ApiError::Internal));
+    }
+
+    #[test]
+    fn only_a_refusal_by_the_throttle_is_held() {
+        let hold = std::time::Duration::from_millis(REFUSAL_HOLD_MS);
+        let limited = Err(ApiError::RateLimited {
+            retry_after_secs: 3,
+        });
+        assert_eq!(refusal_hold(&limited), Some(hold));
+        assert_eq!(refusal_hold(&Err(BAD_CREDENTIALS)), None);
+        assert_eq!(refusal_hold(&Ok(HttpResponse::json(200, &"ok"))), None);
     }
 
     #[test]

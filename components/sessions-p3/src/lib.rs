@@ -24,21 +24,10 @@ use spin_sdk::wasip3::http::types::{ErrorCode, Response};
 
 #[http_service]
 async fn handle(req: Request) -> Result<Response, ErrorCode> {
-    // Released when the response is built, on every path (see OneAtATime): an argon2 hash
-    // holds the instance's only thread for ~60 ms, and no other request should wait on it.
-    let one = glue::OneAtATime::enter();
-    let facts = glue::request_facts(&req);
-    if let Some(answer) = glue::preflight(&facts).await {
-        return Ok(glue::respond(answer));
-    }
-    let result = route(req).await;
-    if login::is_throttled(&result) {
-        // Held without holding the instance: other requests may start in it meanwhile.
-        drop(one);
-        let hold = std::time::Duration::from_millis(login::REFUSAL_HOLD_MS);
-        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(hold.as_nanos() as u64).await;
-    }
-    Ok(glue::finish(&facts, result).await)
+    // One request at a time per instance (an argon2 hash holds its only thread for ~60 ms,
+    // and no other request should wait on it); a guess refused by the throttle is answered
+    // after a hold, the instance free meanwhile.
+    Ok(glue::serve(req, route, login::refusal_hold).await)
 }
 
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {

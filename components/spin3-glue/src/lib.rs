@@ -320,7 +320,7 @@ pub async fn client_addr(req: &spin_sdk::http::Request) -> Option<ClientAddr> {
 
 /// What the response path needs to know about the request, read before the handler
 /// consumes it (see `flashclaim_core::cors`).
-pub fn request_facts(req: &spin_sdk::http::Request) -> RequestFacts {
+fn request_facts(req: &spin_sdk::http::Request) -> RequestFacts {
     let header = |name| {
         req.headers()
             .get(name)
@@ -345,7 +345,7 @@ async fn allowed_origins(facts: &RequestFacts) -> AllowedOrigins {
 }
 
 /// The answer to a CORS preflight from an allowed origin, `None` for anything else.
-pub async fn preflight(facts: &RequestFacts) -> Option<HttpResponse> {
+async fn preflight(facts: &RequestFacts) -> Option<HttpResponse> {
     if !facts.is_preflight() {
         return None;
     }
@@ -353,10 +353,35 @@ pub async fn preflight(facts: &RequestFacts) -> Option<HttpResponse> {
 }
 
 /// An answer (or problem) with the CORS and caching headers every API answer carries.
-pub async fn finish(facts: &RequestFacts, result: Result<HttpResponse, ApiError>) -> Response {
+async fn finish(facts: &RequestFacts, result: Result<HttpResponse, ApiError>) -> Response {
     let mut response = result.unwrap_or_else(|e| e.to_response());
     cors::finish(&mut response, facts, &allowed_origins(facts).await);
     respond(response)
+}
+
+/// One request of a flashclaim WASIp3 component: one at a time in the instance (see
+/// [`OneAtATime`]), a CORS preflight answered before any route, then `route`'s answer with
+/// the headers every API answer carries. An answer `hold` names a wait for is sent after
+/// that wait, during which the instance is free for other requests (a timer, no CPU).
+pub async fn serve<Fut>(
+    req: spin_sdk::http::Request,
+    route: impl FnOnce(spin_sdk::http::Request) -> Fut,
+    hold: impl FnOnce(&Result<HttpResponse, ApiError>) -> Option<std::time::Duration>,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<HttpResponse, ApiError>>,
+{
+    let one = OneAtATime::enter();
+    let facts = request_facts(&req);
+    if let Some(answer) = preflight(&facts).await {
+        return respond(answer);
+    }
+    let result = route(req).await;
+    if let Some(wait) = hold(&result) {
+        drop(one);
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(wait.as_nanos() as u64).await;
+    }
+    finish(&facts, result).await
 }
 
 /// Problems are answered as they are; internal errors were logged where they happened.
