@@ -166,6 +166,16 @@ struct Req {
 }
 
 impl Req {
+    /// Sends it; the answer's status, 0 for none (e.g. a time-out).
+    async fn send(&self, client: &HttpClient) -> u16 {
+        let headers: Vec<(&str, &str)> =
+            self.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        client
+            .send(self.method, &self.path, &headers, self.body.clone())
+            .await
+            .map_or(0, |r| r.status)
+    }
+
     fn get(path: &str) -> Req {
         Req {
             method: "GET",
@@ -254,62 +264,80 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// client process): `concurrency` workers, each sending its next request once the last one
 /// answered, over keep-alive connections.
 async fn load(base_url: String, reqs: Vec<Req>, concurrency: usize, expect: u16) -> Loaded {
+    on_own_thread(move || async move {
+        let cpu_started = thread_cpu_secs();
+        let client = HttpClient::new(base_url);
+        let reqs = Arc::new(reqs);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
+            workers.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = BTreeMap::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(r) = reqs.get(i) else { break };
+                    let sent = Instant::now();
+                    let status = r.send(&client).await;
+                    latencies.push(sent.elapsed());
+                    if status != expect {
+                        *errors.entry(status).or_insert(0) += 1;
+                    }
+                }
+                (latencies, errors)
+            });
+        }
+        let mut latencies = Vec::new();
+        let mut errors = BTreeMap::new();
+        while let Some(done) = workers.join_next().await {
+            let (l, e) = done.unwrap();
+            latencies.extend(l);
+            for (status, n) in e {
+                *errors.entry(status).or_insert(0) += n;
+            }
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        Loaded {
+            elapsed,
+            latencies,
+            errors,
+            client_cpu: thread_cpu_secs() - cpu_started,
+        }
+    })
+    .await
+}
+
+/// Runs `work` on a thread of its own with a single-threaded runtime: a load generator whose
+/// timing and CPU the benchmark's other tasks do not disturb.
+async fn on_own_thread<T, F>(work: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
     tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        let cpu_started = thread_cpu_secs();
-        rt.block_on(async move {
-            let client = HttpClient::new(base_url);
-            let reqs = Arc::new(reqs);
-            let next = Arc::new(AtomicUsize::new(0));
-            let started = Instant::now();
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..concurrency {
-                let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
-                workers.spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut errors = BTreeMap::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(r) = reqs.get(i) else { break };
-                        let headers: Vec<(&str, &str)> =
-                            r.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                        let sent = Instant::now();
-                        let status = client
-                            .send(r.method, &r.path, &headers, r.body.clone())
-                            .await
-                            .map_or(0, |r| r.status);
-                        latencies.push(sent.elapsed());
-                        if status != expect {
-                            *errors.entry(status).or_insert(0) += 1;
-                        }
-                    }
-                    (latencies, errors)
-                });
-            }
-            let mut latencies = Vec::new();
-            let mut errors = BTreeMap::new();
-            while let Some(done) = workers.join_next().await {
-                let (l, e) = done.unwrap();
-                latencies.extend(l);
-                for (status, n) in e {
-                    *errors.entry(status).or_insert(0) += n;
-                }
-            }
-            let elapsed = started.elapsed();
-            latencies.sort();
-            Loaded {
-                elapsed,
-                latencies,
-                errors,
-                client_cpu: thread_cpu_secs() - cpu_started,
-            }
-        })
+            .unwrap()
+            .block_on(work())
     })
     .await
     .unwrap()
+}
+
+/// The median of each of the rounds' two measures (claims/s, p99).
+fn medians(rounds: &[(f64, f64)]) -> (f64, f64) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    (
+        median(rounds.iter().map(|x| x.0).collect()),
+        median(rounds.iter().map(|x| x.1).collect()),
+    )
 }
 
 struct Loaded {
@@ -1326,79 +1354,66 @@ async fn guess_until(
     connections: usize,
     stop: Arc<AtomicBool>,
 ) -> Answers {
-    tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let client = HttpClient::new(base);
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..connections {
-                let (client, next, stop, tag) =
-                    (client.clone(), next.clone(), stop.clone(), tag.clone());
-                workers.spawn(async move {
-                    let mut answers = Answers::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = bad_login(&tag, next.fetch_add(1, Ordering::Relaxed));
-                        let headers: Vec<(&str, &str)> =
-                            r.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                        let status = client
-                            .send(r.method, &r.path, &headers, r.body.clone())
-                            .await
-                            .map_or(0, |r| r.status);
-                        *answers.entry(status).or_insert(0) += 1;
-                    }
-                    answers
-                });
-            }
-            let mut answers = Answers::new();
-            while let Some(done) = workers.join_next().await {
-                for (status, n) in done.unwrap() {
-                    *answers.entry(status).or_insert(0) += n;
+    on_own_thread(move || async move {
+        let client = HttpClient::new(base);
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let (client, next, stop, tag) =
+                (client.clone(), next.clone(), stop.clone(), tag.clone());
+            workers.spawn(async move {
+                let mut answers = Answers::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = bad_login(&tag, next.fetch_add(1, Ordering::Relaxed));
+                    let status = r.send(&client).await;
+                    *answers.entry(status).or_insert(0) += 1;
                 }
+                answers
+            });
+        }
+        let mut answers = Answers::new();
+        while let Some(done) = workers.join_next().await {
+            for (status, n) in done.unwrap() {
+                *answers.entry(status).or_insert(0) += n;
             }
-            answers
-        })
+        }
+        answers
     })
     .await
-    .unwrap()
 }
 
 /// `n` bad logins sent at an even pace over `over`, each as soon as its time comes,
 /// whether or not the earlier ones were answered (new connections as needed).
 async fn guess_paced(base: String, tag: String, n: usize, over: Duration) -> Answers {
-    tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let client = HttpClient::new(base);
-            let started = tokio::time::Instant::now();
-            let mut sent = tokio::task::JoinSet::new();
-            for i in 0..n {
-                tokio::time::sleep_until(started + over.mul_f64(i as f64 / n as f64)).await;
-                let (client, r) = (client.clone(), bad_login(&tag, i));
-                sent.spawn(async move {
-                    let headers: Vec<(&str, &str)> =
-                        r.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                    client
-                        .send(r.method, &r.path, &headers, r.body.clone())
-                        .await
-                        .map_or(0, |r| r.status)
-                });
-            }
-            let mut answers = Answers::new();
-            while let Some(status) = sent.join_next().await {
-                *answers.entry(status.unwrap()).or_insert(0) += 1;
-            }
-            answers
-        })
+    on_own_thread(move || async move {
+        let client = HttpClient::new(base);
+        let started = tokio::time::Instant::now();
+        let mut sent = tokio::task::JoinSet::new();
+        for i in 0..n {
+            tokio::time::sleep_until(started + over.mul_f64(i as f64 / n as f64)).await;
+            let (client, r) = (client.clone(), bad_login(&tag, i));
+            sent.spawn(async move { r.send(&client).await });
+        }
+        let mut answers = Answers::new();
+        while let Some(status) = sent.join_next().await {
+            *answers.entry(status.unwrap()).or_insert(0) += 1;
+        }
+        answers
     })
     .await
-    .unwrap()
+}
+
+/// The storm beside [`FLOOD_PACED`] bad logins paced over `over`: the storm's measure, and
+/// how the guesses were answered.
+async fn storm_beside_paced(
+    base: &str,
+    storm: Vec<Req>,
+    tag: String,
+    over: Duration,
+) -> (Loaded, Answers) {
+    let guessing = tokio::spawn(guess_paced(base.to_string(), tag, FLOOD_PACED, over));
+    let storm = load(base.to_string(), storm, FLOOD_STORM_C, 201).await;
+    (storm, guessing.await.unwrap())
 }
 
 /// Issue 13's proof: bad logins against one account from one address, fired beside a
@@ -1406,16 +1421,6 @@ async fn guess_paced(base: String, tag: String, n: usize, over: Duration) -> Ans
 /// the threshold no password is hashed. The same flood with the throttle off shows what
 /// the argon2 work would have cost.
 async fn login_flood(rt: Runtime) -> Flood {
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let pick = |v: &[(f64, f64)]| {
-        (
-            median(v.iter().map(|x| x.0).collect()),
-            median(v.iter().map(|x| x.1).collect()),
-        )
-    };
     let tally = |into: &mut (usize, usize), answers: &Answers| {
         into.0 += answers.get(&401).copied().unwrap_or(0);
         into.1 += answers.get(&429).copied().unwrap_or(0);
@@ -1497,14 +1502,13 @@ async fn login_flood(rt: Runtime) -> Flood {
             );
 
             if throttle {
-                let guessing = tokio::spawn(guess_paced(
-                    base.clone(),
+                let (c, answers) = storm_beside_paced(
+                    &base,
+                    storm(round, "paced"),
                     format!("p{round}"),
-                    FLOOD_PACED,
                     a.elapsed,
-                ));
-                let c = load(base.clone(), storm(round, "paced"), FLOOD_STORM_C, 201).await;
-                let answers = guessing.await.unwrap();
+                )
+                .await;
                 paced.push(measured(&c));
                 tally(&mut flood.paced_logins, &answers);
                 eprintln!(
@@ -1514,16 +1518,16 @@ async fn login_flood(rt: Runtime) -> Flood {
             }
         }
         if throttle {
-            flood.alone = pick(&alone);
-            flood.connections = pick(&connections);
-            flood.paced = pick(&paced);
+            flood.alone = medians(&alone);
+            flood.connections = medians(&connections);
+            flood.paced = medians(&paced);
             if nginx_binary().is_some() {
                 flood.edge = Some(paced_through_edge(&base, &storm, &measured).await);
             } else {
                 eprintln!("bench: no nginx (scripts/deps.sh --edge): the flood through an edge limit is not measured");
             }
         } else {
-            flood.unthrottled = pick(&connections);
+            flood.unthrottled = medians(&connections);
         }
     }
     flood
@@ -1559,14 +1563,13 @@ async fn paced_through_edge(
         let a = load(base.clone(), storm(round, "edge-alone"), FLOOD_STORM_C, 201).await;
         alone.push(measured(&a));
         let before = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
-        let guessing = tokio::spawn(guess_paced(
-            base.clone(),
+        let (c, answers) = storm_beside_paced(
+            &base,
+            storm(round, "edge-paced"),
             format!("e{round}"),
-            FLOOD_PACED,
             a.elapsed,
-        ));
-        let c = load(base.clone(), storm(round, "edge-paced"), FLOOD_STORM_C, 201).await;
-        let answers = guessing.await.unwrap();
+        )
+        .await;
         paced.push(measured(&c));
         // nginx's own refusals are the 429s it logged without asking the origin.
         let log = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
@@ -1583,15 +1586,5 @@ async fn paced_through_edge(
             alone[round].0, alone[round].1, paced[round].0, paced[round].1,
         );
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let pick = |v: &[(f64, f64)]| {
-        (
-            median(v.iter().map(|x| x.0).collect()),
-            median(v.iter().map(|x| x.1).collect()),
-        )
-    };
-    (pick(&alone), pick(&paced), answered)
+    (medians(&alone), medians(&paced), answered)
 }
