@@ -338,21 +338,8 @@ async fn pg_roundtrip() -> (StatusCode, String) {
         )
         .await
     ));
-    let params = vec![
-        P::Boolean(true),
-        P::Int16(-2),
-        P::Int32(40_000),
-        P::Int64(9_000_000_000),
-        P::Floating32(1.5),
-        P::Floating64(-2.25),
-        P::Str("héllo 'quoted' ; DROP TABLE rt;--".into()),
-        P::Binary(vec![0, 1, 254, 255]),
-        P::Timestamp(1_767_225_600),
-        P::Datetime((2026, 1, 2, 3, 4, 5, 600_000_000)),
-        P::Uuid("6f1c1b9e-2c44-4a55-9d3b-2f7d0f0b7e11".into()),
-        P::Jsonb(br#"{"k":[1,2]}"#.to_vec()),
-        P::DbNull,
-    ];
+    // The WASIp2 fixture's values, so both interfaces are proven alike.
+    let params = include!("../../fixture/src/roundtrip_params.rs").to_vec();
     out.push(format!(
         "insert={:?}",
         execute(
