@@ -11,7 +11,6 @@ use flashclaim_core::claim::{self, ClaimSettings};
 use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
-use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spin_sdk::wasip3::http::types::{ErrorCode, Response};
@@ -60,11 +59,7 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     let authorization = authorization.map(str::to_string);
     let idempotency = header(&req, "idempotency-key").map(<[u8]>::to_vec);
     let client = glue::client_addr(&req).await;
-    let body = req
-        .into_body()
-        .bytes()
-        .await
-        .map_err(|_| ApiError::invalid("the body could not be read"))?;
+    let body = glue::body(req).await?;
     let settings =
         settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous").await);
     let (activity, command) = claim::prepare(

@@ -16,7 +16,6 @@ use flashclaim_core::scripts::{LOGIN, Reply};
 use flashclaim_core::throttle::Count;
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
-use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spin_sdk::pg;
@@ -52,11 +51,7 @@ async fn log_in(req: Request) -> Result<HttpResponse, ApiError> {
         glue::optional_var("session_ttl_secs").await.as_deref(),
     );
     let client = glue::client_addr(&req).await;
-    let body = req
-        .into_body()
-        .bytes()
-        .await
-        .map_err(|_| ApiError::invalid("the body could not be read"))?;
+    let body = glue::body(req).await?;
     let attempt = login::prepare(&body, client, &settings)?;
 
     // apply: the counters first, alone (a throttled guess ends here; an admitted one is

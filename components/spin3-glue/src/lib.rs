@@ -290,6 +290,17 @@ pub fn respond(r: HttpResponse) -> Response {
     response
 }
 
+/// The request's whole body; a body that breaks off is the client's problem (400).
+pub async fn body(
+    req: spin_sdk::http::Request,
+) -> Result<impl std::ops::Deref<Target = [u8]>, ApiError> {
+    use spin_sdk::http::body::IncomingBodyExt;
+    req.into_body()
+        .bytes()
+        .await
+        .map_err(|_| ApiError::invalid("the body could not be read"))
+}
+
 /// Who is asking (see `flashclaim_core::client_addr`): the peer Spin names, or what a
 /// `trusted_proxies` proxy forwarded. A `trusted_proxies` that is not a CIDR list is a
 /// deployment error: logged, and nobody is trusted.
