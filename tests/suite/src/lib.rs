@@ -593,6 +593,13 @@ impl TestApp {
         .await
     }
 
+    /// `GET /api/activities/{id}`, anonymous or as `user` (whose claims it then shows).
+    pub async fn detail(&self, id: i64, user: Option<&str>) -> Response {
+        let auth = user.map(|u| bearer(&token(u, None)));
+        self.send("GET", &format!("/api/activities/{id}"), auth.as_deref(), "")
+            .await
+    }
+
     /// Runs the drain through its HTTP route and returns its report.
     pub async fn drain(&self) -> serde_json::Value {
         let r = self

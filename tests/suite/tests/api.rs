@@ -448,12 +448,7 @@ async fn a_draft_changes_freely_and_a_published_activity_only_in_its_display_fie
         r.text()
     );
     assert_eq!(t.publish(id).await.json()["stock_left"], 9);
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["name"],
-        "Free ride"
-    );
+    assert_eq!(t.detail(id, None).await.json()["name"], "Free ride");
     problem(
         &t.as_admin("PATCH", &path, r#"{"stock_total":99}"#).await,
         409,
@@ -470,12 +465,7 @@ async fn a_draft_changes_freely_and_a_published_activity_only_in_its_display_fie
             .status,
         200
     );
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["name"],
-        "Renamed"
-    );
+    assert_eq!(t.detail(id, None).await.json()["name"], "Renamed");
     problem(
         &t.as_admin("PATCH", "/admin/activities/999999", r#"{"name":"x"}"#)
             .await,
@@ -652,11 +642,7 @@ async fn a_flood_of_reads_on_a_cold_activity_reads_postgres_once() {
     let mut tasks = Vec::new();
     for _ in 0..READERS {
         let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            t.send("GET", &format!("/api/activities/{id}"), None, "")
-                .await
-                .status
-        }));
+        tasks.push(tokio::spawn(async move { t.detail(id, None).await.status }));
     }
     let mut statuses: HashMap<u16, usize> = HashMap::new();
     for task in tasks {
@@ -1036,10 +1022,7 @@ async fn script_looking_input_is_stored_and_returned_verbatim_never_run() {
         .unwrap()
         .get(0);
     assert_eq!(stored, user);
-    let view = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await
-        .json();
+    let view = t.detail(id, None).await.json();
     assert_eq!(
         view["description"],
         "redis.call('FLUSHALL') -- ]] '; DROP TABLE claims; --"
@@ -1207,9 +1190,7 @@ async fn nothing_to_find_is_answered_on_every_route_never_a_query_without_rows()
 
     // An activity nothing happened to: a draft, then published with an empty blacklist.
     let id = t.create_activity(3, "").await;
-    let draft = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await;
+    let draft = t.detail(id, None).await;
     problem(&draft, 404, "not_found");
     let admin_path = |tail: &str| format!("/admin/activities/{id}/{tail}");
     let empty_reads = || async {

@@ -17,12 +17,7 @@ async fn publish_claim_drain_and_read_tickets_end_to_end() {
     let id = t.create_activity(3, r#","per_user_limit":2"#).await;
 
     // A draft is invisible to users.
-    problem(
-        &t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await,
-        404,
-        "not_found",
-    );
+    problem(&t.detail(id, None).await, 404, "not_found");
     problem(&t.claim(id, "alice", "").await, 404, "not_found");
 
     let published = t.publish(id).await.json();
@@ -33,9 +28,7 @@ async fn publish_claim_drain_and_read_tickets_end_to_end() {
         ),
         (Some("published"), Some(3))
     );
-    let view = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await;
+    let view = t.detail(id, None).await;
     assert_eq!(view.status, 200);
     assert_eq!(view.json()["stock_left"], 3);
 
@@ -52,12 +45,7 @@ async fn publish_claim_drain_and_read_tickets_end_to_end() {
     assert_eq!(codes.len(), 2);
     assert!(codes.iter().all(|c| c.starts_with(&format!("{id}-"))));
     // The live stock shows at once, through the cached view.
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["stock_left"],
-        1
-    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 1);
 
     // A ticket is visible to its owner and an admin, and does not exist for anyone else.
     let alice = bearer(&token("alice", None));
@@ -171,12 +159,7 @@ async fn contention_gives_out_every_ticket_exactly_once() {
         per_user.values().all(|n| *n == 1),
         "nobody holds two tickets"
     );
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["stock_left"],
-        0
-    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 0);
 
     let mut drained = 0;
     for _ in 0..20 {
@@ -258,12 +241,7 @@ async fn a_repeated_idempotency_key_returns_the_first_claim() {
     assert_eq!(first.json()["claim_id"], again.json()["claim_id"]);
     assert_eq!(first.json()["tickets"], again.json()["tickets"]);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["stock_left"],
-        9
-    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 9);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,12 +432,7 @@ async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
 
     // Nothing changed: one activity, full stock, no claims anywhere.
     assert_eq!(t.count("SELECT count(*) FROM activities").await, 1);
-    assert_eq!(
-        t.send("GET", &format!("/api/activities/{id}"), None, "")
-            .await
-            .json()["stock_left"],
-        5
-    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 5);
     t.drain().await;
     assert_eq!(t.count("SELECT count(*) FROM claims").await, 0);
 }
@@ -609,10 +582,7 @@ async fn a_closed_activity_refuses_claims_and_cannot_be_published_again() {
     );
 
     problem(&t.claim(id, "bob", "").await, 409, "ended");
-    let view = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await
-        .json();
+    let view = t.detail(id, None).await.json();
     assert_eq!(
         (view["status"].as_str(), view["stock_left"].as_i64()),
         (Some("closed"), Some(9))
@@ -768,10 +738,7 @@ async fn contention_over_two_types_gives_out_each_types_stock_exactly_once() {
         per_user.values().all(|n| *n <= 2),
         "nobody above the activity's limit"
     );
-    let view = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await
-        .json();
+    let view = t.detail(id, None).await.json();
     assert_eq!(view["stock_left"], 0, "{view}");
     for ty in view["ticket_types"].as_array().unwrap() {
         assert_eq!(ty["stock_left"], 0, "{view}");
@@ -857,15 +824,7 @@ async fn an_activity_of_two_types_from_create_to_export() {
     );
     t.publish(id).await;
 
-    let page = t
-        .send(
-            "GET",
-            &format!("/api/activities/{id}"),
-            Some(&bearer(&token("alice", None))),
-            "",
-        )
-        .await
-        .json();
+    let page = t.detail(id, Some("alice")).await.json();
     assert_eq!(
         (page["stock_total"].as_i64(), page["stock_left"].as_i64()),
         (Some(5), Some(5))
@@ -908,15 +867,7 @@ async fn an_activity_of_two_types_from_create_to_export() {
         "a generated code as before"
     );
 
-    let page = t
-        .send(
-            "GET",
-            &format!("/api/activities/{id}"),
-            Some(&bearer(&token("alice", None))),
-            "",
-        )
-        .await
-        .json();
+    let page = t.detail(id, Some("alice")).await.json();
     assert_eq!(
         (page["stock_left"].as_i64(), page["my_claimed"].as_i64()),
         (Some(2), Some(3))

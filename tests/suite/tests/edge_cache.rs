@@ -127,9 +127,7 @@ async fn an_edge_cache_takes_the_detail_load_off_the_origin_and_never_caches_a_c
     let t = TestApp::start().await;
     let id = t.create_activity(10_000_000, "").await;
     t.publish(id).await;
-    let detail = t
-        .send("GET", &format!("/api/activities/{id}"), None, "")
-        .await;
+    let detail = t.detail(id, None).await;
     let cache_control = detail.header("cache-control").unwrap_or("").to_string();
     assert!(
         cache_control.starts_with("public, max-age="),
