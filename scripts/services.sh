@@ -69,8 +69,11 @@ as_pg() {
 
 pg_start() {
   local user=$1 bin=$2 pgdata=$3 port=$4
+  # pg_stat_statements keeps one entry per statement per database, and every test has a
+  # database of its own: at the default 5,000 entries a full `make test` evicts entries,
+  # the one a test is counting included (tests/api.rs counts the detail rebuilds).
   as_pg "$user" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" >/dev/null
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=400 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.max=100000" >/dev/null
 }
 
 shard_dir() {
