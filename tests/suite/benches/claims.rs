@@ -8,6 +8,10 @@
 //! - the runtime's best component for the same work (tests/bench-fixtures): the minimal
 //!   WASIp2 and WASIp3 claims (the same claim.lua through flashclaim-core, one EVALSHA, the
 //!   user from `x-user-id` instead of a JWT) and a trivial `hello` route of each kind;
+//! - the minimal WASIp2 claim once more, in an app that declares flashclaim's application
+//!   variables: Spin resolves every application variable for each fresh WASIp2 instance
+//!   that connects out, so this row separates what the app's configuration costs a claim
+//!   from what flashclaim's component does;
 //! - Redis connections opened per 1,000 claims (INFO stats, before and after);
 //! - the drain of every claim made on that runtime through `POST /admin/drain`, beside one
 //!   bulk `INSERT … SELECT` of as many rows into the same Postgres;
@@ -40,7 +44,7 @@ use flashclaim_core::time::Millis;
 use flashclaim_tests::edge::{nginx_binary, start_nginx};
 use flashclaim_tests::{
     bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, Backend, ManifestApp,
-    NativeRedis, Runtime, TestApp,
+    NativeRedis, Runtime, TestApp, JWT_SECRET, TICKET_SECRET,
 };
 use spin_test_host::client::HttpClient;
 
@@ -91,16 +95,18 @@ enum Variant {
     HelloP2,
     HelloP3,
     MinimalP2,
+    MinimalP2AppVariables,
     MinimalP3,
     FlashclaimP2,
     FlashclaimP3,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::HelloP2,
         Variant::HelloP3,
         Variant::MinimalP2,
+        Variant::MinimalP2AppVariables,
         Variant::MinimalP3,
         Variant::FlashclaimP2,
         Variant::FlashclaimP3,
@@ -111,6 +117,9 @@ impl Variant {
             Variant::HelloP2 => "trivial route, WASIp2 (`GET /p2/hello`)",
             Variant::HelloP3 => "trivial route, WASIp3 (`GET /p3/hello`)",
             Variant::MinimalP2 => "minimal claim, WASIp2 (fixture)",
+            Variant::MinimalP2AppVariables => {
+                "minimal claim, WASIp2, in an app with flashclaim's application variables"
+            }
             Variant::MinimalP3 => "minimal claim, WASIp3 (fixture)",
             Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.wasip2.toml)",
             Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.toml)",
@@ -134,14 +143,14 @@ impl Variant {
         match self {
             Variant::HelloP2 => Req::get("/p2/hello"),
             Variant::HelloP3 => Req::get("/p3/hello"),
-            Variant::MinimalP2 | Variant::MinimalP3 => Req {
+            Variant::MinimalP2 | Variant::MinimalP2AppVariables | Variant::MinimalP3 => Req {
                 method: "POST",
                 path: format!(
                     "/{}/api/activities/{activity}/claims",
-                    if self == Variant::MinimalP2 {
-                        "p2"
-                    } else {
+                    if self == Variant::MinimalP3 {
                         "p3"
+                    } else {
+                        "p2"
                     }
                 ),
                 header: Some(("x-user-id", user.to_string())),
@@ -557,12 +566,43 @@ async fn wait_quiet(stores: Stores) -> f64 {
 // ---------------------------------------------------------------------------------------
 
 /// The apps of one runtime, on one Redis database and one Postgres database.
+/// The fixtures' manifest with its `[variables]` table replaced by flashclaim's (from
+/// spin.wasip2.toml), written under target/: the same components in an app configured like
+/// flashclaim.
+fn fixtures_with_app_variables() -> std::path::PathBuf {
+    fn variables_table(manifest: &str) -> &str {
+        let start = manifest
+            .find("\n[variables]\n")
+            .expect("the manifest has a [variables] table");
+        let end = manifest[start + 1..]
+            .find("\n[")
+            .map_or(manifest.len(), |e| start + 1 + e);
+        &manifest[start..end]
+    }
+    let read = |path: &str| std::fs::read_to_string(root().join(path)).expect(path);
+    let fixtures = read("tests/bench-fixtures/spin.toml");
+    let flashclaim = read("spin.wasip2.toml");
+    let manifest = fixtures
+        .replace(variables_table(&fixtures), variables_table(&flashclaim))
+        .replace(
+            "source = \"../../target/",
+            &format!("source = \"{}/target/", root().display()),
+        );
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    let path = dir.join("fixtures-with-app-variables.toml");
+    std::fs::write(&path, manifest).expect("write the fixtures manifest");
+    path
+}
+
 struct Apps {
     runtime: Runtime,
     name: &'static str,
     flashclaim_p3: TestApp,
     flashclaim_p2: TestApp,
     fixtures: ManifestApp,
+    /// The same fixtures in an app that declares flashclaim's application variables.
+    fixtures_app_variables: ManifestApp,
     redis: redis::aio::MultiplexedConnection,
     stores: Stores,
     /// Activity for warm-ups (stock for every warm-up of the run).
@@ -596,7 +636,7 @@ impl Apps {
             &[],
         )
         .await;
-        let env: HashMap<String, String> = [
+        let mut env: HashMap<String, String> = [
             ("SPIN_VARIABLE_REDIS_ADDRESS".to_string(), redis_url.clone()),
             (
                 "SPIN_VARIABLE_REDIS_HOST".to_string(),
@@ -610,10 +650,16 @@ impl Apps {
             &env,
         )
         .await;
+        // flashclaim's required secrets, so that its variables resolve as they do for it.
+        env.insert("SPIN_VARIABLE_JWT_SECRET".into(), JWT_SECRET.into());
+        env.insert("SPIN_VARIABLE_TICKET_SECRET".into(), TICKET_SECRET.into());
+        let fixtures_app_variables =
+            ManifestApp::start(runtime, &fixtures_with_app_variables(), &env).await;
         for backend in [
             &flashclaim_p3.backend,
             &flashclaim_p2.backend,
             &fixtures.backend,
+            &fixtures_app_variables.backend,
         ] {
             if let Backend::Spin(spin) = backend {
                 eprintln!(
@@ -631,6 +677,7 @@ impl Apps {
             flashclaim_p3,
             flashclaim_p2,
             fixtures,
+            fixtures_app_variables,
             redis,
             stores,
             warm_activity,
@@ -643,6 +690,7 @@ impl Apps {
         match v {
             Variant::FlashclaimP2 => self.flashclaim_p2.client.base_url(),
             Variant::FlashclaimP3 => self.flashclaim_p3.client.base_url(),
+            Variant::MinimalP2AppVariables => self.fixtures_app_variables.client.base_url(),
             _ => self.fixtures.client.base_url(),
         }
         .to_string()
@@ -1201,6 +1249,18 @@ async fn run() {
                 Variant::MinimalP2,
                 "≥ 3×, p99 ≤ 1×",
                 &|r, p| r >= 3.0 && p <= 1.0,
+            );
+            ratio(
+                Variant::FlashclaimP2,
+                Variant::MinimalP2AppVariables,
+                "",
+                &|_, _| true,
+            );
+            ratio(
+                Variant::MinimalP2AppVariables,
+                Variant::MinimalP2,
+                "",
+                &|_, _| true,
             );
             ratio(Variant::FlashclaimP3, Variant::MinimalP3, "", &|_, _| true);
             ratio(Variant::MinimalP3, Variant::MinimalP2, "", &|_, _| true);
