@@ -324,7 +324,9 @@ fn change_tickets(pg: &pg4::Connection, changes: &Changes) -> Result<(), pg4::Pg
 
 /// Fault injection for the recovery tests: with the variable `drain_failpoint` set to a
 /// point's name, the run dies there as a crashed host would leave it (a trap: no unwinding,
-/// no clean-up). Empty in every real deployment.
+/// no clean-up). Only the tests' copy of the manifest declares it (`flashclaim_tests::
+/// with_failpoint`): on Spin every application variable costs each fresh WASIp2 instance
+/// that connects out, so a testing hook has no place in the deployed manifests.
 fn crash_at(point: &str) {
     if glue::optional_var("drain_failpoint").as_deref() == Some(point) {
         panic!("drain_failpoint: dying {point}");

@@ -43,8 +43,8 @@ use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
 use flashclaim_tests::edge::{nginx_binary, start_nginx};
 use flashclaim_tests::{
-    bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, Backend, ManifestApp,
-    NativeRedis, Runtime, TestApp, JWT_SECRET, TICKET_SECRET,
+    bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, write_manifest_copy,
+    Backend, ManifestApp, NativeRedis, Runtime, TestApp, JWT_SECRET, TICKET_SECRET,
 };
 use spin_test_host::client::HttpClient;
 
@@ -567,8 +567,7 @@ async fn wait_quiet(stores: Stores) -> f64 {
 
 /// The apps of one runtime, on one Redis database and one Postgres database.
 /// The fixtures' manifest with its `[variables]` table replaced by flashclaim's (from
-/// spin.wasip2.toml), written under target/: the same components in an app configured like
-/// flashclaim.
+/// spin.wasip2.toml): the same components in an app configured like flashclaim.
 fn fixtures_with_app_variables() -> std::path::PathBuf {
     fn variables_table(manifest: &str) -> &str {
         let start = manifest
@@ -579,20 +578,16 @@ fn fixtures_with_app_variables() -> std::path::PathBuf {
             .map_or(manifest.len(), |e| start + 1 + e);
         &manifest[start..end]
     }
-    let read = |path: &str| std::fs::read_to_string(root().join(path)).expect(path);
-    let fixtures = read("tests/bench-fixtures/spin.toml");
-    let flashclaim = read("spin.wasip2.toml");
-    let manifest = fixtures
-        .replace(variables_table(&fixtures), variables_table(&flashclaim))
-        .replace(
-            "source = \"../../target/",
-            &format!("source = \"{}/target/", root().display()),
-        );
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
-    let path = dir.join("fixtures-with-app-variables.toml");
-    std::fs::write(&path, manifest).expect("write the fixtures manifest");
-    path
+    let fixtures_path = root().join("tests/bench-fixtures/spin.toml");
+    let read = |path: &Path| std::fs::read_to_string(path).expect("read a manifest");
+    let fixtures = read(&fixtures_path);
+    let flashclaim = read(&root().join("spin.wasip2.toml"));
+    let manifest = fixtures.replace(variables_table(&fixtures), variables_table(&flashclaim));
+    write_manifest_copy(
+        &fixtures_path,
+        &manifest,
+        "bench-fixtures-with-app-variables.toml",
+    )
 }
 
 struct Apps {

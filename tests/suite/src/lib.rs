@@ -204,6 +204,62 @@ pub fn manifest() -> PathBuf {
     root().join(std::env::var("FLASHCLAIM_MANIFEST").unwrap_or_else(|_| "spin.toml".into()))
 }
 
+/// `text`, a manifest derived from `original`, written under target/test-manifests/ as
+/// `name`: every relative `source` made absolute (relative to `original`'s directory), so
+/// the copy runs from where it is. Written whole and renamed into place, so tests that
+/// write the same copy at once never read half of it.
+pub fn write_manifest_copy(original: &Path, text: &str, name: &str) -> PathBuf {
+    let base = original.parent().unwrap_or(Path::new("."));
+    let text: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("source = \"") {
+            Some(rest) if !rest.starts_with('/') => {
+                format!("source = \"{}/{rest}\n", base.display())
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let dir = root().join("target/test-manifests");
+    std::fs::create_dir_all(&dir).expect("target/test-manifests");
+    let path = dir.join(name);
+    let partial = dir.join(format!("{name}.{}", std::process::id()));
+    std::fs::write(&partial, text).expect("write the manifest copy");
+    std::fs::rename(&partial, &path).expect("move the manifest copy into place");
+    path
+}
+
+/// A copy of `manifest` that declares `drain_failpoint` (empty by default) and hands it to
+/// both drain components. The variable makes a drain run die at a point of its cycle
+/// (`after_read`, `after_commit`) so the recovery tests can prove nothing is lost or
+/// doubled. The deployed manifests leave it out: on Spin every application variable costs
+/// each fresh WASIp2 instance that connects out (BENCHMARKS.md), and a testing hook is no
+/// setting of the product.
+pub fn with_failpoint(manifest: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(manifest).expect("read the manifest");
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        match line {
+            "[variables]" => out.push_str("drain_failpoint = { default = \"\" }\n"),
+            "[component.drain.variables]" | "[component.drain-cron.variables]" => {
+                out.push_str("drain_failpoint = \"{{ drain_failpoint }}\"\n")
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        out.matches("drain_failpoint").count() >= 3,
+        "{} has no [variables] table or no [component.drain.variables] table",
+        manifest.display()
+    );
+    let stem = manifest
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("spin");
+    write_manifest_copy(manifest, &out, &format!("{stem}.failpoint.toml"))
+}
+
 /// The HTTP components of spin.toml: what `spin up -c` names when there is no cron plugin.
 pub const HTTP_COMPONENTS: [&str; 8] = [
     "activity", "claim", "auth", "sessions", "ticket", "admin", "drain", "web",
@@ -480,6 +536,17 @@ impl TestApp {
         pg_url: &str,
         extra: &[(&str, &str)],
     ) -> TestApp {
+        // Only the tests' copy of a manifest declares the drain's failpoint (`with_failpoint`).
+        let with_failpoint_copy;
+        let manifest = if extra
+            .iter()
+            .any(|(k, _)| *k == "SPIN_VARIABLE_DRAIN_FAILPOINT")
+        {
+            with_failpoint_copy = with_failpoint(manifest);
+            &with_failpoint_copy
+        } else {
+            manifest
+        };
         let s = services();
         let (redis_url, pg_url) = (redis_url.to_string(), pg_url.to_string());
         let mut env: HashMap<String, String> = [
