@@ -19,10 +19,10 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The directory `scripts/services.sh` keeps the test stores in: `FLASHCLAIM_DATA`, else
-/// `.data/test` (a served app keeps its own in `.data`).
 pub mod edge;
 
+/// The directory `scripts/services.sh` keeps the test stores in: `FLASHCLAIM_DATA`, else
+/// `.data/test` (a served app keeps its own in `.data`).
 pub fn data_dir() -> PathBuf {
     std::env::var_os("FLASHCLAIM_DATA")
         .map(PathBuf::from)
@@ -206,8 +206,9 @@ pub fn manifest() -> PathBuf {
 
 /// `text`, a manifest derived from `original`, written under target/test-manifests/ as
 /// `name`: every relative `source` made absolute (relative to `original`'s directory), so
-/// the copy runs from where it is. Written whole and renamed into place, so tests that
-/// write the same copy at once never read half of it.
+/// the copy runs from where it is. Each writer writes a file of its own and renames it into
+/// place, so tests of one or several processes writing the same copy at once never read
+/// half of it nor move each other's file away.
 pub fn write_manifest_copy(original: &Path, text: &str, name: &str) -> PathBuf {
     let base = original.parent().unwrap_or(Path::new("."));
     let text: String = text
@@ -222,7 +223,12 @@ pub fn write_manifest_copy(original: &Path, text: &str, name: &str) -> PathBuf {
     let dir = root().join("target/test-manifests");
     std::fs::create_dir_all(&dir).expect("target/test-manifests");
     let path = dir.join(name);
-    let partial = dir.join(format!("{name}.{}", std::process::id()));
+    static WRITES: AtomicU32 = AtomicU32::new(0);
+    let partial = dir.join(format!(
+        "{name}.{}.{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&partial, text).expect("write the manifest copy");
     std::fs::rename(&partial, &path).expect("move the manifest copy into place");
     path
