@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use spin_test_host::client::HttpClient;
 
-use crate::data_dir;
+use crate::{data_dir, free_port};
 
 pub struct Nginx {
     child: Child,
@@ -30,14 +30,6 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx on a free port in front of `origin` (`host:port`, as upstream `origin`), with

@@ -21,6 +21,15 @@ pub fn root() -> PathBuf {
 
 pub mod edge;
 
+/// A local port free just now, for a server a test starts in another process (Spin, nginx,
+/// a private Redis) and so cannot hand a bound listener.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
 /// The directory `scripts/services.sh` keeps the test stores in: `FLASHCLAIM_DATA`, else
 /// `.data/test` (a served app keeps its own in `.data`).
 pub fn data_dir() -> PathBuf {
@@ -351,10 +360,7 @@ impl SpinProcess {
         env: &HashMap<String, String>,
     ) -> SpinProcess {
         let spin = spin_binary().expect("a Spin runtime was asked for but no spin binary found");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free local port")
-            .port();
+        let port = free_port();
         let state_dir = std::env::temp_dir().join(format!(
             "flashclaim-spin-{}-{}",
             std::process::id(),

@@ -27,11 +27,7 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     async fn start(name: &str, durable: bool) -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = flashclaim_tests::free_port();
         let dir = root().join(format!(".data/faults/{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
