@@ -25,7 +25,7 @@ export SPIN_VARIABLE_REDIS_ADDRESS=redis://127.0.0.1:$REDIS_PORT/255 SPIN_VARIAB
 export SPIN_VARIABLE_PG_ADDRESS=postgres://postgres@127.0.0.1:$PG_PORT/$db SPIN_VARIABLE_PG_HOST=127.0.0.1:$PG_PORT
 export SPIN_VARIABLE_CLAIM_RATE_LIMIT=0
 cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
-target/debug/spin-test-host --manifest spin.toml --listen "127.0.0.1:$port" >.data/schemathesis-host.log 2>&1 &
+target/debug/spin-test-host --manifest spin.wasip3.toml --listen "127.0.0.1:$port" >.data/schemathesis-host.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.2; done

@@ -31,6 +31,10 @@ if [ ! -f "$secrets" ]; then
     echo "SPIN_VARIABLE_TICKET_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } >"$secrets"
 fi
+# Added separately so secrets files from before the drain token get one too.
+if ! grep -q '^SPIN_VARIABLE_DRAIN_TOKEN=' "$secrets"; then
+  (umask 077; echo "SPIN_VARIABLE_DRAIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$secrets")
+fi
 # Added separately so secrets files from before the operator account get one too.
 if ! grep -q '^FLASHCLAIM_DEV_ADMIN_PASSWORD=' "$secrets"; then
   (umask 077; echo "FLASHCLAIM_DEV_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$secrets")
@@ -44,23 +48,41 @@ SPIN_VARIABLE_PG_ADDRESS=postgres://postgres@127.0.0.1:$PG_PORT/flashclaim
 SPIN_VARIABLE_PG_HOST=127.0.0.1:$PG_PORT
 set +a
 
+# Which manifest: spin.wasip3.toml on Spin 4.1 and later (WASIp3 claim and log-in), else
+# spin.toml, which every Spin runs. Without the cron plugin, a ticker below drains.
 if command -v spin >/dev/null 2>&1; then
-  if spin plugins list 2>/dev/null | grep -q '^trigger-cron'; then
-    spin up --listen "$listen" &
+  version=$(spin --version | awk '{print $2}')
+  IFS=. read -r major minor _ <<<"$version"
+  if [ "${major:-0}" -gt 4 ] || { [ "${major:-0}" -eq 4 ] && [ "${minor:-0}" -ge 1 ]; }; then
+    manifest=spin.wasip3.toml
   else
-    # No cron plugin: serve the HTTP components and drive the drain through its route.
-    spin up --listen "$listen" -c activity -c claim -c auth -c sessions -c ticket -c admin -c drain -c web &
-    NO_CRON=1
+    manifest=spin.toml
+  fi
+  step "Spin $version: serving $manifest"
+  if [ "$manifest" = spin.wasip3.toml ] && spin plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then
+    spin up -f "$manifest" --listen "$listen" &
+  else
+    # HTTP components only; the drain is driven through its route with the drain token.
+    spin up -f "$manifest" --listen "$listen" -c activity -c claim -c auth -c sessions -c ticket -c admin -c drain -c web &
+    TICKER=1
   fi
 else
   # The dev profile optimises dependencies (wasmtime, Cranelift), which is what matters here,
   # and shares its build with the tests.
   step "building the test host (Spin is not installed)"
   cargo build -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
-  target/debug/spin-test-host --manifest spin.toml --listen "$listen" &
+  target/debug/spin-test-host --manifest spin.wasip3.toml --listen "$listen" &
 fi
 server=$!
-trap 'kill $server 2>/dev/null' EXIT INT TERM
+ticker=""
+if [ -n "${TICKER:-}" ]; then
+  # What a host without the cron plugin runs (DEPLOY.md): one drain call a second.
+  while sleep 1; do
+    curl -s -o /dev/null -m 25 -X POST -H "authorization: Bearer $SPIN_VARIABLE_DRAIN_TOKEN" "http://$listen/admin/drain" || true
+  done &
+  ticker=$!
+fi
+trap 'kill $server $ticker 2>/dev/null' EXIT INT TERM
 
 step "building the set-up tools, waiting for the app"
 cargo build -q -p flashclaim-core -p spin-test-host -p flashclaim-tests --bins
@@ -104,7 +126,7 @@ Demo activity $id. The API:
 
 Operator: $FLASHCLAIM_ADMIN_USERNAME (password in .data/dev-secrets.env unless you set
 FLASHCLAIM_ADMIN_PASSWORD); its token: $admin
-${NO_CRON:+The cron plugin is missing: drain with  curl -X POST http://$listen/admin/drain -H "authorization: Bearer \$ADMIN"}
+${TICKER:+No cron plugin: a ticker in this script calls POST /admin/drain every second with the drain token.}
 Stop with Ctrl-C (Redis and Postgres keep running: scripts/services.sh stop).
 MSG
 wait $server

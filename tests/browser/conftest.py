@@ -131,11 +131,11 @@ class App:
             # as the test host does).
             self.state_dir = SHOTS / f"spin-state-{name}"
             shutil.rmtree(self.state_dir, ignore_errors=True)
-            command = [SPIN, "up", "--from", str(ROOT / "spin.toml"), "--listen",
+            command = [SPIN, "up", "--from", str(ROOT / "spin.wasip3.toml"), "--listen",
                        f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir)]
         else:
             command = [str(ROOT / "target/debug/spin-test-host"), "--manifest",
-                       str(ROOT / "spin.toml"), "--listen", f"127.0.0.1:{self.port}"]
+                       str(ROOT / "spin.wasip3.toml"), "--listen", f"127.0.0.1:{self.port}"]
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)

@@ -117,6 +117,20 @@ fn engine() -> &'static Engine {
     })
 }
 
+/// The interfaces a component file imports (`wasi:http/types@0.2.6`, `fermyon:spin/...`),
+/// named as the component names them: what a runtime must provide for it to link. Spin
+/// 4.0.x and 3.x provide no final `@0.3.0` WASI interface, so a manifest meant for them
+/// must not name a component that imports one.
+pub fn component_imports(path: &Path) -> Result<Vec<String>> {
+    let component = compile(path)?;
+    let engine = engine();
+    Ok(component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect())
+}
+
 /// Compiling is the slow part of loading; a component file that has not changed since it
 /// was last compiled in this process is reused.
 fn compile(path: &Path) -> Result<Component> {

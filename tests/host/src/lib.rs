@@ -21,7 +21,7 @@ mod state;
 pub mod variables;
 
 pub use app::{
-    App, AppConfig, HttpWorld, DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
+    component_imports, App, AppConfig, HttpWorld, DEFAULT_MAX_INSTANCE_CONCURRENT_REUSE_COUNT,
     DEFAULT_MAX_INSTANCE_REUSE_COUNT, IDLE_INSTANCE_TIMEOUT,
 };
 pub use redis_host::{flatten as flatten_redis_reply, Flat};

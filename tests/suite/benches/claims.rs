@@ -3,8 +3,8 @@
 //! For each runtime, the test host always and real Spin when a `spin` binary is found, at
 //! each concurrency, over keep-alive HTTP/1.1 with every request from a different user:
 //!
-//! - flashclaim's claim through spin.toml (the WASIp3 claim component) and through
-//!   spin.wasip2.toml (the WASIp2 one), JWT and all;
+//! - flashclaim's claim through spin.wasip3.toml (the WASIp3 claim component) and
+//!   through spin.toml (the WASIp2 one), JWT and all;
 //! - the runtime's best component for the same work (tests/bench-fixtures): the minimal
 //!   WASIp2 and WASIp3 claims (the same claim.lua through flashclaim-core, one EVALSHA, the
 //!   user from `x-user-id` instead of a JWT) and a trivial `hello` route of each kind;
@@ -121,8 +121,8 @@ impl Variant {
                 "minimal claim, WASIp2, in an app with flashclaim's application variables"
             }
             Variant::MinimalP3 => "minimal claim, WASIp3 (fixture)",
-            Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.wasip2.toml)",
-            Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.toml)",
+            Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.toml)",
+            Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.wasip3.toml)",
         }
     }
 
@@ -581,7 +581,7 @@ fn fixtures_with_app_variables() -> std::path::PathBuf {
     let fixtures_path = root().join("tests/bench-fixtures/spin.toml");
     let read = |path: &Path| std::fs::read_to_string(path).expect("read a manifest");
     let fixtures = read(&fixtures_path);
-    let flashclaim = read(&root().join("spin.wasip2.toml"));
+    let flashclaim = read(&root().join("spin.toml"));
     let manifest = fixtures.replace(variables_table(&fixtures), variables_table(&flashclaim));
     write_manifest_copy(
         &fixtures_path,
@@ -617,7 +617,7 @@ impl Apps {
         let pg_url = fresh_pg_db().await;
         let flashclaim_p3 = TestApp::start_manifest_on_runtime(
             runtime,
-            &root().join("spin.toml"),
+            &root().join("spin.wasip3.toml"),
             &redis_url,
             &pg_url,
             &[],
@@ -625,7 +625,7 @@ impl Apps {
         .await;
         let flashclaim_p2 = TestApp::start_manifest_on_runtime(
             runtime,
-            &root().join("spin.wasip2.toml"),
+            &root().join("spin.toml"),
             &redis_url,
             &pg_url,
             &[],

@@ -131,17 +131,18 @@ fn every_status_and_code_the_service_answers_is_documented() {
     );
 }
 
-/// spin.wasip2.toml is spin.toml for hosts without WASIp3: the same app in every respect
-/// but the sources of the components that have a WASIp3 build, so the two can never drift
-/// apart.
+/// spin.toml is spin.wasip3.toml for every Spin: the same app in every respect but the
+/// sources of the components that have a WASIp3 build, and without the cron trigger and
+/// the component it runs (a Spin without the cron plugin refuses a manifest naming it), so
+/// the two can never drift apart.
 #[test]
-fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_builds_of_claim_and_sessions() {
+fn the_default_manifest_is_the_wasip3_one_with_wasip2_builds_and_no_cron_trigger() {
     let read = |name: &str| -> toml::Value {
         toml::from_str(&std::fs::read_to_string(flashclaim_tests::root().join(name)).unwrap())
             .unwrap()
     };
-    let p3 = read("spin.toml");
-    let mut p2 = read("spin.wasip2.toml");
+    let mut p3 = read("spin.wasip3.toml");
+    let mut p2 = read("spin.toml");
     let source = |m: &toml::Value, id: &str| m["component"][id]["source"].clone();
     for (id, wasip3, wasip2) in [
         ("claim", "flashclaim_claim_p3.wasm", "flashclaim_claim.wasm"),
@@ -156,8 +157,26 @@ fn the_wasip2_manifest_is_spin_toml_with_the_wasip2_builds_of_claim_and_sessions
         assert_eq!(source(&p2, id).as_str(), Some(path(wasip2).as_str()));
         p2["component"][id]["source"] = source(&p3, id);
     }
+    let p3_triggers = p3["trigger"].as_table_mut().unwrap();
+    assert!(
+        p3_triggers.remove("cron").is_some(),
+        "spin.wasip3.toml drains on the cron trigger"
+    );
+    assert!(
+        p3["component"]
+            .as_table_mut()
+            .unwrap()
+            .remove("drain-cron")
+            .is_some(),
+        "spin.wasip3.toml has the drain's cron component"
+    );
+    assert_eq!(
+        p2["trigger"].as_table().unwrap().keys().collect::<Vec<_>>(),
+        ["http"],
+        "spin.toml names the HTTP trigger only, which every Spin has built in"
+    );
     assert_eq!(
         p2, p3,
-        "spin.wasip2.toml differs from spin.toml beyond the claim and sessions sources"
+        "spin.toml differs from spin.wasip3.toml beyond the claim and sessions sources and the cron trigger"
     );
 }
