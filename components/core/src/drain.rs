@@ -254,8 +254,24 @@ pub struct DrainReport {
     pub claims: usize,
     pub tickets: usize,
     pub malformed: usize,
+    /// Entries still in the log when the run ended (not yet in Postgres).
     pub backlog: i64,
+    /// Whether the run went on until every log it reached was empty; `false` when it
+    /// stopped at its time bound ([`RUN_BOUND_MS`]) with `backlog` left for the next call.
+    pub complete: bool,
     pub errors: Vec<String>,
+}
+
+/// How long one drain run may keep taking batches. A scheduler that calls once a minute
+/// (a Kubernetes CronJob, `spin aka cron`) gets everything drained in one call when it fits,
+/// and an answer well inside a host's request limit (Akamai Functions: 30 s) when it does
+/// not: the last batch started before the bound still finishes and is acknowledged.
+pub const RUN_BOUND_MS: i64 = 20_000;
+
+/// Whether a run that started at `started_ms` may take another batch at `now_ms`, given
+/// its bound (`drain_run_bound_ms` when set, else [`RUN_BOUND_MS`]).
+pub fn may_take_another_batch(started_ms: i64, now_ms: i64, bound_ms: i64) -> bool {
+    now_ms - started_ms < bound_ms
 }
 
 /// The time a stream entry was added: Redis stream ids are `<ms>-<seq>`.
@@ -291,6 +307,21 @@ mod tests {
 
     fn b(s: &str) -> Reply {
         Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_run_takes_batches_until_its_time_bound_and_then_stops() {
+        assert!(may_take_another_batch(1_000, 1_000, RUN_BOUND_MS));
+        assert!(may_take_another_batch(
+            1_000,
+            1_000 + RUN_BOUND_MS - 1,
+            RUN_BOUND_MS
+        ));
+        assert!(!may_take_another_batch(
+            1_000,
+            1_000 + RUN_BOUND_MS,
+            RUN_BOUND_MS
+        ));
     }
 
     #[test]

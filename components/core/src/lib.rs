@@ -14,6 +14,7 @@ pub mod client_addr;
 pub mod codes;
 pub mod cors;
 pub mod drain;
+pub mod drain_token;
 pub mod error;
 pub mod http;
 pub mod ids;

@@ -56,7 +56,7 @@ fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), glue::path_segments(req).as_slice()) {
         (Method::Get, ["healthz"]) => Ok(health().to_response()),
         (Method::Post, ["admin", "drain"]) => {
-            glue::admin(req)?;
+            glue::drain_caller(req)?;
             Ok(HttpResponse::json(200, &drain_all()?))
         }
         (_, ["healthz"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
@@ -127,16 +127,29 @@ fn health() -> Health {
     health
 }
 
-/// One drain run over every activity with a log, on every Redis endpoint.
+/// One drain run over every activity with a log, on every Redis endpoint, until every log
+/// is empty or the run's time bound has passed (then the rest only counted as backlog).
 fn drain_all() -> Result<DrainReport, ApiError> {
     let reclaim_after = glue::optional_var("drain_reclaim_after_ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or(drain::RECLAIM_AFTER_MS);
+    // Only the tests' copy of the manifest declares a shorter bound (`with_test_hooks`).
+    let bound = glue::optional_var("drain_run_bound_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(drain::RUN_BOUND_MS);
+    let run = Run {
+        consumer: format!("run-{}", hex(&glue::random_bytes::<8>())),
+        reclaim_after,
+        started: glue::now().0,
+        bound,
+    };
     // Postgres first: when it is down, nothing is taken from the log.
     let pg = glue::pg_open()?;
-    let consumer = format!("run-{}", hex(&glue::random_bytes::<8>()));
     let shards = glue::redis_shards()?;
-    let mut report = DrainReport::default();
+    let mut report = DrainReport {
+        complete: true,
+        ..DrainReport::default()
+    };
     let mut unreachable = None;
     for (index, address) in shards.all().iter().enumerate() {
         // A shard that is down holds its log until it is back; the others drain meanwhile.
@@ -160,7 +173,7 @@ fn drain_all() -> Result<DrainReport, ApiError> {
             .filter_map(|t| ActivityId::parse(t).ok())
         {
             report.activities += 1;
-            if let Err(e) = drain_activity(&redis, &pg, id, &consumer, reclaim_after, &mut report) {
+            if let Err(e) = drain_activity(&redis, &pg, id, &run, &mut report) {
                 report.errors.push(format!("activity {id}: {e}"));
             }
         }
@@ -174,25 +187,41 @@ fn drain_all() -> Result<DrainReport, ApiError> {
     }
 }
 
+/// What every activity of one run shares.
+struct Run {
+    consumer: String,
+    reclaim_after: i64,
+    started: i64,
+    bound: i64,
+}
+
 fn drain_activity(
     redis: &SpinRedis,
     pg: &pg4::Connection,
     id: ActivityId,
-    consumer: &str,
-    reclaim_after: i64,
+    run: &Run,
     report: &mut DrainReport,
 ) -> Result<(), String> {
     let log = vec![ActivityKeys::new(id).log()];
     loop {
+        if !drain::may_take_another_batch(run.started, glue::now().0, run.bound) {
+            // Past the bound: what is left waits for the next call, and is said.
+            let len = redis
+                .execute("XLEN", &[Arg::from(log[0].as_str())])
+                .map_err(|e| e.to_string())?;
+            report.backlog += len.first().and_then(Reply::as_int).unwrap_or(0);
+            report.complete = false;
+            return Ok(());
+        }
         let reply = redis
             .run(
                 &DRAIN_READ,
                 &log,
                 &[
                     Arg::from(DRAIN_GROUP),
-                    Arg::from(consumer),
+                    Arg::from(run.consumer.as_str()),
                     Arg::Int(drain::BATCH_SIZE),
-                    Arg::Int(reclaim_after),
+                    Arg::Int(run.reclaim_after),
                 ],
             )
             .map_err(|e| e.to_string())?;
@@ -325,7 +354,7 @@ fn change_tickets(pg: &pg4::Connection, changes: &Changes) -> Result<(), pg4::Pg
 /// Fault injection for the recovery tests: with the variable `drain_failpoint` set to a
 /// point's name, the run dies there as a crashed host would leave it (a trap: no unwinding,
 /// no clean-up). Only the tests' copy of the manifest declares it (`flashclaim_tests::
-/// with_failpoint`): on Spin every application variable costs each fresh WASIp2 instance
+/// with_test_hooks`): on Spin every application variable costs each fresh WASIp2 instance
 /// that connects out, so a testing hook has no place in the deployed manifests.
 fn crash_at(point: &str) {
     if glue::optional_var("drain_failpoint").as_deref() == Some(point) {

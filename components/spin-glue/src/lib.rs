@@ -57,12 +57,40 @@ pub fn principal(req: &Request) -> Result<Principal, ApiError> {
     )
 }
 
+/// An operator (role `admin`). The drain token is a known credential, but not for these
+/// routes: it is answered `403`, not `401`, so a scheduler misconfigured onto another route
+/// is told what it holds. Looked up only when the caller is not an operator.
 pub fn admin(req: &Request) -> Result<Principal, ApiError> {
-    let p = principal(req)?;
-    if !p.is_admin() {
-        return Err(ApiError::Forbidden("this route needs the admin role"));
+    match principal(req) {
+        Ok(p) if p.is_admin() => Ok(p),
+        Ok(_) => Err(ApiError::Forbidden("this route needs the admin role")),
+        Err(_) if is_drain_token(req) => {
+            Err(ApiError::Forbidden("the drain token runs the drain only"))
+        }
+        Err(e) => Err(e),
     }
-    Ok(p)
+}
+
+/// Whether the request presents the drain token (`drain_token`, or `drain_token_previous`
+/// during a rotation) as a bearer credential or as `?token=`.
+pub fn is_drain_token(req: &Request) -> bool {
+    use flashclaim_core::drain_token;
+    let authorization = req.header("authorization").and_then(|h| h.as_str());
+    let query = req.query();
+    let Some(presented) = drain_token::presented(authorization, query) else {
+        return false;
+    };
+    let current = optional_var("drain_token");
+    let previous = optional_var("drain_token_previous");
+    drain_token::matches(presented, current.as_deref(), previous.as_deref())
+}
+
+/// Who may run the drain: a scheduler with the drain token, or an operator.
+pub fn drain_caller(req: &Request) -> Result<(), ApiError> {
+    if is_drain_token(req) {
+        return Ok(());
+    }
+    admin(req).map(|_| ())
 }
 
 /// The request path as segments, for matching routes with slice patterns.

@@ -207,10 +207,19 @@ impl Runtime {
     }
 }
 
-/// The manifest under test: spin.toml, or `FLASHCLAIM_MANIFEST` (relative to the
-/// repository), e.g. spin.wasip2.toml with the WASIp2 claim component.
+/// The manifest under test: `FLASHCLAIM_MANIFEST` (relative to the repository), else
+/// spin.wasip3.toml, the one with every component (WASIp3 claim and log-in, and the drain's
+/// cron component); `FLASHCLAIM_MANIFEST=spin.toml` runs the WASIp2 builds, HTTP only.
 pub fn manifest() -> PathBuf {
-    root().join(std::env::var("FLASHCLAIM_MANIFEST").unwrap_or_else(|_| "spin.toml".into()))
+    root().join(std::env::var("FLASHCLAIM_MANIFEST").unwrap_or_else(|_| "spin.wasip3.toml".into()))
+}
+
+/// Whether the manifest under test has the drain's cron component (spin.wasip3.toml does;
+/// spin.toml, for Spins without the cron plugin, does not).
+pub fn manifest_has_cron() -> bool {
+    std::fs::read_to_string(manifest())
+        .expect("read the manifest under test")
+        .contains("[component.drain-cron]")
 }
 
 /// `text`, a manifest derived from `original`, written under target/test-manifests/ as
@@ -243,24 +252,30 @@ pub fn write_manifest_copy(original: &Path, text: &str, name: &str) -> PathBuf {
     path
 }
 
-/// A copy of `manifest` that declares `drain_failpoint` (empty by default) and hands it to
-/// both drain components. The variable makes a drain run die at a point of its cycle
-/// (`after_read`, `after_commit`) so the recovery tests can prove nothing is lost or
-/// doubled. The deployed manifests leave it out: on Spin every application variable costs
-/// each fresh WASIp2 instance that connects out (BENCHMARKS.md), and a testing hook is no
-/// setting of the product.
-pub fn with_failpoint(manifest: &Path) -> PathBuf {
+/// The drain's test hooks: variables the deployed manifests leave out (on Spin every
+/// application variable costs each fresh WASIp2 instance that connects out, BENCHMARKS.md,
+/// and a testing hook is no setting of the product). `drain_failpoint` makes a drain run
+/// die at a point of its cycle (`after_read`, `after_commit`) so the recovery tests can
+/// prove nothing is lost or doubled; `drain_run_bound_ms` shortens a run's time bound so a
+/// test can see a run stop at it.
+pub const DRAIN_TEST_HOOKS: [&str; 2] = ["drain_failpoint", "drain_run_bound_ms"];
+
+/// A copy of `manifest` that declares the [`DRAIN_TEST_HOOKS`] (empty by default) and hands
+/// them to both drain components.
+pub fn with_test_hooks(manifest: &Path) -> PathBuf {
     let text = std::fs::read_to_string(manifest).expect("read the manifest");
     let mut out = String::new();
     for line in text.lines() {
         out.push_str(line);
         out.push('\n');
-        match line {
-            "[variables]" => out.push_str("drain_failpoint = { default = \"\" }\n"),
-            "[component.drain.variables]" | "[component.drain-cron.variables]" => {
-                out.push_str("drain_failpoint = \"{{ drain_failpoint }}\"\n")
+        for hook in DRAIN_TEST_HOOKS {
+            match line {
+                "[variables]" => out.push_str(&format!("{hook} = {{ default = \"\" }}\n")),
+                "[component.drain.variables]" | "[component.drain-cron.variables]" => {
+                    out.push_str(&format!("{hook} = \"{{{{ {hook} }}}}\"\n"))
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     assert!(
@@ -272,10 +287,10 @@ pub fn with_failpoint(manifest: &Path) -> PathBuf {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("spin");
-    write_manifest_copy(manifest, &out, &format!("{stem}.failpoint.toml"))
+    write_manifest_copy(manifest, &out, &format!("{stem}.hooks.toml"))
 }
 
-/// The HTTP components of spin.toml: what `spin up -c` names when there is no cron plugin.
+/// The HTTP components of both manifests: what `spin up -c` names when there is no cron plugin.
 pub const HTTP_COMPONENTS: [&str; 8] = [
     "activity", "claim", "auth", "sessions", "ticket", "admin", "drain", "web",
 ];
@@ -327,7 +342,7 @@ impl SpinProcess {
     }
 
     /// [`SpinProcess::start`] with another flashclaim manifest (spin.toml or
-    /// spin.wasip2.toml), whatever `FLASHCLAIM_MANIFEST` says.
+    /// spin.wasip3.toml), whatever `FLASHCLAIM_MANIFEST` says.
     pub async fn start_from(
         runtime: Runtime,
         manifest: &Path,
@@ -540,7 +555,7 @@ impl TestApp {
     }
 
     /// [`TestApp::start_on_runtime`] with a given flashclaim manifest (spin.toml or
-    /// spin.wasip2.toml), so one process can run both side by side (the benchmark).
+    /// spin.wasip3.toml), so one process can run both side by side (the benchmark).
     pub async fn start_manifest_on_runtime(
         runtime: Runtime,
         manifest: &Path,
@@ -548,14 +563,15 @@ impl TestApp {
         pg_url: &str,
         extra: &[(&str, &str)],
     ) -> TestApp {
-        // Only the tests' copy of a manifest declares the drain's failpoint (`with_failpoint`).
-        let with_failpoint_copy;
-        let manifest = if extra
-            .iter()
-            .any(|(k, _)| *k == "SPIN_VARIABLE_DRAIN_FAILPOINT")
-        {
-            with_failpoint_copy = with_failpoint(manifest);
-            &with_failpoint_copy
+        // Only the tests' copy of a manifest declares the drain's test hooks.
+        let hooks_copy;
+        let manifest = if extra.iter().any(|(k, _)| {
+            DRAIN_TEST_HOOKS
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(&format!("SPIN_VARIABLE_{h}")))
+        }) {
+            hooks_copy = with_test_hooks(manifest);
+            &hooks_copy
         } else {
             manifest
         };
