@@ -1,10 +1,12 @@
-//! deploy/ against spin.toml, so the two cannot drift: every Kubernetes manifest parses,
-//! the SpinApp supplies every required variable and only declared ones, every Secret key
-//! it or a Job reads exists in the Secret template, the image pushed is the image run,
-//! the Redis StatefulSet is what `redis_address` lists, the manifest pushed to SpinKube
-//! keeps every component but the cron one, and the `spin up` host's environment supplies
-//! every required variable. Kubernetes manifests are JSON (kubectl applies JSON as it
-//! does YAML), so no YAML parser is needed.
+//! deploy/ against the manifests, so they cannot drift: every Kubernetes manifest parses;
+//! each SpinApp (containerd-shim-spin with spin.toml, the Spin 4.1 Spintainer executor with
+//! spin.wasip3.toml) supplies every required variable of its manifest and only declared
+//! ones, secrets from the Secret; every Secret key read exists in the Secret template; the
+//! image pushed is the image run, and the manifest pushed is the one its runtime can run;
+//! the Redis StatefulSet is what `redis_address` lists; the ticker, the CronJob, Akamai's
+//! cron and the `spin up` host's drain unit call the drain with the drain token, never a
+//! password; Akamai and the `spin up` host get every required variable. Kubernetes
+//! manifests are JSON (kubectl applies JSON as it does YAML), so no YAML parser is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -61,8 +63,41 @@ fn manifest(text: &str) -> Manifest {
     }
 }
 
+fn read_manifest(name: &str) -> Manifest {
+    manifest(&std::fs::read_to_string(root().join(name)).unwrap())
+}
+
 fn spin_toml() -> Manifest {
-    manifest(&std::fs::read_to_string(root().join("spin.toml")).unwrap())
+    read_manifest("spin.toml")
+}
+
+/// The flashclaim manifest a SpinApp runs: spin.toml on containerd-shim-spin (Spin 3.6,
+/// WASIp2 and HTTP only); spin.wasip3.toml on an executor that runs a Spin image of its own.
+fn manifest_of(objects: &[(PathBuf, Value)], app: &Value) -> &'static str {
+    let executor = app["spec"]["executor"].as_str().unwrap();
+    if executor == "containerd-shim-spin" {
+        return "spin.toml";
+    }
+    let found = objects
+        .iter()
+        .find(|(_, o)| o["kind"] == "SpinAppExecutor" && o["metadata"]["name"] == executor)
+        .unwrap_or_else(|| panic!("no SpinAppExecutor `{executor}` in deploy/"));
+    let config = &found.1["spec"]["deploymentConfig"];
+    assert!(
+        config["spinImage"].is_string() && config["runtimeClassName"].is_null(),
+        "`{executor}` runs a Spin image (Spintainer)"
+    );
+    "spin.wasip3.toml"
+}
+
+fn all<'a>(objects: &'a [(PathBuf, Value)], kind: &str) -> Vec<&'a Value> {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == kind)
+        .map(|(_, o)| o)
+        .collect();
+    assert!(!found.is_empty(), "no {kind} in deploy/");
+    found
 }
 
 fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
@@ -130,48 +165,59 @@ fn secret_refs(v: &Value, out: &mut Vec<(String, String)>) {
 }
 
 #[test]
-fn the_spinapp_supplies_every_required_variable_and_only_declared_ones() {
-    let spin = spin_toml();
+fn each_spinapp_supplies_every_required_variable_of_its_manifest_and_only_declared_ones() {
     let objects = objects();
-    let app = one(&objects, "SpinApp");
-    assert_eq!(app["apiVersion"], "core.spinkube.dev/v1alpha1");
-    assert!(app["spec"]["replicas"].as_i64().unwrap() >= 2, "replicas");
-    assert!(app["spec"]["resources"]["requests"]["cpu"].is_string());
-    assert!(app["spec"]["resources"]["limits"]["memory"].is_string());
-    let mut given = BTreeSet::new();
-    for var in app["spec"]["variables"].as_array().unwrap() {
-        let name = var["name"].as_str().unwrap().to_string();
-        assert!(
-            spin.variables.contains_key(&name),
-            "the SpinApp sets `{name}`, which spin.toml does not declare"
-        );
-        assert!(
-            var["value"].is_string() != var["valueFrom"].is_object(),
-            "`{name}`: a value or a valueFrom"
-        );
-        assert!(given.insert(name.clone()), "`{name}` set twice");
-    }
-    for (name, required) in &spin.variables {
-        if *required {
+    let apps = all(&objects, "SpinApp");
+    assert_eq!(apps.len(), 2, "the shim's SpinApp and the Spin 4.1 one");
+    let mut manifests = BTreeSet::new();
+    for app in apps {
+        let name = manifest_of(&objects, app);
+        manifests.insert(name);
+        let spin = read_manifest(name);
+        assert_eq!(app["apiVersion"], "core.spinkube.dev/v1alpha1");
+        assert!(app["spec"]["replicas"].as_i64().unwrap() >= 2, "replicas");
+        assert!(app["spec"]["resources"]["requests"]["cpu"].is_string());
+        assert!(app["spec"]["resources"]["limits"]["memory"].is_string());
+        let mut given = BTreeSet::new();
+        for var in app["spec"]["variables"].as_array().unwrap() {
+            let var_name = var["name"].as_str().unwrap().to_string();
             assert!(
-                given.contains(name),
-                "required variable `{name}` not supplied"
+                spin.variables.contains_key(&var_name),
+                "the SpinApp sets `{var_name}`, which {name} does not declare"
+            );
+            assert!(
+                var["value"].is_string() != var["valueFrom"].is_object(),
+                "`{var_name}`: a value or a valueFrom"
+            );
+            assert!(given.insert(var_name.clone()), "`{var_name}` set twice");
+        }
+        for (var_name, required) in &spin.variables {
+            if *required {
+                assert!(
+                    given.contains(var_name),
+                    "required variable `{var_name}` of {name} not supplied"
+                );
+            }
+        }
+        // Secrets come from the Secret, never as literals.
+        for secret in ["jwt_secret", "ticket_secret", "pg_address", "drain_token"] {
+            let var = app["spec"]["variables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == secret)
+                .unwrap_or_else(|| panic!("the SpinApp of {name} sets no `{secret}`"));
+            assert!(
+                var["valueFrom"]["secretKeyRef"].is_object(),
+                "`{secret}` must come from a Secret"
             );
         }
     }
-    // Secrets come from the Secret, never as literals.
-    for name in ["jwt_secret", "ticket_secret", "pg_address"] {
-        let var = app["spec"]["variables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap();
-        assert!(
-            var["valueFrom"]["secretKeyRef"].is_object(),
-            "`{name}` must come from a Secret"
-        );
-    }
+    assert_eq!(
+        manifests,
+        BTreeSet::from(["spin.toml", "spin.wasip3.toml"]),
+        "one SpinApp for each manifest"
+    );
 }
 
 #[test]
@@ -210,40 +256,56 @@ fn every_secret_key_read_exists_in_the_secret_template() {
 }
 
 #[test]
-fn the_image_run_is_the_image_pushed_and_the_pushed_manifest_keeps_every_http_component() {
-    let push = root().join("deploy/kubernetes/push.sh");
-    let script = std::fs::read_to_string(&push).unwrap();
-    let image = script
-        .lines()
-        .find_map(|l| l.strip_prefix("IMAGE=${IMAGE:-"))
-        .and_then(|l| l.strip_suffix('}'))
-        .expect("push.sh names its default image as IMAGE=${IMAGE:-...}");
+fn each_image_run_is_the_image_pushed_with_the_manifest_its_runtime_runs() {
     let objects = objects();
-    assert_eq!(one(&objects, "SpinApp")["spec"]["image"], image);
+    for (dir, expected_manifest) in [
+        ("deploy/kubernetes", "spin.toml"),
+        ("deploy/kubernetes-spin41", "spin.wasip3.toml"),
+    ] {
+        let push = root().join(dir).join("push.sh");
+        let script = std::fs::read_to_string(&push).unwrap();
+        let image = script
+            .lines()
+            .find_map(|l| l.strip_prefix("IMAGE=${IMAGE:-"))
+            .and_then(|l| l.strip_suffix('}'))
+            .expect("push.sh names its default image as IMAGE=${IMAGE:-...}");
+        let app = objects
+            .iter()
+            .find(|(path, o)| o["kind"] == "SpinApp" && path.starts_with(root().join(dir)))
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| panic!("no SpinApp in {dir}"));
+        assert_eq!(app["spec"]["image"], image, "{dir}");
+        assert_eq!(manifest_of(&objects, app), expected_manifest, "{dir}");
 
-    let out = std::process::Command::new("bash")
-        .arg(&push)
-        .arg("--print-manifest")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let pushed = manifest(&String::from_utf8(out.stdout).unwrap());
-    let spin = spin_toml();
-    // containerd-shim-spin refuses an app with a cron trigger; the ticker drains instead.
-    assert_eq!(pushed.cron, 0);
-    assert!(
-        spin.cron > 0,
-        "spin.toml has the cron trigger the push removes"
-    );
-    let mut expected = spin.components.clone();
-    assert!(expected.remove("drain-cron"));
-    assert_eq!(pushed.components, expected);
-    assert_eq!(pushed.http_routes, spin.http_routes);
-    assert_eq!(pushed.variables, spin.variables);
-    assert!(
-        pushed.http_routes.iter().any(|(r, _)| r == "/admin/drain"),
-        "the ticker needs POST /admin/drain"
-    );
+        let out = std::process::Command::new("bash")
+            .arg(&push)
+            .arg("--print-manifest")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let pushed = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            pushed,
+            std::fs::read_to_string(root().join(expected_manifest)).unwrap(),
+            "{dir}/push.sh pushes {expected_manifest} as it is"
+        );
+        let pushed = manifest(&pushed);
+        assert!(
+            pushed.http_routes.iter().any(|(r, _)| r == "/admin/drain"),
+            "the schedulers need POST /admin/drain"
+        );
+        if expected_manifest == "spin.toml" {
+            // containerd-shim-spin refuses an app with a cron trigger; the ticker or the
+            // CronJob drains instead.
+            assert_eq!(pushed.cron, 0);
+            assert!(!pushed.components.contains("drain-cron"));
+        } else {
+            // The Spin image has the cron plugin, and the app its cron component.
+            assert!(pushed.cron > 0 && pushed.components.contains("drain-cron"));
+            let dockerfile = std::fs::read_to_string(root().join(dir).join("Dockerfile")).unwrap();
+            assert!(dockerfile.contains("spin plugins install trigger-cron --yes"));
+        }
+    }
 }
 
 #[test]
@@ -262,18 +324,19 @@ fn redis_address_lists_exactly_the_statefulset_primaries_with_aof_always() {
     assert_eq!(headless["spec"]["clusterIP"], "None");
     assert!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].is_string());
 
-    let app = one(&objects, "SpinApp");
-    let address = app["spec"]["variables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "redis_address")
-        .and_then(|v| v["value"].as_str())
-        .unwrap();
     let expected: Vec<String> = (0..replicas)
         .map(|i| format!("redis://{name}-{i}.{service}.{namespace}.svc.cluster.local:6379"))
         .collect();
-    assert_eq!(address.split(',').collect::<Vec<_>>(), expected);
+    for app in all(&objects, "SpinApp") {
+        let address = app["spec"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "redis_address")
+            .and_then(|v| v["value"].as_str())
+            .unwrap();
+        assert_eq!(address.split(',').collect::<Vec<_>>(), expected);
+    }
 
     let config = objects
         .iter()
@@ -289,10 +352,35 @@ fn redis_address_lists_exactly_the_statefulset_primaries_with_aof_always() {
     }
 }
 
+/// The container that calls the drain in a ticker or CronJob: it calls the SpinApp's
+/// service with the drain token from the Secret, and holds no password.
+fn assert_calls_the_drain_with_the_token(container: &Value, app_url: &str) -> String {
+    let env = container["env"].as_array().unwrap();
+    let app_env = env.iter().find(|e| e["name"] == "APP").unwrap();
+    assert_eq!(app_env["value"], app_url);
+    let token = env.iter().find(|e| e["name"] == "DRAIN_TOKEN").unwrap();
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["key"], "drain_token",
+        "the drain token comes from the Secret"
+    );
+    assert_eq!(env.len(), 2, "APP and DRAIN_TOKEN only: {env:?}");
+    let script = container["args"][0].as_str().unwrap().to_string();
+    assert!(script.contains("-X POST") && script.contains("\"$APP/admin/drain\""));
+    assert!(script.contains("authorization: Bearer $DRAIN_TOKEN"));
+    assert!(!script.contains("/api/sessions"), "no log-in: {script}");
+    script
+}
+
 #[test]
-fn the_drain_ticker_calls_the_spinapp_service() {
+fn the_drain_ticker_and_cronjob_call_the_spinapp_service_with_the_drain_token() {
     let objects = objects();
-    let app = one(&objects, "SpinApp");
+    let app = objects
+        .iter()
+        .find(|(path, o)| {
+            o["kind"] == "SpinApp" && path.starts_with(root().join("deploy/kubernetes/"))
+        })
+        .map(|(_, o)| o)
+        .unwrap();
     let url = format!(
         "http://{}.{}.svc.cluster.local",
         app["metadata"]["name"].as_str().unwrap(),
@@ -303,16 +391,57 @@ fn the_drain_ticker_calls_the_spinapp_service() {
         .find(|(_, o)| o["metadata"]["name"] == "flashclaim-drain-ticker")
         .map(|(_, o)| o)
         .unwrap();
-    let container = &ticker["spec"]["template"]["spec"]["containers"][0];
-    let app_env = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "APP")
+    let script = assert_calls_the_drain_with_the_token(
+        &ticker["spec"]["template"]["spec"]["containers"][0],
+        &url,
+    );
+    assert!(script.contains("sleep 1"), "every second: {script}");
+
+    let cronjob = one(&objects, "CronJob");
+    assert_eq!(cronjob["spec"]["schedule"], "* * * * *");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    assert!(job["activeDeadlineSeconds"].as_i64().unwrap() < 60);
+    let script =
+        assert_calls_the_drain_with_the_token(&job["template"]["spec"]["containers"][0], &url);
+    // A call drains for at most 20 s (drain::RUN_BOUND_MS) and must be let finish.
+    assert!(script.contains("-m 30"), "{script}");
+}
+
+#[test]
+fn akamai_gets_every_required_variable_and_its_cron_calls_the_drain_with_the_token() {
+    let spin = spin_toml();
+    let script_path = root().join("deploy/akamai/deploy.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script_path)
+        .arg("--print-variables")
+        .output()
         .unwrap();
-    assert_eq!(app_env["value"], url);
-    let loop_text = container["args"][0].as_str().unwrap();
-    assert!(loop_text.contains("/admin/drain") && loop_text.contains("sleep 1"));
+    assert!(out.status.success());
+    let passed: BTreeSet<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for name in &passed {
+        assert!(
+            spin.variables.contains_key(name),
+            "`{name}` is not declared"
+        );
+    }
+    for (name, required) in &spin.variables {
+        if *required {
+            assert!(passed.contains(name), "required `{name}` not passed");
+        }
+    }
+    assert!(passed.contains("drain_token"));
+    // No custom triggers on Akamai: spin.toml, which has none.
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    assert!(script.contains("MANIFEST=spin.toml"));
+    assert_eq!(spin.cron, 0);
+    assert!(spin.http_routes.iter().any(|(r, _)| r == "/admin/drain"));
+    assert!(script.contains("DRAIN_PATH=/admin/drain"));
+    assert!(script.contains("--path-and-query \"$DRAIN_PATH?token=$FLASHCLAIM_DRAIN_TOKEN\""));
 }
 
 #[test]
@@ -337,7 +466,18 @@ fn the_spin_up_host_environment_supplies_every_required_variable() {
             assert!(set.contains(name), "required `{name}` missing");
         }
     }
+    assert!(
+        set.contains("drain_token"),
+        "the drain unit needs the drain token"
+    );
     let unit = std::fs::read_to_string(root().join("deploy/spin-up/flashclaim.service")).unwrap();
     assert!(unit.contains("EnvironmentFile=/etc/flashclaim/flashclaim.env"));
     assert!(unit.contains("spin up --from /opt/flashclaim/spin.toml"));
+    // spin.toml has no cron trigger: the drain unit drains every second with the token.
+    assert_eq!(spin.cron, 0);
+    let drain =
+        std::fs::read_to_string(root().join("deploy/spin-up/flashclaim-drain.service")).unwrap();
+    assert!(drain.contains("EnvironmentFile=/etc/flashclaim/flashclaim.env"));
+    assert!(drain.contains("authorization: Bearer $SPIN_VARIABLE_DRAIN_TOKEN"));
+    assert!(drain.contains("http://127.0.0.1:3000/admin/drain") && drain.contains("sleep 1"));
 }
