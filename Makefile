@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test-browser test-spin test-shards bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-browser test-spin test-shards test-redeploy bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,7 +18,7 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-schema test-browser test-spin test-shards || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-redeploy test-schema test-browser test-spin test-shards || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -39,15 +39,23 @@ test-lua:
 	cargo test $(NATIVE) --test lua
 
 ## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e and
-## abuse run with spin.toml (WASIp3 claim and log-in) and spin.wasip2.toml (their WASIp2
-## builds); then the Postgres outage test, which stops the shared Postgres and so runs on
-## its own.
+## abuse run with spin.wasip3.toml (WASIp3 claim and log-in, the cron drain) and spin.toml
+## (the WASIp2 builds, HTTP only); then the Postgres outage test, which stops the shared
+## Postgres and so runs on its own.
 test-e2e:
 	cargo test $(NATIVE) --test e2e
-	FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e --test abuse
-	cargo test $(NATIVE) --test api --test abuse --test web_api --test rotation
+	FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse
+	cargo test $(NATIVE) --test api --test abuse --test web_api --test rotation --test drain_token
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
+
+## Tier 3, a redeploy mid-sale (needs services and wasm): the previous release
+## (tests/previous-release, built in a worktree by scripts/previous-release.sh) and this
+## build side by side on the same stores during a claim storm; the old one gets SIGTERM
+## mid-storm. Nothing acknowledged is lost or doubled, the stock adds up.
+test-redeploy:
+	cargo build -q $(NATIVE) --bins
+	FLASHCLAIM_PREVIOUS_MANIFEST=$$(scripts/previous-release.sh) cargo test $(NATIVE) --test redeploy -- --nocapture
 
 ## Tier 3 again on real Spin, when a `spin` binary is found (SPIN=/path/to/spin to choose
 ## one): the end-to-end and API suites with `spin up -c <HTTP components>` as on a Spin
@@ -60,8 +68,9 @@ test-spin:
 	  echo "test-spin: no spin binary found; the end-to-end suites ran on the test host only"; \
 	  exit 0; fi; \
 	echo "test-spin: $$($(SPIN) --version)"; \
-	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api --test rotation || exit $$?; \
-	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.wasip2.toml cargo test $(NATIVE) --test e2e --test abuse || exit $$?; \
+	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api --test rotation --test drain_token || exit $$?; \
+	$(SPIN_RUN) FLASHCLAIM_PREVIOUS_MANIFEST=$$(scripts/previous-release.sh) cargo test $(NATIVE) --test redeploy -- --nocapture || exit $$?; \
+	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron || exit $$?; \
 	  $(SPIN_RUN) .data/browser/venv/bin/pytest -q tests/browser; \
