@@ -120,6 +120,8 @@ struct Attempt {
     user: String,
     /// Every answer it got, in order: (backend, status or 0 for no answer, body).
     answers: Vec<(&'static str, u16, serde_json::Value)>,
+    /// Whether the answer it resolved with was a replay of a claim an earlier, cut try made.
+    replayed: bool,
 }
 
 impl Attempt {
@@ -140,6 +142,7 @@ async fn attempt(
     let auth = bearer(&token(&user, None));
     let path = format!("/api/activities/{id}/claims");
     let mut answers = Vec::new();
+    let mut replayed = false;
     let mut which = first;
     for _ in 0..50 {
         let (name, client) = &backends[which];
@@ -153,6 +156,7 @@ async fn attempt(
                 let body = serde_json::from_slice(&r.body).unwrap_or_default();
                 answers.push((*name, r.status, body));
                 if r.status == 201 || r.status == 409 {
+                    replayed = r.header("idempotent-replayed") == Some("true");
                     break;
                 }
             }
@@ -162,7 +166,11 @@ async fn attempt(
         which = 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Attempt { user, answers }
+    Attempt {
+        user,
+        answers,
+        replayed,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,6 +342,11 @@ async fn a_redeploy_mid_sale_loses_nothing_acknowledged_and_gives_out_the_stock_
         .iter()
         .filter(|a| a.answers.iter().any(|(_, s, _)| *s == 0 || *s == 503))
         .count();
+    // A cut request that had claimed before the stop: its retry replays that claim.
+    let cut_but_claimed = attempts
+        .iter()
+        .filter(|a| a.replayed && a.answers.len() > 1)
+        .count();
 
     // Drain to the end through the new release.
     for round in 0.. {
@@ -399,7 +412,8 @@ async fn a_redeploy_mid_sale_loses_nothing_acknowledged_and_gives_out_the_stock_
     println!(
         "redeploy: {} attempts by {USERS} users, {CONCURRENCY} in flight, in {:.2} s; old release \
          stopped (SIGTERM) at {:.2} s after {old_answered} answers; {cut} attempts cut or answered \
-         503 and retried with their key; {} acknowledged, {} in Postgres, {tickets} tickets of \
+         503 and retried with their key ({cut_but_claimed} of them had claimed before the cut \
+         and got that claim back); {} acknowledged, {} in Postgres, {tickets} tickets of \
          {STOCK}; answers by (release, status): {:?}",
         attempts.len(),
         storm_took.as_secs_f64(),
