@@ -10,7 +10,7 @@
 use flashclaim_core::claim::{self, ClaimSettings};
 use flashclaim_core::client_addr;
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::scripts::PASS;
+use flashclaim_core::scripts::{self, PASS};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::Request;
 
@@ -39,7 +39,7 @@ pub fn post(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         settings.per_address,
     );
     let reply = glue::redis_for(activity, "pass")?
-        .run(&PASS, &keys, &argv)
+        .run_confirmed(&PASS, &keys, &argv, scripts::status_is_success)
         .map_err(|e| glue::redis_unavailable("pass", e))?;
     claim::decode_pass(activity, &reply)
 }

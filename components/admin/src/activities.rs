@@ -7,7 +7,7 @@ use flashclaim_core::admin::apply_patch;
 use flashclaim_core::codes;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX};
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply, POOL, PUBLISH};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, POOL, PUBLISH};
 use flashclaim_core::ticket::TicketRecord;
 use flashclaim_core::ticket_type::{TicketType, TypeKey};
 use flashclaim_core::time::Millis;
@@ -338,6 +338,9 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError>
             .run(&POOL, &[keys.meta(), keys.pools()], &argv)
             .map_err(unavailable)?;
     }
+    // Published is said only once the replicas hold it all (one WAIT covers every write of
+    // this connection): a failover must not bring back an activity without its stock.
+    redis.confirm().map_err(unavailable)?;
     Ok(())
 }
 
@@ -522,7 +525,7 @@ fn insert_and_push(
     let mut argv = vec![Arg::from("add"), Arg::from(ticket_type.key.as_str())];
     argv.extend(uploaded.iter().map(|c| Arg::from(c.as_str())));
     let reply = glue::redis_for(activity.id, "upload codes")?
-        .run(&POOL, &[keys.meta(), keys.pools()], &argv)
+        .run_confirmed(&POOL, &[keys.meta(), keys.pools()], &argv, scripts::always)
         .map_err(|e| glue::redis_unavailable("upload codes", e))?;
     Ok((total, reply.get(1).and_then(Reply::as_int)))
 }

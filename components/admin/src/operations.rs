@@ -3,7 +3,7 @@
 use flashclaim_core::admin;
 use flashclaim_core::ids::{ActivityId, TicketRef, UserId};
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX};
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply, REDEEM};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, REDEEM};
 use flashclaim_core::ticket::{self, TicketRecord};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::Request;
@@ -74,6 +74,7 @@ fn apply_to_deny_sets(command: &str, user: &UserId) -> Result<usize, ApiError> {
                 .map_err(unavailable)?;
             touched += 1;
         }
+        redis.confirm().map_err(unavailable)?;
     }
     Ok(touched)
 }
@@ -107,7 +108,7 @@ pub fn redeem(req: &Request, code: &str) -> Result<HttpResponse, ApiError> {
     let now = glue::now();
     let (keys, argv) = ticket::redeem_command(&ticket, now);
     let reply = redis
-        .run(&REDEEM, &keys, &argv)
+        .run_confirmed(&REDEEM, &keys, &argv, scripts::status_is_success)
         .map_err(|e| glue::redis_unavailable("redeem", e))?;
     ticket::decode_ticket_change(&reply)?;
     Ok(HttpResponse::json(

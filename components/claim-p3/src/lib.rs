@@ -8,7 +8,7 @@
 //! effect happens in the script.
 
 use flashclaim_core::claim::{self, ClaimSettings};
-use flashclaim_core::scripts::CLAIM;
+use flashclaim_core::scripts::{self, CLAIM};
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
 use spin_sdk::http::{Method, Request};
@@ -75,11 +75,12 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let shards = glue::redis_shards().await?;
-    let reply = glue::run_script(
+    let reply = glue::run_confirmed(
         shards.for_activity(activity),
         &CLAIM,
         &command.keys,
         &command.argv,
+        scripts::status_is_success,
     )
     .await
     .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));

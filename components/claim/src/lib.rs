@@ -8,7 +8,7 @@
 use flashclaim_spin as glue;
 
 use flashclaim_core::claim::{self, ClaimSettings};
-use flashclaim_core::scripts::CLAIM;
+use flashclaim_core::scripts::{self, CLAIM};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -57,7 +57,14 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     // apply: one connection, one script
     let shards = glue::redis_shards()?;
     let reply = SpinRedis::open(shards.for_activity(activity))
-        .and_then(|redis| redis.run(&CLAIM, &command.keys, &command.argv))
+        .and_then(|redis| {
+            redis.run_confirmed(
+                &CLAIM,
+                &command.keys,
+                &command.argv,
+                scripts::status_is_success,
+            )
+        })
         .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
 
     // encode

@@ -99,13 +99,27 @@ impl ActivityKeys {
 pub struct RedisShards(Vec<String>);
 
 impl RedisShards {
+    /// Shards are separated by white space or `;`. A `redis-sentinel://` address is one
+    /// shard (its sentinels are comma-separated, without spaces); plain `redis://`
+    /// addresses may also be separated by commas, as they always were.
     pub fn parse(text: &str) -> Option<Self> {
-        let list: Vec<String> = text
-            .split(',')
-            .map(str::trim)
+        let mut list = Vec::new();
+        for shard in text
+            .split(|c: char| c == ';' || c.is_whitespace())
             .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
+        {
+            if shard.starts_with(crate::topology::SENTINEL_SCHEME) {
+                list.push(shard.to_string());
+            } else {
+                list.extend(
+                    shard
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                );
+            }
+        }
         (!list.is_empty()).then_some(RedisShards(list))
     }
 
@@ -159,5 +173,27 @@ mod tests {
         assert_eq!(counts.len(), 3);
         assert!(counts.values().all(|c| *c > 70), "{counts:?}");
         assert!(RedisShards::parse(" , ").is_none());
+    }
+
+    #[test]
+    fn sentinel_groups_are_shards_separated_by_space_or_semicolon_beside_plain_lists() {
+        let shards = RedisShards::parse(
+            "redis-sentinel://s1:26379,s2:26379#a; redis-sentinel://s1:26379,s2:26379#b\n\
+             redis://c:6379,redis://d:6379",
+        )
+        .unwrap();
+        assert_eq!(
+            shards.all(),
+            [
+                "redis-sentinel://s1:26379,s2:26379#a",
+                "redis-sentinel://s1:26379,s2:26379#b",
+                "redis://c:6379",
+                "redis://d:6379"
+            ]
+        );
+        assert_eq!(
+            RedisShards::parse("redis://a:1,redis://b:2").unwrap().all(),
+            ["redis://a:1", "redis://b:2"]
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod throttle;
 pub mod ticket;
 pub mod ticket_type;
 pub mod time;
+pub mod topology;
 
 pub use error::ApiError;
 pub use http::HttpResponse;

@@ -73,6 +73,11 @@ pub enum RedisFailure {
     /// The command failed (an error reply, or the connection broke).
     #[error("redis command failed: {0}")]
     Command(String),
+    /// A write ran on the primary, but fewer replicas than `redis_replicas_ack` confirmed it
+    /// within `redis_replica_timeout_ms` (`WAIT`): a failover now could lose it, so its
+    /// outcome is unknown and nobody may be told it is done (`flashclaim_core::topology`).
+    #[error("redis write not confirmed by enough replicas: {0}")]
+    Unconfirmed(String),
 }
 
 impl RedisFailure {
@@ -88,8 +93,22 @@ impl RedisFailure {
         match self {
             RedisFailure::Unreachable(_) => true,
             RedisFailure::Command(text) => refused_before_running(text),
+            RedisFailure::Unconfirmed(_) => false,
         }
     }
+}
+
+/// The success test of scripts whose reply starts with a status, positive for a success
+/// (`{ 1, … }` done now, `{ 2, … }` done before) and negative for a refusal that wrote
+/// nothing worth confirming: claim, pass, return, redeem.
+pub fn status_is_success(reply: &[Reply]) -> bool {
+    reply.first().and_then(Reply::as_int).is_some_and(|s| s > 0)
+}
+
+/// The success test of scripts that only ever succeed when they answer (publish, pool,
+/// the drain's acknowledgement).
+pub fn always(_: &[Reply]) -> bool {
+    true
 }
 
 /// Error codes (as Redis sends them) and kinds (as the redis crate, and so Spin, renders
@@ -221,6 +240,20 @@ mod tests {
             );
         }
         assert!(RedisFailure::Unreachable("no route".into()).proves_nothing_ran());
+    }
+
+    #[test]
+    fn a_write_the_replicas_did_not_confirm_has_an_unknown_outcome() {
+        assert!(!RedisFailure::Unconfirmed("WAIT 1 200: 0".into()).proves_nothing_ran());
+    }
+
+    #[test]
+    fn a_positive_status_is_a_success_and_a_refusal_is_not() {
+        assert!(status_is_success(&[Reply::Int(1), Reply::Nil]));
+        assert!(status_is_success(&[Reply::Int(2)]));
+        assert!(!status_is_success(&[Reply::Int(-8)]));
+        assert!(!status_is_success(&[]));
+        assert!(always(&[]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use flashclaim_spin as glue;
 use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, Step};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::shards::label;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
@@ -246,7 +246,7 @@ fn drain_activity(
         let mut ack = vec![Arg::from(DRAIN_GROUP)];
         ack.extend(batch.ids().into_iter().map(Arg::from));
         let acked = redis
-            .run(&DRAIN_ACK, &log, &ack)
+            .run_confirmed(&DRAIN_ACK, &log, &ack, scripts::always)
             .map_err(|e| e.to_string())?;
         report.entries += taken;
         for step in &steps {

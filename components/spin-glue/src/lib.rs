@@ -7,6 +7,7 @@ use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
+use flashclaim_core::topology::{Asking, Durability, Endpoint, SentinelGroup};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Request, Response};
 use spin_sdk::pg4::{self, DbValue, ParameterValue};
@@ -220,13 +221,30 @@ pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
 }
 
 /// A Redis connection speaking the core library's types.
-pub struct SpinRedis(redis::Connection);
+/// A connection to one shard's primary. The one place a WASIp2 component learns where a
+/// shard is: a plain endpoint is opened as it is; for a Sentinel group the sentinels are
+/// asked for the primary first (`flashclaim_core::topology`). A WASIp2 instance keeps
+/// nothing between requests, so each request asks once: one more connection and round
+/// trip, measured in BENCHMARKS.md. Nothing here retries: a request that meets a failover
+/// answers `503` and says truthfully whether anything ran; the client retries.
+pub struct SpinRedis {
+    conn: redis::Connection,
+    endpoint: Endpoint,
+}
 
 impl SpinRedis {
     pub fn open(address: &str) -> Result<Self, RedisFailure> {
-        redis::Connection::open(address)
-            .map(SpinRedis)
-            .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))
+        let endpoint = Endpoint::parse(address).map_err(|e| {
+            eprintln!("flashclaim: redis_address: {e}");
+            RedisFailure::Unreachable(e)
+        })?;
+        let url = match &endpoint {
+            Endpoint::Plain(url) => url.clone(),
+            Endpoint::Sentinel(group) => primary_of(group)?,
+        };
+        let conn = redis::Connection::open(&url)
+            .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))?;
+        Ok(SpinRedis { conn, endpoint })
     }
 
     pub fn run(
@@ -237,30 +255,96 @@ impl SpinRedis {
     ) -> Result<Vec<Reply>, RedisFailure> {
         scripts::run_script(self, script, keys, argv)
     }
+
+    /// [`SpinRedis::run`] for a write whose success is acknowledged to someone: when
+    /// `succeeded` says the reply is one, `WAIT` must confirm it first ([`SpinRedis::confirm`]).
+    pub fn run_confirmed(
+        &self,
+        script: &Script,
+        keys: &[String],
+        argv: &[Arg],
+        succeeded: fn(&[Reply]) -> bool,
+    ) -> Result<Vec<Reply>, RedisFailure> {
+        let reply = self.run(script, keys, argv)?;
+        if succeeded(&reply) {
+            self.confirm()?;
+        }
+        Ok(reply)
+    }
+
+    /// Waits until `redis_replicas_ack` replicas hold every write of this connection (none
+    /// by default for a plain endpoint: no round trip), at most `redis_replica_timeout_ms`.
+    /// The variables are looked up only here, after a successful write.
+    pub fn confirm(&self) -> Result<(), RedisFailure> {
+        let durability = Durability::configured(
+            &self.endpoint,
+            optional_var("redis_replicas_ack").as_deref(),
+            optional_var("redis_replica_timeout_ms").as_deref(),
+        );
+        let Some(args) = durability.wait_args() else {
+            return Ok(());
+        };
+        let reply = self.execute("WAIT", &args)?;
+        if durability.confirmed(&reply) {
+            Ok(())
+        } else {
+            Err(RedisFailure::Unconfirmed(format!(
+                "{} of {} replicas within {} ms",
+                reply.first().and_then(Reply::as_int).unwrap_or(0),
+                durability.replicas,
+                durability.timeout_ms
+            )))
+        }
+    }
+}
+
+/// The primary the group's sentinels name, each sentinel asked in turn and once: the
+/// first that names one wins. None reachable, or none that knows the name: nothing ran.
+fn primary_of(group: &SentinelGroup) -> Result<String, RedisFailure> {
+    let mut asking = Asking::new(group);
+    for url in group.sentinel_urls() {
+        let answer = redis::Connection::open(&url)
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|sentinel| {
+                let args = group.ask().map(|a| parameter(&a));
+                sentinel
+                    .execute("SENTINEL", &args)
+                    .map(|reply| reply.into_iter().map(reply_of).collect())
+                    .map_err(redis_error_text)
+            });
+        if let Some(primary) = asking.answered(&url, answer) {
+            return Ok(primary);
+        }
+    }
+    let failure = asking.failure();
+    eprintln!("flashclaim: {failure}");
+    Err(failure)
+}
+
+fn parameter(a: &Arg) -> RedisParameter {
+    match a {
+        Arg::Int(n) => RedisParameter::Int64(*n),
+        Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
+    }
+}
+
+fn reply_of(r: RedisResult) -> Reply {
+    match r {
+        RedisResult::Nil => Reply::Nil,
+        RedisResult::Status(s) => Reply::Status(s),
+        RedisResult::Int64(n) => Reply::Int(n),
+        RedisResult::Binary(b) => Reply::Bytes(b),
+    }
 }
 
 impl RedisCommands for SpinRedis {
     fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
-        let args: Vec<RedisParameter> = args
-            .iter()
-            .map(|a| match a {
-                Arg::Int(n) => RedisParameter::Int64(*n),
-                Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
-            })
-            .collect();
+        let args: Vec<RedisParameter> = args.iter().map(parameter).collect();
         let replies = self
-            .0
+            .conn
             .execute(command, &args)
             .map_err(|e| RedisFailure::Command(redis_error_text(e)))?;
-        Ok(replies
-            .into_iter()
-            .map(|r| match r {
-                RedisResult::Nil => Reply::Nil,
-                RedisResult::Status(s) => Reply::Status(s),
-                RedisResult::Int64(n) => Reply::Int(n),
-                RedisResult::Binary(b) => Reply::Bytes(b),
-            })
-            .collect())
+        Ok(replies.into_iter().map(reply_of).collect())
     }
 }
 
@@ -354,9 +438,16 @@ pub fn claim_shard_markers() -> Result<(), ApiError> {
 }
 
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.
+/// The answer says truthfully whether anything happened: "nothing was changed" only when
+/// the failure proves it; a write that may have run (a broken connection, replicas that
+/// did not confirm) is an unknown outcome.
 pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
     eprintln!("flashclaim: {context}: {e}");
-    ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+    if e.proves_nothing_ran() {
+        ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+    } else {
+        ApiError::OutcomeUnknown
+    }
 }
 
 pub fn pg_open() -> Result<pg4::Connection, ApiError> {

@@ -20,6 +20,7 @@ use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
+use flashclaim_core::topology::{self, Asking, Durability, Endpoint, SentinelGroup};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::redis::{Connection, Error as RedisError, RedisParameter, RedisResult};
 use spin_sdk::wasip3::http::types::{Fields, Response};
@@ -32,6 +33,10 @@ thread_local! {
     // A component instance is single-threaded; these live as long as the instance.
     static VARIABLES: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
     static IDLE: RefCell<HashMap<String, Vec<Connection>>> = RefCell::new(HashMap::new());
+    // Shard address (a redis-sentinel:// group) -> the primary its sentinels last named.
+    // Kept while it serves; forgotten when it fails as a replaced primary fails, so the
+    // next request asks again. With every sentinel down, the instance keeps serving on it.
+    static PRIMARY: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
 }
 
 pub fn now() -> Millis {
@@ -83,23 +88,68 @@ pub async fn redis_shards() -> Result<RedisShards, ApiError> {
 /// never reused and can never hand its late reply to another request.
 pub struct Lease {
     conn: Connection,
+    /// The URL connected to: the shard's own, or its group's primary.
     address: String,
+    endpoint: Endpoint,
 }
 
 impl Lease {
-    /// An idle connection to `address` kept by this instance, or a new one.
+    /// An idle connection to the shard `address` kept by this instance, or a new one: to
+    /// the endpoint itself, or to the primary of a Sentinel group (`flashclaim_core::
+    /// topology`), asked for once and kept until it fails.
     pub async fn take(address: &str) -> Result<Lease, RedisFailure> {
-        let idle = IDLE.with_borrow_mut(|idle| idle.get_mut(address).and_then(Vec::pop));
+        let endpoint = Endpoint::parse(address).map_err(|e| {
+            eprintln!("flashclaim: redis_address: {e}");
+            RedisFailure::Unreachable(e)
+        })?;
+        let url = match &endpoint {
+            Endpoint::Plain(url) => url.clone(),
+            Endpoint::Sentinel(group) => match PRIMARY.with_borrow(|p| p.get(address).cloned()) {
+                Some(primary) => primary,
+                None => {
+                    let primary = primary_of(group).await?;
+                    PRIMARY.with_borrow_mut(|p| p.insert(address.to_string(), primary.clone()));
+                    primary
+                }
+            },
+        };
+        let idle = IDLE.with_borrow_mut(|idle| idle.get_mut(&url).and_then(Vec::pop));
         let conn = match idle {
             Some(conn) => conn,
-            None => Connection::open(address)
-                .await
-                .map_err(|e| RedisFailure::Unreachable(error_text(e)))?,
+            None => Connection::open(&url).await.map_err(|e| {
+                forget_primary(address);
+                RedisFailure::Unreachable(error_text(e))
+            })?,
         };
         Ok(Lease {
             conn,
-            address: address.to_string(),
+            address: url,
+            endpoint,
         })
+    }
+
+    /// Waits until `redis_replicas_ack` replicas hold every write of this connection (none
+    /// by default for a plain endpoint: no round trip), at most `redis_replica_timeout_ms`.
+    pub async fn confirm(&self) -> Result<(), RedisFailure> {
+        let durability = Durability::configured(
+            &self.endpoint,
+            optional_var("redis_replicas_ack").await.as_deref(),
+            optional_var("redis_replica_timeout_ms").await.as_deref(),
+        );
+        let Some(args) = durability.wait_args() else {
+            return Ok(());
+        };
+        let reply = self.execute("WAIT", &args).await?;
+        if durability.confirmed(&reply) {
+            Ok(())
+        } else {
+            Err(RedisFailure::Unconfirmed(format!(
+                "{} of {} replicas within {} ms",
+                reply.first().and_then(Reply::as_int).unwrap_or(0),
+                durability.replicas,
+                durability.timeout_ms
+            )))
+        }
     }
 
     /// Back to the idle list, for the next request of this instance.
@@ -113,24 +163,12 @@ impl Lease {
     }
 
     pub async fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
-        let params = args.iter().map(|a| match a {
-            Arg::Int(n) => RedisParameter::Int64(*n),
-            Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
-        });
         let replies = self
             .conn
-            .execute(command, params)
+            .execute(command, args.iter().map(parameter))
             .await
             .map_err(|e| RedisFailure::Command(error_text(e)))?;
-        Ok(replies
-            .into_iter()
-            .map(|r| match r {
-                RedisResult::Nil => Reply::Nil,
-                RedisResult::Status(s) => Reply::Status(s),
-                RedisResult::Int64(n) => Reply::Int(n),
-                RedisResult::Binary(b) => Reply::Bytes(b),
-            })
-            .collect())
+        Ok(replies.into_iter().map(reply_of).collect())
     }
 
     /// `script` with EVALSHA, and EVAL after NOSCRIPT (see `scripts::run_script`). An error
@@ -165,18 +203,91 @@ pub async fn run_script(
     keys: &[String],
     argv: &[Arg],
 ) -> Result<Vec<Reply>, RedisFailure> {
+    run_confirmed(address, script, keys, argv, |_| false).await
+}
+
+/// [`run_script`] for a write whose success is acknowledged to someone: when `succeeded`
+/// says the reply is one, `WAIT` must confirm it on the same connection first
+/// ([`Lease::confirm`]). A failure that shows the shard's primary may have been replaced
+/// makes the instance ask the sentinels again on its next request; nothing retries here.
+pub async fn run_confirmed(
+    address: &str,
+    script: &Script,
+    keys: &[String],
+    argv: &[Arg],
+    succeeded: fn(&[Reply]) -> bool,
+) -> Result<Vec<Reply>, RedisFailure> {
     let lease = Lease::take(address).await?;
-    match lease.run(script, keys, argv).await {
+    let result = match lease.run(script, keys, argv).await {
+        Ok(reply) if succeeded(&reply) => lease.confirm().await.map(|()| reply),
+        other => other,
+    };
+    match result {
         Ok(reply) => {
             lease.release();
             Ok(reply)
         }
         Err(e) => {
-            if !matches!(&e, RedisFailure::Command(text) if error_reply(text)) {
-                IDLE.with_borrow_mut(|idle| idle.remove(address));
+            let answered = match &e {
+                RedisFailure::Command(text) => error_reply(text),
+                RedisFailure::Unconfirmed(_) => true,
+                RedisFailure::Unreachable(_) => false,
+            };
+            if answered {
+                lease.release();
+            } else {
+                IDLE.with_borrow_mut(|idle| idle.remove(&lease.address));
+            }
+            if topology::asks_for_new_primary(&e) {
+                forget_primary(address);
             }
             Err(e)
         }
+    }
+}
+
+/// The next request on `address` asks its sentinels again (a plain endpoint: nothing).
+fn forget_primary(address: &str) {
+    PRIMARY.with_borrow_mut(|p| p.remove(address));
+}
+
+/// The primary the group's sentinels name, each sentinel asked in turn and once.
+async fn primary_of(group: &SentinelGroup) -> Result<String, RedisFailure> {
+    let mut asking = Asking::new(group);
+    for url in group.sentinel_urls() {
+        let answer = match Connection::open(&url).await {
+            Ok(sentinel) => {
+                let args = group.ask().map(|a| parameter(&a));
+                sentinel
+                    .execute("SENTINEL", args)
+                    .await
+                    .map(|reply| reply.into_iter().map(reply_of).collect())
+                    .map_err(error_text)
+            }
+            Err(e) => Err(error_text(e)),
+        };
+        if let Some(primary) = asking.answered(&url, answer) {
+            return Ok(primary);
+        }
+    }
+    let failure = asking.failure();
+    eprintln!("flashclaim: {failure}");
+    Err(failure)
+}
+
+fn parameter(a: &Arg) -> RedisParameter {
+    match a {
+        Arg::Int(n) => RedisParameter::Int64(*n),
+        Arg::Bytes(b) => RedisParameter::Binary(b.clone()),
+    }
+}
+
+fn reply_of(r: RedisResult) -> Reply {
+    match r {
+        RedisResult::Nil => Reply::Nil,
+        RedisResult::Status(s) => Reply::Status(s),
+        RedisResult::Int64(n) => Reply::Int(n),
+        RedisResult::Binary(b) => Reply::Bytes(b),
     }
 }
 
@@ -232,9 +343,16 @@ async fn shard_marker(address: &str) -> Result<Option<String>, RedisFailure> {
 }
 
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.
+/// The answer says truthfully whether anything happened: "nothing was changed" only when
+/// the failure proves it; a write that may have run (a broken connection, replicas that
+/// did not confirm) is an unknown outcome.
 pub fn redis_unavailable(context: &str, e: RedisFailure) -> ApiError {
     eprintln!("flashclaim: {context}: {e}");
-    ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+    if e.proves_nothing_ran() {
+        ApiError::Unavailable("the service is temporarily unavailable; nothing was changed")
+    } else {
+        ApiError::OutcomeUnknown
+    }
 }
 
 /// Holds WASIp3 backpressure while a request runs, so Spin starts no second request in

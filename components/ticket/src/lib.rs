@@ -12,7 +12,7 @@ use flashclaim_core::cors::Caching;
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply, RETURN};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, RETURN};
 use flashclaim_core::ticket::{self, TicketRecord, TicketView};
 use flashclaim_core::time::Millis;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -113,7 +113,7 @@ fn return_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiErro
     let ticket = TicketRef::parse(code)?;
     let (keys, argv) = ticket::return_command(&ticket, caller.user.as_str(), glue::now());
     let reply = glue::redis_for(ticket.activity, "return ticket")?
-        .run(&RETURN, &keys, &argv)
+        .run_confirmed(&RETURN, &keys, &argv, scripts::status_is_success)
         .map_err(|e| glue::redis_unavailable("return ticket", e))?;
     let stock_left = ticket::decode_ticket_change(&reply)?.and_then(Reply::as_int);
     // return.lua: { 1, stock_left, type, kind }; stock_left is the type's.

@@ -20,6 +20,7 @@ pub fn root() -> PathBuf {
 }
 
 pub mod edge;
+pub mod sentinel;
 
 /// A local port free just now, for a server a test starts in another process (Spin, nginx,
 /// a private Redis) and so cannot hand a bound listener.
