@@ -198,6 +198,7 @@ pub fn asks_for_new_primary(failure: &RedisFailure) -> bool {
             "Connection refused",
             "Unexpected EOF",
             "UnexpectedEof",
+            "timed out",
         ]
         .iter()
         .any(|marker| text.contains(marker)),

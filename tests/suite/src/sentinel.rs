@@ -66,7 +66,7 @@ pub struct SentinelGroup {
 
 impl SentinelGroup {
     /// Starts the group and waits (at most 30 s) until every sentinel knows both replicas
-    /// and the other sentinels.
+    /// and the other sentinels, and the primary takes writes.
     pub async fn start(name: &str) -> SentinelGroup {
         let dir = root().join(format!(".data/sentinel/{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -149,7 +149,14 @@ impl SentinelGroup {
                 let others = group.sentinel_count(s, "sentinels").await;
                 ready &= replicas == Some(2) && others == Some(2);
             }
-            if ready {
+            // And the primary takes writes: it counts its replicas as good only once they
+            // have acknowledged (min-replicas-to-write), a second or so after they connect.
+            let writable: Option<String> = query(
+                &group.node_url(0),
+                redis::cmd("SET").arg("sentinel-test:ready").arg(1),
+            )
+            .await;
+            if ready && writable.is_some() {
                 return group;
             }
             assert!(

@@ -306,3 +306,178 @@ async fn wait_for_claims(t: &TestApp, id: i64, since: Instant) -> (Duration, Vec
 }
 
 static PROBES: AtomicUsize = AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_frozen_past_down_after_is_replaced_and_demoted_when_it_wakes_losing_nothing() {
+    let group = SentinelGroup::start("freeze").await;
+    let t = Arc::new(app_on(&group, &[]).await);
+    let id = activity(&t).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = tokio::spawn(storm(t.clone(), id, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let first = group.primary().await.expect("a primary");
+    let frozen_at = Instant::now();
+    group.freeze(first);
+    let second = group
+        .wait_for_new_primary(first, Duration::from_secs(20))
+        .await;
+    let promoted_after = frozen_at.elapsed();
+    let (gap, probes) = wait_for_claims(&t, id, frozen_at).await;
+    // It wakes up still believing it is the primary, with claims queued on its sockets.
+    let thawed_at = Instant::now();
+    group.thaw(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while group.role(first).await.as_deref() != Some("slave") {
+        assert!(
+            Instant::now() < deadline,
+            "the woken primary was not demoted within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let demoted_after = thawed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut seen = runner.await.unwrap();
+    seen.extend(probes);
+
+    let (acked, nothing, unknown) = assert_clean(&seen);
+    let (survived, afresh) = replay_unknowns(&t, id, &mut seen).await;
+    let in_postgres = check_promise(&t, &group, id, &seen).await;
+    println!(
+        "sentinel freeze: {} claims; primary {first} SIGSTOPped, node {second} promoted after \
+         {:.2} s, first 201 after {:.2} s; SIGCONT, demoted to a replica {:.2} s later; \
+         answers: {acked} 201, {nothing} 503 claimed:false, {unknown} 503 claimed:null \
+         ({survived} had claimed, {afresh} had not); {in_postgres} acknowledged, all in \
+         Postgres once, 0 lost, 0 doubled",
+        seen.len(),
+        promoted_after.as_secs_f64(),
+        gap.as_secs_f64(),
+        demoted_after.as_secs_f64(),
+    );
+    assert!(gap < Duration::from_secs(10), "claims resumed within 10 s");
+}
+
+/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
+fn wasip3_claim() -> bool {
+    let text = std::fs::read_to_string(manifest()).unwrap();
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    doc["component"]["claim"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("_p3.wasm")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sentinel_down_changes_nothing_and_with_all_down_the_wasip3_claim_keeps_its_primary() {
+    let mut group = SentinelGroup::start("sentinels-down").await;
+    let t = app_on(&group, &[]).await;
+    let id = activity(&t).await;
+    let mut seen = Vec::new();
+    let claim = |n: usize| {
+        let (user, key) = (format!("sd-{n}"), format!("sd-key-{n}"));
+        let t = &t;
+        async move {
+            let (status, body) = claim_with_key(t, id, &user, &key).await;
+            Seen {
+                user,
+                key,
+                status,
+                body,
+            }
+        }
+    };
+    for n in 0..20 {
+        seen.push(claim(n).await);
+    }
+    group.kill_sentinel(0);
+    for n in 20..60 {
+        let s = claim(n).await;
+        assert_eq!(s.status, 201, "one sentinel of three down: {}", s.body);
+        seen.push(s);
+    }
+    group.kill_sentinel(1);
+    group.kill_sentinel(2);
+    let started = Instant::now();
+    for n in 60..80 {
+        let s = claim(n).await;
+        if wasip3_claim() {
+            // The reused instance keeps the primary it knows.
+            assert_eq!(s.status, 201, "WASIp3, no sentinel: {}", s.body);
+        } else {
+            // A WASIp2 instance knows nothing: it cannot find the primary, and says that
+            // nothing was claimed.
+            assert_eq!(s.status, 503, "WASIp2, no sentinel: {}", s.body);
+            assert_eq!(s.body["claimed"], false, "{}", s.body);
+        }
+        seen.push(s);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no sentinel: 20 answers took {:?}",
+        started.elapsed()
+    );
+    group.restart_sentinel(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 80;
+    loop {
+        let s = claim(n).await;
+        n += 1;
+        let ok = s.status == 201;
+        seen.push(s);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no claim after a sentinel came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_clean(&seen);
+    replay_unknowns(&t, id, &mut seen).await;
+    check_promise(&t, &group, id, &seen).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misconfigured_group_answers_a_clear_503_at_once_and_never_hangs() {
+    let group = SentinelGroup::start("misconfigured").await;
+    let address = group.address();
+    let with_credentials = address.replacen(
+        "redis-sentinel://",
+        "redis-sentinel://nobody:wrong-password@",
+        1,
+    );
+    let nowhere = format!(
+        "redis-sentinel://127.0.0.1:{},127.0.0.1:{}#flashclaim",
+        free_port(),
+        free_port()
+    );
+    for (what, redis_address) in [
+        ("an unknown master name", group.address_named("no-such-master")),
+        ("no reachable sentinel", nowhere),
+        ("a password the primary refuses", with_credentials),
+        ("no master name at all", address.replace("#flashclaim", "")),
+    ] {
+        let t = TestApp::start_on(
+            &redis_address,
+            &fresh_pg_db().await,
+            &[("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*")],
+        )
+        .await;
+        let started = Instant::now();
+        let r = t.claim(1, "someone", "").await;
+        assert_eq!(r.status, 503, "{what}: {}", r.text());
+        assert_eq!(r.json()["code"], "unavailable", "{what}");
+        assert_eq!(r.json()["claimed"], false, "{what}: nothing can have run");
+        let health = t.send("GET", "/healthz", None, "").await;
+        assert_eq!(health.status, 503, "{what}: {}", health.text());
+        assert_eq!(health.json()["redis"], false, "{what}");
+        assert!(
+            !health.text().contains("wrong-password") && !r.text().contains("wrong-password"),
+            "{what}: a secret in an answer"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
