@@ -290,6 +290,20 @@ pub struct Health {
     pub backlog: i64,
     /// Age of the oldest entry not yet in Postgres; `None` when the log is empty.
     pub oldest_entry_age_ms: Option<i64>,
+    /// Each Sentinel-managed shard: the primary its sentinels name now, and its replicas.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_groups: Vec<GroupHealth>,
+}
+
+/// One Sentinel group in `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupHealth {
+    /// The shard as `shards::label` names it (no credentials).
+    pub shard: String,
+    /// `host:port` of the node the sentinels name as primary.
+    pub primary: String,
+    #[serde(flatten)]
+    pub replication: crate::topology::Replication,
 }
 
 impl Health {
@@ -377,6 +391,7 @@ mod tests {
             redis_down: vec![],
             backlog: 3,
             oldest_entry_age_ms: Some(10),
+            redis_groups: vec![],
         };
         let r = h.to_response();
         assert_eq!(r.status, 503);

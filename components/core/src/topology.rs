@@ -176,6 +176,48 @@ impl<'a> Asking<'a> {
     }
 }
 
+/// `host:port[/db]` of a `redis://` URL, without its credentials (for logs and `/healthz`).
+pub fn node_label(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.rsplit_once('@').map_or(rest, |(_, host)| host).to_string()
+}
+
+/// A node's replication as `INFO replication` reports it: what `/healthz` says of a group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Replication {
+    /// `master` or `slave`, as Redis says it.
+    pub role: String,
+    /// Replicas connected to it.
+    pub replicas: usize,
+    /// Every connected replica online and at most a second behind, and at least one.
+    pub replicas_in_sync: bool,
+}
+
+pub fn replication(info: &str) -> Replication {
+    let mut role = String::new();
+    let mut replicas = 0;
+    let mut in_sync = true;
+    for line in info.lines().map(str::trim) {
+        if let Some(r) = line.strip_prefix("role:") {
+            role = r.to_string();
+        } else if line.starts_with("slave") && line.contains(":ip=") {
+            replicas += 1;
+            let field = |name: &str| {
+                line.split([':', ','])
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            let online = field("state") == Some("online");
+            let lag = field("lag").and_then(|l| l.parse::<i64>().ok()).unwrap_or(i64::MAX);
+            in_sync &= online && lag <= 1;
+        }
+    }
+    Replication {
+        role,
+        replicas,
+        replicas_in_sync: in_sync && replicas > 0,
+    }
+}
+
 /// Whether a failure on a group's primary means it may no longer be the primary, so the
 /// sentinels must be asked again before the next command: the node is gone (a refused or
 /// broken connection), or it says it cannot take writes as a primary (`READONLY`: it was
@@ -266,6 +308,12 @@ mod tests {
 
     fn b(s: &str) -> Reply {
         Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_node_is_named_without_its_credentials() {
+        assert_eq!(node_label("redis://u:pw@10.0.0.1:6379/2"), "10.0.0.1:6379/2");
+        assert_eq!(node_label("redis://10.0.0.1:6379"), "10.0.0.1:6379");
     }
 
     #[test]
@@ -370,6 +418,29 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn replication_is_in_sync_when_every_replica_is_online_and_at_most_a_second_behind() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+            slave0:ip=127.0.0.1,port=7002,state=online,offset=100,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=7003,state=online,offset=90,lag=1\r\n\
+            master_repl_offset:100\r\n";
+        assert_eq!(
+            replication(info),
+            Replication {
+                role: "master".into(),
+                replicas: 2,
+                replicas_in_sync: true
+            }
+        );
+        let behind = info.replace("lag=1", "lag=7");
+        assert!(!replication(&behind).replicas_in_sync);
+        let syncing = info.replace("state=online,offset=90", "state=wait_bgsave,offset=0");
+        assert!(!replication(&syncing).replicas_in_sync);
+        let alone = "role:master\r\nconnected_slaves:0\r\n";
+        assert_eq!(replication(alone).replicas, 0);
+        assert!(!replication(alone).replicas_in_sync);
     }
 
     #[test]

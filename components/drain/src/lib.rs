@@ -7,7 +7,8 @@
 
 use flashclaim_spin as glue;
 
-use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, Step};
+use flashclaim_core::drain::{self, Batch, Changes, DrainReport, GroupHealth, Health, Rows, Step};
+use flashclaim_core::topology;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
@@ -75,6 +76,7 @@ fn health() -> Health {
         redis_down: Vec::new(),
         backlog: 0,
         oldest_entry_age_ms: None,
+        redis_groups: Vec::new(),
     };
     let Ok(shards) = glue::redis_shards() else {
         health.redis = false;
@@ -91,6 +93,18 @@ fn health() -> Health {
             health.redis_down.push(label(&shards, index));
             continue;
         };
+        if redis.is_group() {
+            let info = redis.execute("INFO", &[Arg::from("replication")]);
+            let text = info
+                .ok()
+                .and_then(|r| r.first().and_then(Reply::as_text).map(str::to_string))
+                .unwrap_or_default();
+            health.redis_groups.push(GroupHealth {
+                shard: label(&shards, index),
+                primary: redis.node().to_string(),
+                replication: topology::replication(&text),
+            });
+        }
         for id in members
             .iter()
             .filter_map(Reply::as_text)

@@ -7,7 +7,7 @@ use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
-use flashclaim_core::topology::{Asking, Durability, Endpoint, SentinelGroup};
+use flashclaim_core::topology::{self, Asking, Durability, Endpoint, SentinelGroup};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Request, Response};
 use spin_sdk::pg4::{self, DbValue, ParameterValue};
@@ -230,6 +230,7 @@ pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
 pub struct SpinRedis {
     conn: redis::Connection,
     endpoint: Endpoint,
+    node: String,
 }
 
 impl SpinRedis {
@@ -244,7 +245,21 @@ impl SpinRedis {
         };
         let conn = redis::Connection::open(&url)
             .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))?;
-        Ok(SpinRedis { conn, endpoint })
+        Ok(SpinRedis {
+            conn,
+            node: topology::node_label(&url),
+            endpoint,
+        })
+    }
+
+    /// `host:port` of the node connected to (for a Sentinel group, its primary now).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the shard is a Sentinel-managed group.
+    pub fn is_group(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Sentinel(_))
     }
 
     pub fn run(

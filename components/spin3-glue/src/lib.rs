@@ -116,16 +116,10 @@ impl Lease {
         let idle = IDLE.with_borrow_mut(|idle| idle.get_mut(&url).and_then(Vec::pop));
         let conn = match idle {
             Some(conn) => conn,
-            None => match within(Connection::open(&url)).await {
-                Some(Ok(conn)) => conn,
-                failed => {
-                    forget_primary(address);
-                    return Err(RedisFailure::Unreachable(match failed {
-                        Some(Err(e)) => error_text(e),
-                        _ => TIMED_OUT.to_string(),
-                    }));
-                }
-            },
+            None => Connection::open(&url).await.map_err(|e| {
+                forget_primary(address);
+                RedisFailure::Unreachable(error_text(e))
+            })?,
         };
         Ok(Lease {
             conn,
@@ -169,11 +163,10 @@ impl Lease {
     }
 
     pub async fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
-        // A node that stops answering (frozen, partitioned) must not hold the request: the
-        // command may have run, so the outcome is unknown.
-        let replies = within(self.conn.execute(command, args.iter().map(parameter)))
+        let replies = self
+            .conn
+            .execute(command, args.iter().map(parameter))
             .await
-            .ok_or_else(|| RedisFailure::Command(TIMED_OUT.to_string()))?
             .map_err(|e| RedisFailure::Command(error_text(e)))?;
         Ok(replies.into_iter().map(reply_of).collect())
     }
@@ -253,32 +246,6 @@ pub async fn run_confirmed(
     }
 }
 
-/// How long one Redis step (a connection, a command, a sentinel's answer) may take before
-/// the request gives up on it. A script runs in well under a millisecond and `WAIT` has its
-/// own, shorter bound (`redis_replica_timeout_ms`), so only a node that stopped answering
-/// reaches it.
-const STEP_TIMEOUT_MS: u64 = 2_000;
-const TIMED_OUT: &str = "timed out: no answer within 2000 ms";
-
-/// `work`, or `None` when it has not finished within [`STEP_TIMEOUT_MS`] (it is then
-/// dropped: a connection with a command in flight is never reused, see [`Lease`]).
-async fn within<T>(work: impl std::future::Future<Output = T>) -> Option<T> {
-    use std::task::Poll;
-    let timer = spin_sdk::wasip3::clocks::monotonic_clock::wait_for(STEP_TIMEOUT_MS * 1_000_000);
-    let mut work = std::pin::pin!(work);
-    let mut timer = std::pin::pin!(timer);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(value) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(value));
-        }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
-}
-
 /// The next request on `address` asks its sentinels again (a plain endpoint: nothing).
 fn forget_primary(address: &str) {
     PRIMARY.with_borrow_mut(|p| p.remove(address));
@@ -297,9 +264,7 @@ async fn primary_of(group: &SentinelGroup) -> Result<String, RedisFailure> {
                 .map(|reply| reply.into_iter().map(reply_of).collect())
                 .map_err(error_text)
         };
-        let answer = within(ask)
-            .await
-            .unwrap_or_else(|| Err(TIMED_OUT.to_string()));
+        let answer = ask.await;
         if let Some(primary) = asking.answered(&url, answer) {
             return Ok(primary);
         }

@@ -510,7 +510,14 @@ async function healthView() {
       h('dt', {}, t('h_redis')), h('dd', {}, t(s.redis ? 'yes' : 'no')),
       h('dt', {}, t('h_postgres')), h('dd', {}, t(s.postgres ? 'yes' : 'no')),
       h('dt', {}, t('h_backlog')), h('dd', {}, String(s.backlog ?? '')),
-      h('dt', {}, t('h_oldest')), h('dd', {}, String(s.oldest_entry_age_ms ?? '—'))));
+      h('dt', {}, t('h_oldest')), h('dd', {}, String(s.oldest_entry_age_ms ?? '—')),
+      ...((s.redis_down || []).length ? [h('dt', {}, t('h_down')), h('dd', {}, s.redis_down.join(', '))] : []),
+      // A Sentinel group: the primary its sentinels name now, so an operator watching a
+      // failover sees the switch and when the replicas have caught up.
+      ...(s.redis_groups || []).flatMap((g) => [
+        h('dt', {}, t('h_group', { shard: g.shard })),
+        h('dd', {}, t('h_primary', { primary: g.primary, replicas: String(g.replicas),
+          sync: t(g.replicas_in_sync ? 'h_in_sync' : 'h_not_in_sync') }))])));
   };
   load();
   every(5000, load);

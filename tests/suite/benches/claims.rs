@@ -1150,6 +1150,12 @@ async fn run() {
     for &c in &levels {
         redis_limits.push(redis_benchmark(c, stores).await);
     }
+    let mut ha = Vec::new();
+    if std::env::var("FLASHCLAIM_BENCH_SENTINEL").map_or(true, |v| v != "0") {
+        for &rt in &flood_runtimes(&wanted) {
+            ha.extend(sentinel_cost(rt).await);
+        }
+    }
 
     // The report: markdown, pasted into BENCHMARKS.md as it is.
     let pg_version = {
@@ -1300,6 +1306,7 @@ async fn run() {
             100.0 * d.rate / d.bulk_rate
         );
     }
+    print_sentinel_cost(&ha);
     if !floods.is_empty() {
         println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins answered during the storms of all rounds: 401 (hashed) / 429 (refused before hashing) | target |");
         println!("|---|---|---|---|---|---|---|");
@@ -1642,4 +1649,189 @@ async fn paced_through_edge(
         );
     }
     (medians(&alone), medians(&paced), answered)
+}
+
+/// Claims measured for the Sentinel layer's cost (BENCHMARKS.md, "Redis high availability").
+const HA_REQUESTS: usize = 8_000;
+const HA_C: usize = 64;
+
+/// One way of reaching the same Redis group, measured.
+struct HaRow {
+    runtime: &'static str,
+    claim: &'static str,
+    reached: &'static str,
+    per_sec: f64,
+    p99_ms: f64,
+    /// Commands the primary ran per claim (EVALSHA, EVAL, WAIT).
+    primary_cmds: f64,
+    /// `SENTINEL` commands the sentinels answered per claim.
+    sentinel_asks: f64,
+    /// Connections opened per claim, primary and sentinels together.
+    connections: f64,
+}
+
+/// The same claim on one Sentinel group (1 primary + 2 replicas, AOF always, 3 sentinels),
+/// reached three ways in one run, taking turns as the main levels do: the primary's own
+/// address (no Sentinel, no WAIT: the floor), through the sentinels with
+/// `redis_replicas_ack` 0, and with 1 (every claim confirmed by `WAIT`); for the WASIp3 and
+/// the WASIp2 claim.
+async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
+    use flashclaim_tests::sentinel::SentinelGroup;
+    let runtime = match rt {
+        Runtime::TestHost => "test host",
+        _ => "Spin",
+    };
+    let group = SentinelGroup::start("bench").await;
+    let primary = group.primary().await.expect("a primary");
+    let plain = group.node_url(primary);
+    let pg = fresh_pg_db().await;
+    let mut rows = Vec::new();
+    for (claim, manifest) in [
+        ("WASIp3", "spin.wasip3.toml"),
+        ("WASIp2", "spin.toml"),
+    ] {
+        let ways: [(&str, String, &str); 3] = [
+            ("the primary's address, no WAIT", plain.clone(), "0"),
+            ("Sentinel group, redis_replicas_ack 0", group.address(), "0"),
+            ("Sentinel group, redis_replicas_ack 1", group.address(), "1"),
+        ];
+        let mut apps = Vec::new();
+        for (_, address, ack) in &ways {
+            apps.push(
+                TestApp::start_manifest_on_runtime(
+                    rt,
+                    &root().join(manifest),
+                    address,
+                    &pg,
+                    &[
+                        ("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*"),
+                        ("SPIN_VARIABLE_REDIS_REPLICAS_ACK", ack),
+                    ],
+                )
+                .await,
+            );
+        }
+        let activity = apps[0].create_activity(10_000_000, "").await;
+        apps[0].publish(activity).await;
+        let mut seq = 0usize;
+        let mut requests = |n: usize| -> Vec<Req> {
+            (0..n)
+                .map(|_| {
+                    seq += 1;
+                    Variant::FlashclaimP3.request(activity, &format!("ha-{claim}-{seq}"))
+                })
+                .collect()
+        };
+        for app in &apps {
+            load(app.client.base_url().to_string(), requests(WARM_UP), HA_C, 201).await;
+        }
+        let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ways.len()];
+        let mut counted = vec![(0.0, 0.0, 0.0); ways.len()];
+        for _ in 0..ROUNDS {
+            for (i, app) in apps.iter().enumerate() {
+                let before = group_counters(&group).await;
+                let n = HA_REQUESTS / ROUNDS;
+                let loaded = load(app.client.base_url().to_string(), requests(n), HA_C, 201).await;
+                let after = group_counters(&group).await;
+                assert!(
+                    loaded.errors.is_empty(),
+                    "{claim} {}: {:?}",
+                    ways[i].0,
+                    loaded.errors
+                );
+                rounds[i].push((
+                    n as f64 / loaded.elapsed.as_secs_f64(),
+                    percentile(&loaded.latencies, 0.99),
+                ));
+                counted[i].0 += (after.0 - before.0) as f64;
+                counted[i].1 += (after.1 - before.1) as f64;
+                counted[i].2 += (after.2 - before.2) as f64;
+            }
+        }
+        for (i, (reached, _, _)) in ways.iter().enumerate() {
+            let (per_sec, p99_ms) = medians(&rounds[i]);
+            let claims = (HA_REQUESTS / ROUNDS * ROUNDS) as f64;
+            rows.push(HaRow {
+                runtime,
+                claim,
+                reached,
+                per_sec,
+                p99_ms,
+                primary_cmds: counted[i].0 / claims,
+                sentinel_asks: counted[i].1 / claims,
+                connections: counted[i].2 / claims,
+            });
+        }
+    }
+    rows
+}
+
+/// (EVALSHA + EVAL + WAIT calls on every data node, SENTINEL calls on every sentinel,
+/// connections received by all of them), from INFO.
+async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i64, i64, i64) {
+    let (mut cmds, mut asks, mut conns) = (0, 0, 0);
+    for url in group.all_urls() {
+        let mut redis = flashclaim_tests::redis_conn(&url).await;
+        let info: String = redis::cmd("INFO")
+            .arg("all")
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        for line in info.lines() {
+            let calls = |name: &str| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(":calls="))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            cmds += calls("cmdstat_evalsha") + calls("cmdstat_eval") + calls("cmdstat_wait");
+            asks += calls("cmdstat_sentinel");
+            if let Some(n) = line.strip_prefix("total_connections_received:") {
+                conns += n.trim().parse::<i64>().unwrap_or(0);
+            }
+        }
+    }
+    (cmds, asks, conns)
+}
+
+fn print_sentinel_cost(rows: &[HaRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n| runtime | claim | Redis reached as | claims/s | p99 ms | claims/s vs the primary's address | commands on the primary per claim | sentinel asks per claim | connections opened per claim | target |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let floor = rows
+            .iter()
+            .find(|f| f.runtime == r.runtime && f.claim == r.claim)
+            .expect("the floor row comes first");
+        let ratio = r.per_sec / floor.per_sec;
+        let target = if r.reached.ends_with("ack 1") {
+            let ack0 = rows
+                .iter()
+                .find(|f| f.runtime == r.runtime && f.claim == r.claim && f.reached.ends_with("ack 0"))
+                .expect("the ack 0 row");
+            let cost = 1.0 - r.per_sec / ack0.per_sec;
+            format!(
+                "WAIT costs {:.0} % of claims/s (≤ 15 %){}",
+                cost * 100.0,
+                if cost <= 0.15 { " ✓" } else { " ✗" }
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} | {target} |",
+            r.runtime,
+            r.claim,
+            r.reached,
+            r.per_sec,
+            r.p99_ms,
+            ratio,
+            r.primary_cmds,
+            r.sentinel_asks,
+            r.connections
+        );
+    }
 }

@@ -234,6 +234,15 @@ impl SentinelGroup {
         }
     }
 
+    /// Every node's and every sentinel's URL (for counters).
+    pub fn all_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .chain(self.sentinels.iter())
+            .map(|p| format!("redis://127.0.0.1:{}", p.port))
+            .collect()
+    }
+
     /// A data node's URL, for reading what it holds.
     pub fn node_url(&self, node: usize) -> String {
         format!("redis://127.0.0.1:{}/0", self.nodes[node].port)

@@ -309,46 +309,78 @@ fn each_image_run_is_the_image_pushed_with_the_manifest_its_runtime_runs() {
 }
 
 #[test]
-fn redis_address_lists_exactly_the_statefulset_primaries_with_aof_always() {
+fn redis_address_names_the_statefulsets_sentinel_group_with_aof_always_and_min_replicas() {
     let objects = objects();
     let set = one(&objects, "StatefulSet");
     let name = set["metadata"]["name"].as_str().unwrap();
     let service = set["spec"]["serviceName"].as_str().unwrap();
     let namespace = set["metadata"]["namespace"].as_str().unwrap();
     let replicas = set["spec"]["replicas"].as_i64().unwrap();
+    assert_eq!(replicas, 3, "a primary, two replicas, three sentinels (quorum 2)");
     let headless = objects
         .iter()
         .find(|(_, o)| o["kind"] == "Service" && o["metadata"]["name"] == service)
         .map(|(_, o)| o)
         .expect("the StatefulSet's service");
     assert_eq!(headless["spec"]["clusterIP"], "None");
-    assert!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].is_string());
-
-    let expected: Vec<String> = (0..replicas)
-        .map(|i| format!("redis://{name}-{i}.{service}.{namespace}.svc.cluster.local:6379"))
+    let ports: BTreeSet<i64> = headless["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
         .collect();
-    for app in all(&objects, "SpinApp") {
-        let address = app["spec"]["variables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "redis_address")
-            .and_then(|v| v["value"].as_str())
-            .unwrap();
-        assert_eq!(address.split(',').collect::<Vec<_>>(), expected);
-    }
+    assert_eq!(ports, BTreeSet::from([6379, 26379]));
+    assert!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].is_string());
+    let containers: Vec<&str> = set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(containers, ["redis", "sentinel"], "each pod: Redis and a Sentinel");
 
+    let sentinels: Vec<String> = (0..replicas)
+        .map(|i| format!("{name}-{i}.{service}.{namespace}.svc.cluster.local:26379"))
+        .collect();
     let config = objects
         .iter()
         .find(|(_, o)| o["kind"] == "ConfigMap" && o["data"]["redis.conf"].is_string())
-        .map(|(_, o)| o["data"]["redis.conf"].as_str().unwrap())
+        .map(|(_, o)| &o["data"])
         .expect("redis.conf");
+    let group = config["start-sentinel.sh"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel monitor "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the sentinels monitor a group");
+    let expected = format!("redis-sentinel://{}#{group}", sentinels.join(","));
+    for app in all(&objects, "SpinApp") {
+        let value = |var: &str| {
+            app["spec"]["variables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == var)
+                .and_then(|v| v["value"].as_str())
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(value("redis_address"), expected);
+        // Components may reach the sentinels and whichever pod is primary.
+        assert_eq!(
+            value("redis_host"),
+            format!("*.{service}.{namespace}.svc.cluster.local:*")
+        );
+    }
+    let redis_conf = config["redis.conf"].as_str().unwrap();
     for line in [
         "appendonly yes",
         "appendfsync always",
         "maxmemory-policy noeviction",
+        "min-replicas-to-write 1",
     ] {
-        assert!(config.lines().any(|l| l == line), "redis.conf: {line}");
+        assert!(redis_conf.lines().any(|l| l == line), "redis.conf: {line}");
     }
 }
 

@@ -262,6 +262,22 @@ async fn a_primary_killed_mid_storm_is_replaced_by_itself_twice_and_nothing_ackn
     let (acked, nothing, unknown) = assert_clean(&seen);
     let (survived, afresh) = replay_unknowns(&t, id, &mut seen).await;
     let in_postgres = check_promise(&t, &group, id, &seen).await;
+
+    // /healthz (and the console's health page) names the primary now, and says when its
+    // replica has caught up.
+    let expected = group.node_url(third).replace("redis://", "").replace("/0", "");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = t.send("GET", "/healthz", None, "").await.json();
+        let g = &health["redis_groups"][0];
+        assert_eq!(g["primary"], expected.as_str(), "{health}");
+        assert_eq!(g["role"], "master", "{health}");
+        if g["replicas_in_sync"] == true && g["replicas"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica never in sync: {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!(
         "sentinel kill: {} claims, {CONCURRENCY} in flight; primary {first} SIGKILLed, node \
          {second} promoted after {:.2} s, first 201 after {:.2} s; node {first} back as a \
@@ -417,20 +433,17 @@ async fn one_sentinel_down_changes_nothing_and_with_all_down_the_wasip3_claim_ke
         "no sentinel: 20 answers took {:?}",
         started.elapsed()
     );
+    // One sentinel back: every component finds the primary again (the WASIp2 ones, and
+    // /healthz, ask on every request).
     group.restart_sentinel(1);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut n = 80;
-    loop {
-        let s = claim(n).await;
-        n += 1;
-        let ok = s.status == 201;
-        seen.push(s);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no claim after a sentinel came back");
+    while t.send("GET", "/healthz", None, "").await.status != 200 {
+        assert!(Instant::now() < deadline, "not healthy after a sentinel came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let s = claim(80).await;
+    assert_eq!(s.status, 201, "a sentinel back: {}", s.body);
+    seen.push(s);
     assert_clean(&seen);
     replay_unknowns(&t, id, &mut seen).await;
     check_promise(&t, &group, id, &seen).await;
