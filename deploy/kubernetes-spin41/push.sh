@@ -11,15 +11,5 @@
 #   deploy/kubernetes-spin41/push.sh --print-manifest # the manifest it pushes, on stdout
 set -euo pipefail
 IMAGE=${IMAGE:-ghcr.io/your-org/flashclaim-wasip3:0.1.0}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-MANIFEST=spin.wasip3.toml
-
-if [ "${1:-}" = "--print-manifest" ]; then
-  cat "$root/$MANIFEST"
-  exit 0
-fi
-
-cd "$root"
-make wasm
-spin registry push --from "$MANIFEST" "$IMAGE"
-echo "pushed $IMAGE; apply deploy/kubernetes-spin41/executor.json, then spinapp.json with this image"
+export IMAGE MANIFEST=spin.wasip3.toml
+exec "$(dirname "$0")/../kubernetes/push.sh" "$@"

@@ -7,10 +7,11 @@
 #
 #   deploy/kubernetes/push.sh                  # builds, pushes $IMAGE
 #   deploy/kubernetes/push.sh --print-manifest # the manifest it pushes, on stdout
+# (deploy/kubernetes-spin41/push.sh runs this with its own image and MANIFEST.)
 set -euo pipefail
 IMAGE=${IMAGE:-ghcr.io/your-org/flashclaim:0.1.0}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-MANIFEST=spin.toml
+MANIFEST=${MANIFEST:-spin.toml}
 
 if [ "${1:-}" = "--print-manifest" ]; then
   cat "$root/$MANIFEST"
@@ -20,4 +21,4 @@ fi
 cd "$root"
 make wasm
 spin registry push --from "$MANIFEST" "$IMAGE"
-echo "pushed $IMAGE; apply deploy/kubernetes/spinapp.json with this image"
+echo "pushed $IMAGE ($MANIFEST); apply its spinapp.json with this image"

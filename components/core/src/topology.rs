@@ -149,7 +149,11 @@ impl<'a> Asking<'a> {
     }
 
     /// One sentinel's answer (or why it gave none): the primary's URL if it named one.
-    pub fn answered(&mut self, sentinel: &str, answer: Result<Vec<Reply>, String>) -> Option<String> {
+    pub fn answered(
+        &mut self,
+        sentinel: &str,
+        answer: Result<Vec<Reply>, String>,
+    ) -> Option<String> {
         match answer.map(|reply| self.group.primary_url(&reply)) {
             Ok(Some(primary)) => Some(primary),
             Ok(None) => {
@@ -179,7 +183,9 @@ impl<'a> Asking<'a> {
 /// `host:port[/db]` of a `redis://` URL, without its credentials (for logs and `/healthz`).
 pub fn node_label(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.rsplit_once('@').map_or(rest, |(_, host)| host).to_string()
+    rest.rsplit_once('@')
+        .map_or(rest, |(_, host)| host)
+        .to_string()
 }
 
 /// A node's replication as `INFO replication` reports it: what `/healthz` says of a group.
@@ -207,7 +213,9 @@ pub fn replication(info: &str) -> Replication {
                     .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             };
             let online = field("state") == Some("online");
-            let lag = field("lag").and_then(|l| l.parse::<i64>().ok()).unwrap_or(i64::MAX);
+            let lag = field("lag")
+                .and_then(|l| l.parse::<i64>().ok())
+                .unwrap_or(i64::MAX);
             in_sync &= online && lag <= 1;
         }
     }
@@ -312,7 +320,10 @@ mod tests {
 
     #[test]
     fn a_node_is_named_without_its_credentials() {
-        assert_eq!(node_label("redis://u:pw@10.0.0.1:6379/2"), "10.0.0.1:6379/2");
+        assert_eq!(
+            node_label("redis://u:pw@10.0.0.1:6379/2"),
+            "10.0.0.1:6379/2"
+        );
         assert_eq!(node_label("redis://10.0.0.1:6379"), "10.0.0.1:6379");
     }
 
@@ -381,8 +392,14 @@ mod tests {
     fn asking_ends_at_the_first_sentinel_that_names_a_primary_and_else_says_why() {
         let g = group("redis-sentinel://s1:26379,s2:26379#m");
         let mut asking = Asking::new(&g);
-        assert_eq!(asking.answered("redis://s1:26379", Err("refused".into())), None);
-        assert_eq!(asking.answered("redis://s2:26379", Ok(vec![Reply::Nil])), None);
+        assert_eq!(
+            asking.answered("redis://s1:26379", Err("refused".into())),
+            None
+        );
+        assert_eq!(
+            asking.answered("redis://s2:26379", Ok(vec![Reply::Nil])),
+            None
+        );
         let e = asking.failure();
         assert!(e.proves_nothing_ran());
         let text = e.to_string();
@@ -412,7 +429,11 @@ mod tests {
             );
         }
         assert!(asks_for_new_primary(&RedisFailure::Unreachable("x".into())));
-        for text in ["NOSCRIPT No matching script", "ERR wrong number of arguments", ""] {
+        for text in [
+            "NOSCRIPT No matching script",
+            "ERR wrong number of arguments",
+            "",
+        ] {
             assert!(
                 !asks_for_new_primary(&RedisFailure::Command(text.into())),
                 "{text}"

@@ -8,11 +8,11 @@
 use flashclaim_spin as glue;
 
 use flashclaim_core::drain::{self, Batch, Changes, DrainReport, GroupHealth, Health, Rows, Step};
-use flashclaim_core::topology;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::shards::label;
+use flashclaim_core::topology;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4;

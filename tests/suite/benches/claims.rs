@@ -1686,10 +1686,7 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
     let plain = group.node_url(primary);
     let pg = fresh_pg_db().await;
     let mut rows = Vec::new();
-    for (claim, manifest) in [
-        ("WASIp3", "spin.wasip3.toml"),
-        ("WASIp2", "spin.toml"),
-    ] {
+    for (claim, manifest) in [("WASIp3", "spin.wasip3.toml"), ("WASIp2", "spin.toml")] {
         let ways: [(&str, String, &str); 3] = [
             ("the primary's address, no WAIT", plain.clone(), "0"),
             ("Sentinel group, redis_replicas_ack 0", group.address(), "0"),
@@ -1723,7 +1720,13 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
                 .collect()
         };
         for app in &apps {
-            load(app.client.base_url().to_string(), requests(WARM_UP), HA_C, 201).await;
+            load(
+                app.client.base_url().to_string(),
+                requests(WARM_UP),
+                HA_C,
+                201,
+            )
+            .await;
         }
         let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ways.len()];
         let mut counted = vec![(0.0, 0.0, 0.0); ways.len()];
@@ -1810,7 +1813,9 @@ fn print_sentinel_cost(rows: &[HaRow]) {
         let target = if r.reached.ends_with("ack 1") {
             let ack0 = rows
                 .iter()
-                .find(|f| f.runtime == r.runtime && f.claim == r.claim && f.reached.ends_with("ack 0"))
+                .find(|f| {
+                    f.runtime == r.runtime && f.claim == r.claim && f.reached.ends_with("ack 0")
+                })
                 .expect("the ack 0 row");
             let cost = 1.0 - r.per_sec / ack0.per_sec;
             format!(

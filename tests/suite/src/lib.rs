@@ -518,6 +518,27 @@ impl ManifestApp {
     }
 }
 
+/// The `SPIN_VARIABLE_*` settings of flashclaim under test on these stores: the test
+/// secrets, the shared services' hosts, and no per-user claim rate limit.
+pub fn app_env(redis_url: &str, pg_url: &str) -> HashMap<String, String> {
+    let s = services();
+    [
+        ("SPIN_VARIABLE_REDIS_ADDRESS", redis_url.to_string()),
+        (
+            "SPIN_VARIABLE_REDIS_HOST",
+            format!("127.0.0.1:{}", s.redis_port),
+        ),
+        ("SPIN_VARIABLE_PG_ADDRESS", pg_url.to_string()),
+        ("SPIN_VARIABLE_PG_HOST", format!("127.0.0.1:{}", s.pg_port)),
+        ("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET.to_string()),
+        ("SPIN_VARIABLE_TICKET_SECRET", TICKET_SECRET.to_string()),
+        ("SPIN_VARIABLE_CLAIM_RATE_LIMIT", "0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// flashclaim on the test host or real Spin, with its own Postgres database and Redis
 /// keyspace.
 pub struct TestApp {
@@ -576,23 +597,8 @@ impl TestApp {
         } else {
             manifest
         };
-        let s = services();
         let (redis_url, pg_url) = (redis_url.to_string(), pg_url.to_string());
-        let mut env: HashMap<String, String> = [
-            ("SPIN_VARIABLE_REDIS_ADDRESS", redis_url.clone()),
-            (
-                "SPIN_VARIABLE_REDIS_HOST",
-                format!("127.0.0.1:{}", s.redis_port),
-            ),
-            ("SPIN_VARIABLE_PG_ADDRESS", pg_url.clone()),
-            ("SPIN_VARIABLE_PG_HOST", format!("127.0.0.1:{}", s.pg_port)),
-            ("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET.to_string()),
-            ("SPIN_VARIABLE_TICKET_SECRET", TICKET_SECRET.to_string()),
-            ("SPIN_VARIABLE_CLAIM_RATE_LIMIT", "0".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut env = app_env(&redis_url, &pg_url);
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
@@ -703,6 +709,19 @@ impl TestApp {
             .await;
         assert_eq!(r.status, 200, "drain: {}", r.text());
         r.json()
+    }
+
+    /// Drains until a run moves nothing and reports no backlog (at most 200 runs, 50 ms
+    /// apart: a log that never empties fails the test).
+    pub async fn drain_to_empty(&self) {
+        for _ in 0..200 {
+            let report = self.drain().await;
+            if report["entries"] == 0 && report["backlog"] == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the drain never emptied the log");
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

@@ -95,7 +95,11 @@ impl SentinelGroup {
             .map(|s| s.to_string())
             .collect();
             if i > 0 {
-                args.extend(["--replicaof".into(), "127.0.0.1".into(), ports[0].to_string()]);
+                args.extend([
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    ports[0].to_string(),
+                ]);
             }
             nodes.push(Process {
                 port: *port,
@@ -179,7 +183,8 @@ impl SentinelGroup {
 
     /// The same group under another master name (a configuration error).
     pub fn address_named(&self, master: &str) -> String {
-        self.address().replace(&format!("#{MASTER}"), &format!("#{master}"))
+        self.address()
+            .replace(&format!("#{MASTER}"), &format!("#{master}"))
     }
 
     async fn sentinel_count(&self, sentinel: usize, what: &str) -> Option<usize> {
@@ -251,7 +256,8 @@ impl SentinelGroup {
     /// The node's `role` line from `INFO replication` (`master` / `slave`), `None` when it
     /// does not answer within 2 s.
     pub async fn role(&self, node: usize) -> Option<String> {
-        let info: String = query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await?;
+        let info: String =
+            query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await?;
         info.lines()
             .find_map(|l| l.strip_prefix("role:"))
             .map(|r| r.trim().to_string())

@@ -316,7 +316,10 @@ fn redis_address_names_the_statefulsets_sentinel_group_with_aof_always_and_min_r
     let service = set["spec"]["serviceName"].as_str().unwrap();
     let namespace = set["metadata"]["namespace"].as_str().unwrap();
     let replicas = set["spec"]["replicas"].as_i64().unwrap();
-    assert_eq!(replicas, 3, "a primary, two replicas, three sentinels (quorum 2)");
+    assert_eq!(
+        replicas, 3,
+        "a primary, two replicas, three sentinels (quorum 2)"
+    );
     let headless = objects
         .iter()
         .find(|(_, o)| o["kind"] == "Service" && o["metadata"]["name"] == service)
@@ -337,7 +340,11 @@ fn redis_address_names_the_statefulsets_sentinel_group_with_aof_always_and_min_r
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(containers, ["redis", "sentinel"], "each pod: Redis and a Sentinel");
+    assert_eq!(
+        containers,
+        ["redis", "sentinel"],
+        "each pod: Redis and a Sentinel"
+    );
 
     let sentinels: Vec<String> = (0..replicas)
         .map(|i| format!("{name}-{i}.{service}.{namespace}.svc.cluster.local:26379"))

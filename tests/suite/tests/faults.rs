@@ -145,18 +145,6 @@ async fn storm(
     seen
 }
 
-/// Drains until a run moves nothing and reports no backlog.
-async fn drain_to_empty(t: &TestApp) {
-    for _ in 0..200 {
-        let report = t.drain().await;
-        if report["entries"] == 0 && report["backlog"] == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the drain never emptied the log");
-}
-
 /// The promise, checked against Postgres and Redis; returns (acknowledged, in Postgres).
 async fn check_invariants(t: &TestApp, id: i64, seen: &[Seen], limit: i64) -> (usize, usize) {
     let pg = t.pg().await;
@@ -241,7 +229,7 @@ async fn check_stock(t: &TestApp, id: i64, stock_total: i64) {
 /// Drains to the end, then checks that exactly `expected` claims were acknowledged, each is
 /// in Postgres once with one ticket, and the stock adds up.
 async fn assert_each_claim_once(t: &TestApp, id: i64, seen: &[Seen], stock: i64, expected: usize) {
-    drain_to_empty(t).await;
+    t.drain_to_empty().await;
     let (acked, present) = check_invariants(t, id, seen, 1).await;
     assert_eq!((acked, present), (expected, expected));
     let tickets = t
@@ -387,7 +375,7 @@ async fn redis_killed_mid_storm_with_aof_always_loses_no_acknowledged_claim() {
         "claims resume after the restart"
     );
     seen.extend(after);
-    drain_to_empty(&t).await;
+    t.drain_to_empty().await;
     let (acked, present) = check_invariants(&t, id, &seen, 1).await;
     check_stock(&t, id, STOCK).await;
     let unknown = seen
@@ -482,7 +470,7 @@ async fn redis_killed_mid_storm_with_default_persistence_loses_at_most_the_undra
     assert_eq!(again.json()["code"], "limit_reached", "{}", again.text());
     let after = storm(t.clone(), id, "after", 50, 8, Arc::new(AtomicUsize::new(0))).await;
     assert!(after.iter().all(|s| s.status == 201));
-    drain_to_empty(&t).await;
+    t.drain_to_empty().await;
     check_invariants(&t, id, &[seen.clone(), after].concat(), 1).await;
     check_stock(&t, id, STOCK).await;
 }

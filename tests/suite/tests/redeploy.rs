@@ -187,22 +187,7 @@ async fn a_redeploy_mid_sale_loses_nothing_acknowledged_and_gives_out_the_stock_
         )
         .await,
     );
-    let s = services();
-    let env: HashMap<String, String> = [
-        ("SPIN_VARIABLE_REDIS_ADDRESS", redis_url.clone()),
-        (
-            "SPIN_VARIABLE_REDIS_HOST",
-            format!("127.0.0.1:{}", s.redis_port),
-        ),
-        ("SPIN_VARIABLE_PG_ADDRESS", pg_url.clone()),
-        ("SPIN_VARIABLE_PG_HOST", format!("127.0.0.1:{}", s.pg_port)),
-        ("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET.to_string()),
-        ("SPIN_VARIABLE_TICKET_SECRET", TICKET_SECRET.to_string()),
-        ("SPIN_VARIABLE_CLAIM_RATE_LIMIT", "0".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env = app_env(&redis_url, &pg_url);
     let mut old = OldRelease::start(&previous_manifest(), &env).await;
 
     // The activity is made and published by the old release, as it would be before the
@@ -349,14 +334,7 @@ async fn a_redeploy_mid_sale_loses_nothing_acknowledged_and_gives_out_the_stock_
         .count();
 
     // Drain to the end through the new release.
-    for round in 0.. {
-        let report = new.drain().await;
-        if report["entries"] == 0 && report["backlog"] == 0 {
-            break;
-        }
-        assert!(round < 200, "the drain never emptied the log: {report}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    new.drain_to_empty().await;
 
     // Every acknowledged claim is in Postgres exactly once, and nothing else is.
     let acknowledged: HashSet<String> = attempts
