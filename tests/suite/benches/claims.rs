@@ -1769,7 +1769,7 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
     rows
 }
 
-/// (EVALSHA + EVAL + WAIT calls on every data node, SENTINEL calls on every sentinel,
+/// (EVALSHA + EVAL + WAIT calls on every data node, commands every sentinel processed,
 /// connections received by all of them), from INFO.
 async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i64, i64, i64) {
     let (mut cmds, mut asks, mut conns) = (0, 0, 0);
@@ -1780,16 +1780,29 @@ async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i
             .query_async(&mut redis)
             .await
             .unwrap_or_default();
+        let sentinel = info.contains("redis_mode:sentinel");
         for line in info.lines() {
+            // `cmdstat_<command>[|<subcommand>]:calls=N,…`
             let calls = |name: &str| {
-                line.strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix(":calls="))
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .unwrap_or(0)
+                let (command, stats) = line.split_once(':')?;
+                let command = command.split('|').next()?;
+                (command == name).then_some(())?;
+                stats
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse::<i64>()
+                    .ok()
             };
+            let calls = |name: &str| calls(name).unwrap_or(0);
             cmds += calls("cmdstat_evalsha") + calls("cmdstat_eval") + calls("cmdstat_wait");
-            asks += calls("cmdstat_sentinel");
+            // A sentinel keeps no command statistics: every command it processed (less the
+            // one INFO of each count) is an ask.
+            if sentinel {
+                if let Some(n) = line.strip_prefix("total_commands_processed:") {
+                    asks += n.trim().parse::<i64>().unwrap_or(0) - 1;
+                }
+            }
             if let Some(n) = line.strip_prefix("total_connections_received:") {
                 conns += n.trim().parse::<i64>().unwrap_or(0);
             }
