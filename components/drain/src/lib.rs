@@ -18,6 +18,8 @@ use spin_sdk::pg4;
 
 use glue::SpinRedis;
 
+mod metrics;
+
 mod cron {
     wit_bindgen::generate!({
         path: "../../wit/spin-cron",
@@ -31,13 +33,7 @@ struct Drain;
 
 impl cron::Guest for Drain {
     fn handle_cron_event(_: Metadata) -> Result<(), CronError> {
-        let report = drain_all().map_err(|e| CronError::Other(e.to_string()))?;
-        if report.entries > 0 || !report.errors.is_empty() {
-            eprintln!(
-                "flashclaim drain: {}",
-                serde_json::to_string(&report).unwrap_or_default()
-            );
-        }
+        let report = counted_run().map_err(|e| CronError::Other(e.to_string()))?;
         match report.errors.first() {
             Some(e) => Err(CronError::Other(e.clone())),
             None => Ok(()),
@@ -55,11 +51,12 @@ fn handle(req: Request) -> Response {
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), glue::path_segments(req).as_slice()) {
         (Method::Get, ["healthz"]) => Ok(health().to_response()),
+        (Method::Get, ["metrics"]) => metrics::serve(req),
         (Method::Post, ["admin", "drain"]) => {
             glue::drain_caller(req)?;
-            Ok(HttpResponse::json(200, &drain_all()?))
+            Ok(HttpResponse::json(200, &counted_run()?))
         }
-        (_, ["healthz"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
+        (_, ["healthz"] | ["metrics"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -125,6 +122,13 @@ fn health() -> Health {
         }
     }
     health
+}
+
+/// A drain run, counted for `/metrics` and logged when it did something or failed.
+fn counted_run() -> Result<DrainReport, ApiError> {
+    let run = drain_all();
+    metrics::note_run(&run);
+    run
 }
 
 /// One drain run over every activity with a log, on every Redis endpoint, until every log
