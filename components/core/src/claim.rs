@@ -718,11 +718,16 @@ mod tests {
 
     #[test]
     fn unreported_answers_travel_as_the_last_two_arguments() {
-        let id = ActivityId::parse("7").unwrap();
-        let user = UserId::parse("u1").unwrap();
-        let command = ClaimCommand::new(
+        let command = plain_command(ActivityId::parse("7").unwrap()).with_unreported((3, 1));
+        assert_eq!(command.argv.len(), 18);
+        assert_eq!(command.argv[16..], [Arg::Int(3), Arg::Int(1)]);
+    }
+
+    /// One ticket of the only type for `u1`, no limits, no client address.
+    fn plain_command(id: ActivityId) -> ClaimCommand {
+        ClaimCommand::new(
             id,
-            &user,
+            &UserId::parse("u1").unwrap(),
             ClaimRequest::parse(b"{}").unwrap(),
             None,
             Millis(1),
@@ -731,27 +736,12 @@ mod tests {
             RateLimit::OFF,
             RateLimit::OFF,
         )
-        .with_unreported((3, 1));
-        assert_eq!(command.argv.len(), 18);
-        assert_eq!(command.argv[16..], [Arg::Int(3), Arg::Int(1)]);
     }
 
     #[test]
     fn every_claim_names_its_client_bucket_on_the_activity_shard() {
         let id = ActivityId::parse("7").unwrap();
-        let user = UserId::parse("u1").unwrap();
-        let request = ClaimRequest::parse(b"{}").unwrap();
-        let plain = ClaimCommand::new(
-            id,
-            &user,
-            request.clone(),
-            None,
-            Millis(1),
-            "c",
-            &["P".into()],
-            RateLimit::OFF,
-            RateLimit::OFF,
-        );
+        let plain = plain_command(id);
         assert_eq!((plain.keys.len(), plain.argv.len()), (14, 16));
         assert_eq!(plain.keys[12], ActivityKeys::new(id).client("unknown"));
         let limit = AddressLimit::parse("10/1000/20").unwrap();

@@ -89,7 +89,7 @@ impl ActivityKeys {
         self.key("flood")
     }
     /// The activity's counters for `/metrics` (`flashclaim_core::metrics`), moved by the
-    /// scripts that already run: `answers:<outcome>:<type>`, `issued:<type>`, ...
+    /// scripts that already run: `answers:<outcome>:<type>`, `claimed:<type>`, ...
     pub fn metrics(&self) -> String {
         self.key("metrics")
     }

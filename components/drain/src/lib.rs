@@ -10,6 +10,7 @@ use flashclaim_spin as glue;
 use flashclaim_core::drain::{self, Batch, Changes, DrainReport, Health, Rows, Step};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
+use flashclaim_core::log;
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::shards::label;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -165,7 +166,12 @@ fn drain_all() -> Result<DrainReport, ApiError> {
             Ok(found) => found,
             Err(e) => {
                 let shard = label(&shards, index);
-                eprintln!("flashclaim: drain: {shard}: {e}");
+                // The label names host:port only; the failure's text may name the address.
+                let fields = [("shard", shard.clone().into())];
+                eprintln!(
+                    "{}",
+                    log::line(run.started, "drain_shard_unreachable", &fields)
+                );
                 report.errors.push(format!("{shard} is unreachable"));
                 unreachable.get_or_insert(e);
                 continue;
@@ -240,8 +246,14 @@ fn drain_activity(
             return Ok(());
         }
         for (entry, payload) in &batch.malformed {
+            let fields = [
+                ("activity", id.get().into()),
+                ("entry", entry.as_str().into()),
+                ("payload", payload.as_str().into()),
+            ];
             eprintln!(
-                "flashclaim drain: activity {id}: skipping malformed log entry {entry}: {payload}"
+                "{}",
+                log::line(glue::now().0, "drain_malformed_entry", &fields)
             );
         }
         let steps = batch.steps();

@@ -38,6 +38,33 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".data/test"))
 }
 
+/// Runs `scripts/services.sh <action>` (e.g. `pg-stop`), failing the test if it fails.
+pub fn services_sh(action: &str) {
+    let status = std::process::Command::new(root().join("scripts/services.sh"))
+        .arg(action)
+        .status()
+        .unwrap();
+    assert!(status.success(), "services.sh {action}");
+}
+
+/// The shared Postgres stopped until this is dropped: it comes back even when an assertion
+/// fails meanwhile, so the tests after still have it. Only for a test binary of its own
+/// (every other test needs Postgres).
+pub struct PostgresOutage(());
+
+impl PostgresOutage {
+    pub fn start() -> PostgresOutage {
+        services_sh("pg-stop");
+        PostgresOutage(())
+    }
+}
+
+impl Drop for PostgresOutage {
+    fn drop(&mut self) {
+        services_sh("pg-start");
+    }
+}
+
 /// Addresses from `services.env` in [`data_dir`].
 pub struct Services {
     pub redis_port: u16,

@@ -492,7 +492,10 @@ fn the_service_monitor_scrapes_metrics_of_the_spinapp_with_its_metrics_token() {
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["path"], "/metrics");
-    assert_eq!(endpoint["targetPort"], "http-app", "SpinKube's container port");
+    assert_eq!(
+        endpoint["targetPort"], "http-app",
+        "SpinKube's container port"
+    );
     let app = monitor["spec"]["selector"]["matchLabels"]["core.spinkube.dev/app-name"]
         .as_str()
         .expect("selects SpinKube's Service by its app-name label");

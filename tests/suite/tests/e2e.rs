@@ -1346,6 +1346,32 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
     }
     assert_eq!(statuses, [201, 201, 409]);
     t.drain().await;
+    let register = |body: &'static str| t.send("POST", "/api/users", None, body);
+    let login = |body: &'static str| t.send("POST", "/api/sessions", None, body);
+    assert_eq!(
+        register(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        register(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        login(r#"{"username":"dora","password":"wrong horse"}"#)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        login(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        200
+    );
 
     for auth in [
         None,
@@ -1368,7 +1394,12 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
     );
 
     let r = t
-        .send("GET", "/metrics", Some(&format!("Bearer {METRICS_TOKEN}")), "")
+        .send(
+            "GET",
+            "/metrics",
+            Some(&format!("Bearer {METRICS_TOKEN}")),
+            "",
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -1377,20 +1408,36 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
     );
     let text = r.text();
     assert!(!text.contains(METRICS_TOKEN));
-    let flavour = match flashclaim_tests::manifest().file_name().and_then(|f| f.to_str()) {
+    let flavour = match flashclaim_tests::manifest()
+        .file_name()
+        .and_then(|f| f.to_str())
+    {
         Some("spin.toml") => "wasip2",
         _ => "wasip3",
     };
     let of = |rest: &str| format!(r#"{{activity="{id}",ticket_type="default"{rest}"#);
     for line in [
-        format!(r#"flashclaim_claim_answers_total{} 2"#, of(r#",outcome="claimed"}"#)),
-        format!(r#"flashclaim_claim_answers_total{} 1"#, of(r#",outcome="sold_out"}"#)),
-        format!(r#"flashclaim_claim_answers_total{} 0"#, of(r#",outcome="rate_limited"}"#)),
+        format!(
+            r#"flashclaim_claim_answers_total{} 2"#,
+            of(r#",outcome="claimed"}"#)
+        ),
+        format!(
+            r#"flashclaim_claim_answers_total{} 1"#,
+            of(r#",outcome="sold_out"}"#)
+        ),
+        format!(
+            r#"flashclaim_claim_answers_total{} 0"#,
+            of(r#",outcome="rate_limited"}"#)
+        ),
         format!("flashclaim_tickets_issued_total{} 2", of("}")),
         format!("flashclaim_tickets_left{} 0", of("}")),
         r#"flashclaim_redis_up{shard="0"} 1"#.to_string(),
         r#"flashclaim_drain_backlog_entries{shard="0"} 0"#.to_string(),
         r#"flashclaim_drain_rows_written_total{table="tickets"} 2"#.to_string(),
+        r#"flashclaim_registrations_total{outcome="created"} 1"#.to_string(),
+        r#"flashclaim_registrations_total{outcome="taken"} 1"#.to_string(),
+        r#"flashclaim_login_attempts_total{outcome="checked"} 2"#.to_string(),
+        "flashclaim_login_successes_total 1".to_string(),
         "flashclaim_postgres_up 1".to_string(),
         format!(r#"flashclaim_build_info{{version="0.1.0",manifest="{flavour}"}} 1"#),
     ] {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashclaim_tests::{free_port, root, TestApp};
+use flashclaim_tests::{free_port, root, PostgresOutage, TestApp};
 use spin_test_host::client::HttpClient;
 
 const METRICS_TOKEN: &str = "prometheus-scrape-7f3a";
@@ -78,8 +78,14 @@ impl Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -90,9 +96,13 @@ impl Prometheus {
             .with_timeout(Duration::from_secs(5));
         let prometheus = Prometheus { child, client, dir };
         prometheus
-            .wait_for("Prometheus to be ready", Duration::from_secs(30), || async {
-                matches!(prometheus.client.get("/-/ready").await, Ok(r) if r.status == 200)
-            })
+            .wait_for(
+                "Prometheus to be ready",
+                Duration::from_secs(30),
+                || async {
+                    matches!(prometheus.client.get("/-/ready").await, Ok(r) if r.status == 200)
+                },
+            )
             .await;
         prometheus
     }
@@ -167,21 +177,10 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-fn services(action: &str) {
-    let status = Command::new(root().join("scripts/services.sh"))
-        .arg(action)
-        .status()
-        .unwrap();
-    assert!(status.success(), "services.sh {action}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn prometheus_sees_the_sale_as_postgres_does_and_the_drain_alert_follows_a_postgres_outage(
-) {
+async fn prometheus_sees_the_sale_as_postgres_does_and_the_drain_alert_follows_a_postgres_outage() {
     const STOCK: i64 = 150;
-    let t = Arc::new(
-        TestApp::start_with(&[("SPIN_VARIABLE_METRICS_TOKEN", METRICS_TOKEN)]).await,
-    );
+    let t = Arc::new(TestApp::start_with(&[("SPIN_VARIABLE_METRICS_TOKEN", METRICS_TOKEN)]).await);
     let id = t.create_activity(STOCK, r#","per_user_limit":2"#).await;
     t.publish(id).await;
     let prometheus = Prometheus::start(t.client.base_url()).await;
@@ -222,16 +221,25 @@ async fn prometheus_sees_the_sale_as_postgres_does_and_the_drain_alert_follows_a
     // Everything drained, then Prometheus has scraped the final counts.
     let tickets = || async { t.count("SELECT count(*) FROM tickets").await };
     prometheus
-        .wait_for("the drain to write every ticket", Duration::from_secs(30), || async {
-            tickets().await == STOCK
-        })
+        .wait_for(
+            "the drain to write every ticket",
+            Duration::from_secs(30),
+            || async { tickets().await == STOCK },
+        )
         .await;
     let answers = format!(r#"flashclaim_claim_answers_total{{activity="{id}"}}"#);
     prometheus
-        .wait_for("a scrape of every answer", Duration::from_secs(20), || async {
-            prometheus.value(&answers).await == 400.0
-                && prometheus.value("sum(flashclaim_drain_backlog_entries)").await == 0.0
-        })
+        .wait_for(
+            "a scrape of every answer",
+            Duration::from_secs(20),
+            || async {
+                prometheus.value(&answers).await == 400.0
+                    && prometheus
+                        .value("sum(flashclaim_drain_backlog_entries)")
+                        .await
+                        == 0.0
+            },
+        )
         .await;
     let by_outcome = prometheus
         .query(&format!("sum by (outcome) ({answers} > 0)"))
@@ -255,7 +263,9 @@ async fn prometheus_sees_the_sale_as_postgres_does_and_the_drain_alert_follows_a
     );
     assert_eq!(
         prometheus
-            .value(&format!(r#"flashclaim_tickets_issued_total{{activity="{id}"}}"#))
+            .value(&format!(
+                r#"flashclaim_tickets_issued_total{{activity="{id}"}}"#
+            ))
             .await,
         STOCK as f64
     );
@@ -264,42 +274,53 @@ async fn prometheus_sees_the_sale_as_postgres_does_and_the_drain_alert_follows_a
             prometheus.firing("FlashclaimSoldOut").await
         })
         .await;
-    assert!(prometheus.alert_states("FlashclaimDrainBehind").await.is_empty());
+    assert!(prometheus
+        .alert_states("FlashclaimDrainBehind")
+        .await
+        .is_empty());
 
     // Postgres stops; claims of a second sale go on into the log, which nobody can drain.
     let second = t.create_activity(10, "").await;
     t.publish(second).await;
-    services("pg-stop");
-    // Postgres comes back even if an assertion below fails, so later tests still run.
-    struct Restart;
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            services("pg-start");
-        }
-    }
-    let restart = Restart;
+    let outage = PostgresOutage::start();
     const LATE: i64 = 3;
     for n in 0..LATE {
         let r = t.claim(second, &format!("late-{n}"), "").await;
         assert_eq!(r.status, 201, "claims need only Redis: {}", r.text());
     }
     prometheus
-        .wait_for("the Postgres-down alert", Duration::from_secs(20), || async {
-            prometheus.firing("FlashclaimPostgresDown").await
-        })
+        .wait_for(
+            "the Postgres-down alert",
+            Duration::from_secs(20),
+            || async { prometheus.firing("FlashclaimPostgresDown").await },
+        )
         .await;
     prometheus
-        .wait_for("the drain alert to fire", Duration::from_secs(60), || async {
-            prometheus.firing("FlashclaimDrainBehind").await
-        })
+        .wait_for(
+            "the drain alert to fire",
+            Duration::from_secs(60),
+            || async { prometheus.firing("FlashclaimDrainBehind").await },
+        )
         .await;
-    assert!(prometheus.value("sum(flashclaim_drain_failures_total)").await > 0.0);
+    assert!(
+        prometheus
+            .value("sum(flashclaim_drain_failures_total)")
+            .await
+            > 0.0
+    );
 
-    drop(restart);
+    drop(outage);
     prometheus
-        .wait_for("the drain alert to resolve", Duration::from_secs(60), || async {
-            prometheus.alert_states("FlashclaimDrainBehind").await.is_empty()
-        })
+        .wait_for(
+            "the drain alert to resolve",
+            Duration::from_secs(60),
+            || async {
+                prometheus
+                    .alert_states("FlashclaimDrainBehind")
+                    .await
+                    .is_empty()
+            },
+        )
         .await;
     stop.store(true, Ordering::SeqCst);
     ticker.await.unwrap();
