@@ -38,6 +38,20 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".data/test"))
 }
 
+/// A test binary killed by a time-out runs no destructors: a server it started (Spin,
+/// Prometheus) gets SIGTERM from the kernel then, so no orphan keeps a port, a store or CI's
+/// output pipe.
+pub fn dies_with_the_test(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
 /// Runs `scripts/services.sh <action>` (e.g. `pg-stop`), failing the test if it fails.
 pub fn services_sh(action: &str) {
     let status = std::process::Command::new(root().join("scripts/services.sh"))
@@ -432,18 +446,11 @@ impl SpinProcess {
         cmd.envs(env)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        // A test binary killed by a time-out runs no destructors: the kernel stops Spin then
-        // (SIGTERM, which Spin passes on to its trigger processes), so no orphan keeps a
-        // port, a Redis database or CI's output pipe. Its own process group lets Drop kill
-        // every process it started.
+        // SIGTERM on the test's death, which Spin passes on to its trigger processes. Its own
+        // process group lets Drop kill every process it started.
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        dies_with_the_test(&mut cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", spin.display()));

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashclaim_tests::{free_port, root, PostgresOutage, TestApp};
+use flashclaim_tests::{dies_with_the_test, free_port, root, PostgresOutage, TestApp};
 use spin_test_host::client::HttpClient;
 
 const METRICS_TOKEN: &str = "prometheus-scrape-7f3a";
@@ -77,7 +77,8 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let port = free_port();
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -89,7 +90,9 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        dies_with_the_test(&mut command);
+        let child = command
             .spawn()
             .expect("prometheus runs (Debian's `prometheus` package; scripts/deps.sh installs it)");
         let client = HttpClient::new(format!("http://127.0.0.1:{port}"))
