@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test-browser test-spin test-shards test-redeploy test-sentinel bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-alerts test-metrics test-browser test-spin test-shards test-redeploy test-sentinel bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,7 +18,7 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-lua test-host test-e2e test-redeploy test-sentinel test-schema test-browser test-spin test-shards || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-alerts test-lua test-host test-e2e test-metrics test-redeploy test-sentinel test-schema test-browser test-spin test-shards || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -33,6 +33,19 @@ wasm:
 test-unit:
 	cargo test $(NATIVE) --lib
 	cargo test $(NATIVE) --test contract --test hostile --test deploy
+
+## The alert rules (deploy/prometheus/alerts.yml): promtool checks them and runs their unit
+## tests (alerts.test.yml; promtool comes with Debian's `prometheus`, see scripts/deps.sh).
+test-alerts:
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
+
+## A real Prometheus scraping GET /metrics of the app on the test host (needs services and
+## wasm): a claim storm counted as Postgres and the test saw it, then the drain alert firing
+## while Postgres is stopped and resolving after. It stops the shared Postgres, so it runs
+## on its own, as the outage test does.
+test-metrics:
+	cargo test $(NATIVE) --test metrics -- --nocapture
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:

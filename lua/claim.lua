@@ -23,6 +23,12 @@ KEYS[11] pass     STRING  the user's claim pass: "issued" until used
 KEYS[12] flood    STRING  attempts on the whole activity in the current global window
 KEYS[13] client   HASH    the client address's token bucket on this activity (t: tokens,
                           at: ms of the last refill), shared with pass.lua
+KEYS[14] metrics  HASH    the activity's counters for /metrics (flashclaim_core::metrics):
+                          answers:<outcome>:<type> (type empty before one is chosen) for
+                          refusals and replays, claimed:<type> = claims x 2^32 + tickets
+                          (one HINCRBY for both: each redis.call costs the claim ~6 % of
+                          Redis' work), limited:<user|address|activity>. Optional: a caller
+                          naming 13 keys counts nothing.
 
 ARGV[1]  user id
 ARGV[2]  quantity (integer >= 1)
@@ -40,8 +46,12 @@ ARGV[13] per-address attempts refilled per window (0 = no per-address limit)
 ARGV[14] per-address window, ms
 ARGV[15] per-address burst: the bucket's size
 ARGV[16] the client's address as stored (a keyed hash; empty when unknown), for the log
+ARGV[17] answers `unavailable` the caller gave without this script since it last ran it for
+         the activity (optional: a reused WASIp3 instance reports them; 0 or absent = none)
+ARGV[18] answers `unknown` (the reply was lost), the same way
 
-Returns a flat array (Spin flattens nested replies):
+Every answer but { -1 } is counted in KEYS[14] (an unknown activity is not: its id would be
+a label nobody published). Returns a flat array (Spin flattens nested replies):
   { 1, claim_id, stock_left, type, kind, code_1, ..., code_n }  claimed (stock_left, kind: the type's)
   { 2, claim_id, stock_left, type, kind, code_1, ..., code_n }  repeated Idempotency-Key: the first result
   { -1 }                         no such activity, or not published
@@ -62,7 +72,7 @@ Returns a flat array (Spin flattens nested replies):
 
 local meta, stocks, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local log, idem, deny, rate, pools, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local flood, client = KEYS[12], KEYS[13]
+local flood, client, metrics = KEYS[12], KEYS[13], KEYS[14]
 
 local user = ARGV[1]
 local quantity = tonumber(ARGV[2])
@@ -70,9 +80,29 @@ local now = tonumber(ARGV[3])
 local claim_id = ARGV[4]
 local use_idem = ARGV[6] == '1'
 
+-- Counts the answer under its outcome and type, then gives it back to be returned.
+local function answer(outcome, ty, reply)
+  if metrics then
+    redis.call('HINCRBY', metrics, 'answers:' .. outcome .. ':' .. ty, 1)
+  end
+  return reply
+end
+
+-- The caller's answers given without this script (see ARGV[17]); called once the activity
+-- is known to exist, so a made-up id never gets a metrics hash.
+local function report_unanswered()
+  for i, outcome in ipairs({ 'unavailable', 'unknown' }) do
+    local n = tonumber(ARGV[16 + i] or '0') or 0
+    if metrics and n > 0 then
+      redis.call('HINCRBY', metrics, 'answers:' .. outcome .. ':', n)
+    end
+  end
+end
+
 if use_idem then
   local previous = redis.call('GET', idem)
   if previous then
+    report_unanswered()
     local reply = { 2 }
     for part in string.gmatch(previous, '[^|]+') do
       reply[#reply + 1] = part
@@ -80,7 +110,7 @@ if use_idem then
     -- { 2, claim_id, type, codes... } -> { 2, claim_id, stock_left, type, kind, codes... }
     table.insert(reply, 3, tonumber(redis.call('HGET', stocks, reply[3]) or '0'))
     table.insert(reply, 5, redis.call('HGET', meta, reply[4] .. ':kind') or 'counter')
-    return reply
+    return answer('replayed', reply[4], reply)
   end
 end
 
@@ -91,34 +121,36 @@ local activity_limit, require_pass, activity_id, types = tonumber(m[4]) or 0, m[
 if status ~= 'published' and status ~= 'closed' then
   return { -1 }
 end
+report_unanswered()
 if status == 'closed' or now >= ends_at then
-  return { -4 }
+  return answer('ended', '', { -4 })
 end
 if now < starts_at then
-  return { -3, starts_at }
+  return answer('not_started', '', { -3, starts_at })
 end
 
 -- The type: named, or the only one. Keys are [a-z0-9_-], so the comma list is exact.
 local ty = ARGV[12]
 if ty == '' then
   if types == '' or string.find(types, ',', 1, true) then
-    return { -14, types }
+    return answer('invalid', '', { -14, types })
   end
   ty = types
 elseif not string.find(',' .. types .. ',', ',' .. ty .. ',', 1, true) then
-  return { -15, types }
+  -- Not the named type as a label: it is whatever the caller sent.
+  return answer('invalid', '', { -15, types })
 end
 
 local tm = redis.call('HMGET', meta, ty .. ':starts_at', ty .. ':ends_at', ty .. ':limit', ty .. ':kind')
 local type_starts, type_ends, limit, kind = tonumber(tm[1]), tonumber(tm[2]), tonumber(tm[3]), tm[4]
 if now >= type_ends then
-  return { -4, ty }
+  return answer('ended', ty, { -4, ty })
 end
 if now < type_starts then
-  return { -3, type_starts, ty }
+  return answer('not_started', ty, { -3, type_starts, ty })
 end
 if redis.call('SISMEMBER', deny, user) == 1 then
-  return { -5 }
+  return answer('blacklisted', ty, { -5 })
 end
 
 -- A fixed-window counter; returns the ms until the window reopens when over the limit.
@@ -160,30 +192,38 @@ local function bucket_empty(key, rate, window, burst)
   return nil
 end
 
-local wait = over_limit(rate, tonumber(ARGV[8]), ARGV[9])
-  or bucket_empty(client, tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]))
-  or over_limit(flood, tonumber(ARGV[10]), ARGV[11])
+-- Checked in this order, each only when the one before let the attempt through.
+local wait, limited_by = over_limit(rate, tonumber(ARGV[8]), ARGV[9]), 'user'
+if not wait then
+  wait, limited_by = bucket_empty(client, tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])), 'address'
+end
+if not wait then
+  wait, limited_by = over_limit(flood, tonumber(ARGV[10]), ARGV[11]), 'activity'
+end
 if wait then
-  return { -6, wait }
+  if metrics then
+    redis.call('HINCRBY', metrics, 'limited:' .. limited_by, 1)
+  end
+  return answer('rate_limited', ty, { -6, wait })
 end
 
 if quantity > limit then
-  return { -10, limit, ty }
+  return answer('invalid', ty, { -10, limit, ty })
 end
 if activity_limit > 0 and quantity > activity_limit then
-  return { -10, activity_limit, ty }
+  return answer('invalid', ty, { -10, activity_limit, ty })
 end
 local user_type = user .. '|' .. ty
 local held = redis.call('HMGET', claimed, user_type, user)
 if tonumber(held[1] or '0') + quantity > limit then
-  return { -7, limit, 'ticket_type', ty }
+  return answer('limit_reached', ty, { -7, limit, 'ticket_type', ty })
 end
 if activity_limit > 0 and tonumber(held[2] or '0') + quantity > activity_limit then
-  return { -7, activity_limit, 'activity', ty }
+  return answer('limit_reached', ty, { -7, activity_limit, 'activity', ty })
 end
 local left = tonumber(redis.call('HGET', stocks, ty) or '0')
 if left < quantity then
-  return { -8, ty }
+  return answer('sold_out', ty, { -8, ty })
 end
 local head_field, tail_field = ty .. ':head', ty .. ':tail'
 local head = 0
@@ -191,11 +231,11 @@ if kind == 'codes' then
   local ends = redis.call('HMGET', pools, head_field, tail_field)
   head = tonumber(ends[1] or '0')
   if tonumber(ends[2] or '0') - head < quantity then
-    return { -8, ty }
+    return answer('sold_out', ty, { -8, ty })
   end
 end
 if require_pass and redis.call('GET', pass) ~= 'issued' then
-  return { -9 }
+  return answer('pass_required', ty, { -9 })
 end
 
 -- All checks passed: take the stock and issue the tickets.
@@ -241,5 +281,8 @@ end
 local reply = { 1, claim_id, left, ty, kind }
 for _, code in ipairs(codes) do
   reply[#reply + 1] = code
+end
+if metrics then
+  redis.call('HINCRBY', metrics, 'claimed:' .. ty, 4294967296 + #codes)
 end
 return reply

@@ -13,6 +13,8 @@ quiet for `forget` starts again from zero (and expires then).
 
 KEYS[1]  user  HASH  n: failures counted for the username, last: ms of the last one
 KEYS[2]  addr  HASH  the same for the client address
+KEYS[3]  metrics HASH  the global counters for /metrics (flashclaim_core::metrics::GLOBAL_KEY):
+                 login:checked, login:throttled, login:succeeded (optional)
 
 ARGV[1]  mode: "try" or "clear"
 ARGV[2]  now, ms since the epoch
@@ -31,6 +33,12 @@ not reset a guessing run against other accounts).
 
 local mode, now, forget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
+local function count(field)
+  if KEYS[3] then
+    redis.call('HINCRBY', KEYS[3], 'login:' .. field, 1)
+  end
+end
+
 local function load(key)
   local c = redis.call('HMGET', key, 'n', 'last')
   local n, last = tonumber(c[1]) or 0, tonumber(c[2]) or 0
@@ -41,6 +49,7 @@ local function load(key)
 end
 
 if mode == 'clear' then
+  count('succeeded')
   redis.call('DEL', KEYS[1])
   local n = load(KEYS[2])
   if n > 0 then
@@ -64,8 +73,10 @@ for i = 1, 2 do
   end
 end
 if wait > 0 then
+  count('throttled')
   return { 0, math.ceil(wait) }
 end
+count('checked')
 for i = 1, 2 do
   redis.call('HSET', KEYS[i], 'n', counts[i] + 1, 'last', now)
   redis.call('PEXPIRE', KEYS[i], forget)

@@ -8,6 +8,7 @@ KEYS[1]  meta     HASH    status, ends_at, require_pass, stock_total (see publis
 KEYS[2]  passes   STRING  passes handed out so far
 KEYS[3]  pass     STRING  this user's pass: "issued" | "used"
 KEYS[4]  client   HASH    the client address's token bucket on this activity (claim.lua's)
+KEYS[5]  metrics  HASH    the activity's counters for /metrics: limited:pass_address (optional)
 
 ARGV[1]  now, ms since the epoch
 ARGV[2]  factor: passes per ticket of stock (integer >= 1)
@@ -46,6 +47,9 @@ if rate > 0 then
   tokens = math.min(burst, tokens + math.max(now - at, 0) * rate / window)
   if tokens < 1 then
     redis.call('HSET', client, 't', tokens, 'at', now)
+    if KEYS[5] then
+      redis.call('HINCRBY', KEYS[5], 'limited:pass_address', 1)
+    end
     return { -6, math.ceil((1 - tokens) * window / rate) }
   end
   redis.call('HSET', client, 't', tokens - 1, 'at', now)

@@ -6,6 +6,7 @@ this script makes the state change atomic, so of two concurrent redeems exactly 
 
 KEYS[1]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms|type"
 KEYS[2]  log      STREAM  claim log (a `redeem` event is appended for the drain)
+KEYS[3]  metrics  HASH    the activity's counters for /metrics: redeemed:<type> (optional)
 
 ARGV[1]  code (the part after "<activity>-")
 ARGV[2]  activity id
@@ -34,6 +35,11 @@ end
 
 -- rest: claimed_at and type, kept as they are.
 redis.call('HSET', tickets, code, owner .. '|' .. claim_id .. '|redeemed|' .. rest)
+if KEYS[3] then
+  -- Written before ticket types, a record ends at claimed_at: the type is `default`.
+  local ty = string.match(rest, '^[^|]*|(.*)$') or 'default'
+  redis.call('HINCRBY', KEYS[3], 'redeemed:' .. ty, 1)
+end
 redis.call('XADD', log, '*', 'e', cjson.encode({
   t = 'redeem', claim = claim_id, activity = ARGV[2], user = owner, code = code, at = ARGV[3],
 }))

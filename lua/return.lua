@@ -12,6 +12,7 @@ KEYS[3]  claimed  HASH    user -> tickets held over all types; "user|type" -> of
 KEYS[4]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms|type" (no type: `default`)
 KEYS[5]  log      STREAM  claim log
 KEYS[6]  pools    HASH    per-type code queues (see claim.lua)
+KEYS[7]  metrics  HASH    the activity's counters for /metrics: returned:<type> (optional)
 
 ARGV[1]  code (the part after "<activity>-")
 ARGV[2]  user id of the caller
@@ -25,6 +26,7 @@ Returns a flat array:
 --]]
 
 local meta, stocks, claimed, tickets, log, pools = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local metrics = KEYS[7]
 local code, user, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local record = redis.call('HGET', tickets, code)
@@ -57,6 +59,9 @@ if m[4] == 'codes' then
   redis.call('HSET', pools, ty .. ':' .. (tail - 1), code)
 end
 local left = redis.call('HINCRBY', stocks, ty, 1)
+if metrics then
+  redis.call('HINCRBY', metrics, 'returned:' .. ty, 1)
+end
 
 redis.call('XADD', log, '*', 'e', cjson.encode({
   t = 'return', claim = claim_id, activity = m[3], user = user, code = code, at = ARGV[3],

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what flashclaim needs on a fresh Debian/Ubuntu machine, and nothing that is
 # already there: the wasm32-wasip2 Rust target, Redis, PostgreSQL (with its contrib
-# modules, for pg_stat_statements), curl, and Python with venv (Schemathesis runs from a
-# virtualenv under .data/).
+# modules, for pg_stat_statements), curl, Python with venv (Schemathesis runs from a
+# virtualenv under .data/), and Prometheus with promtool (the alert rules' tests and the
+# real-Prometheus test, `make test-alerts` and `make test-metrics`).
 #
 # `deps.sh --browser` (what `make test` runs) adds the browser tests' tools: Debian's
 # Chromium (Playwright may not download a browser here), CJK fonts for the Chinese screens,
@@ -29,6 +30,7 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need_apt+=(prometheus)
 if $browser; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
@@ -48,6 +50,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo service redis-server stop >/dev/null 2>&1 || true
   $sudo service postgresql stop >/dev/null 2>&1 || true
   $sudo service nginx stop >/dev/null 2>&1 || true
+  # The tests start their own Prometheus on a free port, with their own storage.
+  $sudo service prometheus stop >/dev/null 2>&1 || true
 fi
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

@@ -16,6 +16,8 @@ const SCRIPTS: &[&str] = &[
     "view",
     "stocks",
     "login",
+    "metrics",
+    "tally",
 ];
 
 fn main() {

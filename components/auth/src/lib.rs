@@ -28,7 +28,11 @@ fn handle(req: Request) -> Response {
 
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), glue::path_segments(req).as_slice()) {
-        (Method::Post, ["api", "users"]) => register(req),
+        (Method::Post, ["api", "users"]) => {
+            let answer = register(req);
+            count_registration(&answer);
+            answer
+        }
         (Method::Post, ["api", "sessions"]) => log_in(req),
         (_, ["api", "users" | "sessions"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
@@ -209,6 +213,26 @@ fn log_in(req: &Request) -> Result<HttpResponse, ApiError> {
 }
 
 /// The Redis holding the login counters: the first endpoint of `redis_address`.
+/// One HINCRBY for `/metrics` after the answer is known (registration is rare beside a
+/// claim, and already pays for a password hash). Best effort: a Redis that is down loses the
+/// count, never the answer.
+fn count_registration(answer: &Result<HttpResponse, ApiError>) {
+    use flashclaim_core::metrics;
+    use flashclaim_core::scripts::{Arg, RedisCommands};
+    let field = format!("register:{}", metrics::registration_outcome(answer));
+    let args = [
+        Arg::from(metrics::GLOBAL_KEY),
+        Arg::from(field),
+        Arg::Int(1),
+    ];
+    // A failure was logged where it happened (redis_unavailable).
+    let _ = counters().and_then(|redis| {
+        redis
+            .execute("HINCRBY", &args)
+            .map_err(|e| glue::redis_unavailable("registration count", e))
+    });
+}
+
 fn counters() -> Result<SpinRedis, ApiError> {
     let shards = glue::redis_shards()?;
     let first = shards.all().first().ok_or(ApiError::Internal)?;

@@ -7,13 +7,22 @@
 //! The hot path is one EVALSHA of claim.lua on a kept connection; every check and every
 //! effect happens in the script.
 
-use flashclaim_core::claim::{self, ClaimSettings};
+use std::cell::RefCell;
+
+use flashclaim_core::claim::{self, ClaimSettings, Unreported};
 use flashclaim_core::scripts::{self, CLAIM};
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use spin_sdk::wasip3::http::types::{ErrorCode, Response};
+
+thread_local! {
+    /// Answers this instance gave without Redis, reported with the activity's next claim
+    /// that reaches it (`flashclaim_core::claim::Unreported`). One thread: requests of a
+    /// reused instance interleave only at awaits, and no borrow is held across one.
+    static UNREPORTED: RefCell<Unreported> = RefCell::new(Unreported::default());
+}
 
 #[http_service]
 async fn handle(req: Request) -> Result<Response, ErrorCode> {
@@ -75,6 +84,8 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let shards = glue::redis_shards().await?;
+    let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));
+    let command = command.with_unreported(taken);
     let reply = glue::run_confirmed(
         shards.for_activity(activity),
         &CLAIM,
@@ -84,6 +95,7 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     )
     .await
     .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
+    UNREPORTED.with_borrow_mut(|u| u.settle(activity, taken, reply.as_ref().err()));
 
     // encode
     match claim::answer(activity, reply) {

@@ -211,7 +211,8 @@ impl ClaimCommand {
     }
 
     /// Who asked (the stored form of the client's address, "" when unknown) and the limit
-    /// on that address: KEYS[13] and ARGV[13..16] of claim.lua.
+    /// on that address: KEYS[13] and ARGV[13..16] of claim.lua (KEYS[14], the activity's
+    /// metrics hash, follows).
     pub fn with_client(
         mut self,
         activity: ActivityId,
@@ -225,10 +226,62 @@ impl ClaimCommand {
     fn set_client(&mut self, activity: ActivityId, stored_addr: &str, limit: AddressLimit) {
         self.keys.truncate(12);
         self.argv.truncate(12);
-        self.keys
-            .push(ActivityKeys::new(activity).client(stored_addr));
+        let keys = ActivityKeys::new(activity);
+        self.keys.push(keys.client(stored_addr));
+        self.keys.push(keys.metrics());
         self.argv.extend(limit.args());
         self.argv.push(Arg::from(stored_addr));
+    }
+}
+
+impl ClaimCommand {
+    /// Answers given without the script since this instance last reached Redis for the
+    /// activity (see [`Unreported`]): ARGV[17..18] of claim.lua, added to its counters.
+    pub fn with_unreported(mut self, (unavailable, unknown): (i64, i64)) -> Self {
+        self.argv.truncate(16);
+        self.argv.extend([Arg::Int(unavailable), Arg::Int(unknown)]);
+        self
+    }
+}
+
+/// Claims answered without the script (`unavailable`: it never ran; `unknown`: the reply
+/// was lost), which Redis could not count. A reused WASIp3 instance keeps them here and
+/// reports them with its next claim of the same activity that reaches Redis; they are lost
+/// if the instance ends first (a WASIp2 instance always does). At most
+/// [`Unreported::MAX_ACTIVITIES`] activities are remembered, so made-up ids sent while
+/// Redis is down cannot grow it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unreported(std::collections::BTreeMap<i64, (i64, i64)>);
+
+impl Unreported {
+    pub const MAX_ACTIVITIES: usize = 64;
+
+    /// The activity's counts, to send with its next claim.
+    pub fn take(&mut self, activity: ActivityId) -> (i64, i64) {
+        self.0.remove(&activity.get()).unwrap_or_default()
+    }
+
+    /// After the claim that carried `taken`: a reply means the script counted them; a
+    /// failure that proves it never ran keeps them and adds this answer as `unavailable`;
+    /// any other failure may have followed a script that counted them, so they are dropped
+    /// (never doubled) and this answer is added as `unknown`.
+    pub fn settle(
+        &mut self,
+        activity: ActivityId,
+        taken: (i64, i64),
+        failure: Option<&crate::scripts::RedisFailure>,
+    ) {
+        let add = match failure {
+            None => return,
+            Some(f) if f.proves_nothing_ran() => (taken.0 + 1, taken.1),
+            Some(_) => (0, 1),
+        };
+        if self.0.len() >= Self::MAX_ACTIVITIES && !self.0.contains_key(&activity.get()) {
+            return;
+        }
+        let entry = self.0.entry(activity.get()).or_default();
+        entry.0 += add.0;
+        entry.1 += add.1;
     }
 }
 
@@ -565,7 +618,13 @@ pub fn pass_command(
     let mut argv = vec![Arg::Int(now.0), Arg::Int(factor)];
     argv.extend(limit.args());
     (
-        vec![k.meta(), k.passes(), k.pass(user), k.client(stored_addr)],
+        vec![
+            k.meta(),
+            k.passes(),
+            k.pass(user),
+            k.client(stored_addr),
+            k.metrics(),
+        ],
         argv,
     )
 }
@@ -621,26 +680,74 @@ mod tests {
     }
 
     #[test]
-    fn every_claim_names_its_client_bucket_on_the_activity_shard() {
+    fn answers_given_without_redis_wait_for_the_next_claim_that_reaches_it() {
+        use crate::scripts::RedisFailure;
         let id = ActivityId::parse("7").unwrap();
-        let user = UserId::parse("u1").unwrap();
-        let request = ClaimRequest::parse(b"{}").unwrap();
-        let plain = ClaimCommand::new(
+        let mut unreported = Unreported::default();
+        let down = RedisFailure::Unreachable("refused".into());
+        let lost = RedisFailure::Command("Connection reset by peer".into());
+        let taken = unreported.take(id);
+        unreported.settle(id, taken, Some(&down));
+        let taken = unreported.take(id);
+        assert_eq!(taken, (1, 0));
+        unreported.settle(id, taken, Some(&down));
+        let taken = unreported.take(id);
+        assert_eq!(taken, (2, 0), "kept while Redis stays away");
+        // The reply was lost: the script may have counted the two; they are not sent again.
+        unreported.settle(id, taken, Some(&lost));
+        let taken = unreported.take(id);
+        assert_eq!(taken, (0, 1));
+        unreported.settle(id, taken, None);
+        assert_eq!(
+            unreported.take(id),
+            (0, 0),
+            "reported with a claim that ran"
+        );
+    }
+
+    #[test]
+    fn unreported_answers_remember_a_bounded_number_of_activities() {
+        let down = crate::scripts::RedisFailure::Unreachable("refused".into());
+        let mut unreported = Unreported::default();
+        for n in 1..=(Unreported::MAX_ACTIVITIES as i64 + 10) {
+            let id = ActivityId::parse(&n.to_string()).unwrap();
+            unreported.settle(id, (0, 0), Some(&down));
+        }
+        assert_eq!(unreported.0.len(), Unreported::MAX_ACTIVITIES);
+    }
+
+    #[test]
+    fn unreported_answers_travel_as_the_last_two_arguments() {
+        let command = plain_command(ActivityId::parse("7").unwrap()).with_unreported((3, 1));
+        assert_eq!(command.argv.len(), 18);
+        assert_eq!(command.argv[16..], [Arg::Int(3), Arg::Int(1)]);
+    }
+
+    /// One ticket of the only type for `u1`, no limits, no client address.
+    fn plain_command(id: ActivityId) -> ClaimCommand {
+        ClaimCommand::new(
             id,
-            &user,
-            request.clone(),
+            &UserId::parse("u1").unwrap(),
+            ClaimRequest::parse(b"{}").unwrap(),
             None,
             Millis(1),
             "c",
             &["P".into()],
             RateLimit::OFF,
             RateLimit::OFF,
-        );
-        assert_eq!((plain.keys.len(), plain.argv.len()), (13, 16));
+        )
+    }
+
+    #[test]
+    fn every_claim_names_its_client_bucket_on_the_activity_shard() {
+        let id = ActivityId::parse("7").unwrap();
+        let plain = plain_command(id);
+        assert_eq!((plain.keys.len(), plain.argv.len()), (14, 16));
         assert_eq!(plain.keys[12], ActivityKeys::new(id).client("unknown"));
         let limit = AddressLimit::parse("10/1000/20").unwrap();
         let with = plain.with_client(id, "abc", limit);
-        assert_eq!((with.keys.len(), with.argv.len()), (13, 16));
+        assert_eq!((with.keys.len(), with.argv.len()), (14, 16));
+        assert_eq!(with.keys[13], ActivityKeys::new(id).metrics());
         assert!(
             with.keys[12].starts_with(&ActivityKeys::new(id).meta()[..5]),
             "{}",
@@ -979,7 +1086,8 @@ mod tests {
             RateLimit::default(),
             RateLimit::OFF,
         );
-        assert_eq!(cmd.keys.len(), 13);
+        assert_eq!(cmd.keys.len(), 14);
+        assert_eq!(cmd.keys[13], "fc:{a:5}:metrics");
         assert_eq!(cmd.keys[0], "fc:{a:5}:meta");
         assert_eq!(cmd.keys[11], "fc:{a:5}:flood");
         assert_eq!(cmd.keys[12], "fc:{a:5}:client:unknown");

@@ -88,6 +88,11 @@ impl ActivityKeys {
     pub fn flood(&self) -> String {
         self.key("flood")
     }
+    /// The activity's counters for `/metrics` (`flashclaim_core::metrics`), moved by the
+    /// scripts that already run: `answers:<outcome>:<type>`, `claimed:<type>`, ...
+    pub fn metrics(&self) -> String {
+        self.key("metrics")
+    }
     /// Held by the one reader rebuilding the cached view (stampede protection).
     pub fn view_lock(&self) -> String {
         self.key("view:lock")
@@ -152,6 +157,7 @@ mod tests {
             k.pools(),
             k.log(),
             k.claimed(),
+            k.metrics(),
             k.rate(&user),
             k.idempotency(&user, None),
         ] {

@@ -49,11 +49,13 @@ impl LoginThrottle {
 
 /// The Redis keys failed logins are counted under (login.lua's KEYS), for a username and a
 /// stored client address. They live on the first endpoint of `redis_address`: they belong
-/// to no activity, and one place keeps a username's count whole.
+/// to no activity, and one place keeps a username's count whole. The third is the global
+/// metrics hash, where login.lua counts attempts for `/metrics`.
 pub fn login_keys(username: &str, stored_addr: &str) -> Vec<String> {
     vec![
         format!("fc:login:user:{username}"),
         format!("fc:login:addr:{stored_addr}"),
+        crate::metrics::GLOBAL_KEY.to_string(),
     ]
 }
 

@@ -184,6 +184,7 @@ pub fn return_command(ticket: &TicketRef, user: &str, now: Millis) -> (Vec<Strin
             k.tickets(),
             k.log(),
             k.pools(),
+            k.metrics(),
         ],
         vec![
             Arg::from(ticket.code.as_str()),
@@ -197,7 +198,7 @@ pub fn return_command(ticket: &TicketRef, user: &str, now: Millis) -> (Vec<Strin
 pub fn redeem_command(ticket: &TicketRef, now: Millis) -> (Vec<String>, Vec<Arg>) {
     let k = ActivityKeys::new(ticket.activity);
     (
-        vec![k.tickets(), k.log()],
+        vec![k.tickets(), k.log(), k.metrics()],
         vec![
             Arg::from(ticket.code.as_str()),
             Arg::Int(ticket.activity.get()),

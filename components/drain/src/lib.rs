@@ -10,6 +10,7 @@ use flashclaim_spin as glue;
 use flashclaim_core::drain::{self, Batch, Changes, DrainReport, GroupHealth, Health, Rows, Step};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
+use flashclaim_core::log;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::shards::label;
 use flashclaim_core::topology;
@@ -18,6 +19,8 @@ use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::pg4;
 
 use glue::SpinRedis;
+
+mod metrics;
 
 mod cron {
     wit_bindgen::generate!({
@@ -32,13 +35,7 @@ struct Drain;
 
 impl cron::Guest for Drain {
     fn handle_cron_event(_: Metadata) -> Result<(), CronError> {
-        let report = drain_all().map_err(|e| CronError::Other(e.to_string()))?;
-        if report.entries > 0 || !report.errors.is_empty() {
-            eprintln!(
-                "flashclaim drain: {}",
-                serde_json::to_string(&report).unwrap_or_default()
-            );
-        }
+        let report = counted_run().map_err(|e| CronError::Other(e.to_string()))?;
         match report.errors.first() {
             Some(e) => Err(CronError::Other(e.clone())),
             None => Ok(()),
@@ -56,11 +53,12 @@ fn handle(req: Request) -> Response {
 fn route(req: &Request) -> Result<HttpResponse, ApiError> {
     match (req.method(), glue::path_segments(req).as_slice()) {
         (Method::Get, ["healthz"]) => Ok(health().to_response()),
+        (Method::Get, ["metrics"]) => metrics::serve(req),
         (Method::Post, ["admin", "drain"]) => {
             glue::drain_caller(req)?;
-            Ok(HttpResponse::json(200, &drain_all()?))
+            Ok(HttpResponse::json(200, &counted_run()?))
         }
-        (_, ["healthz"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
+        (_, ["healthz"] | ["metrics"] | ["admin", "drain"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -141,6 +139,13 @@ fn health() -> Health {
     health
 }
 
+/// A drain run, counted for `/metrics` and logged when it did something or failed.
+fn counted_run() -> Result<DrainReport, ApiError> {
+    let run = drain_all();
+    metrics::note_run(&run);
+    run
+}
+
 /// One drain run over every activity with a log, on every Redis endpoint, until every log
 /// is empty or the run's time bound has passed (then the rest only counted as backlog).
 fn drain_all() -> Result<DrainReport, ApiError> {
@@ -175,7 +180,12 @@ fn drain_all() -> Result<DrainReport, ApiError> {
             Ok(found) => found,
             Err(e) => {
                 let shard = label(&shards, index);
-                eprintln!("flashclaim: drain: {shard}: {e}");
+                // The label names host:port only; the failure's text may name the address.
+                let fields = [("shard", shard.clone().into())];
+                eprintln!(
+                    "{}",
+                    log::line(run.started, "drain_shard_unreachable", &fields)
+                );
                 report.errors.push(format!("{shard} is unreachable"));
                 unreachable.get_or_insert(e);
                 continue;
@@ -250,8 +260,14 @@ fn drain_activity(
             return Ok(());
         }
         for (entry, payload) in &batch.malformed {
+            let fields = [
+                ("activity", id.get().into()),
+                ("entry", entry.as_str().into()),
+                ("payload", payload.as_str().into()),
+            ];
             eprintln!(
-                "flashclaim drain: activity {id}: skipping malformed log entry {entry}: {payload}"
+                "{}",
+                log::line(glue::now().0, "drain_malformed_entry", &fields)
             );
         }
         let steps = batch.steps();

@@ -39,6 +39,47 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".data/test"))
 }
 
+/// A test binary killed by a time-out runs no destructors: a server it started (Spin,
+/// Prometheus) gets SIGTERM from the kernel then, so no orphan keeps a port, a store or CI's
+/// output pipe.
+pub fn dies_with_the_test(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// Runs `scripts/services.sh <action>` (e.g. `pg-stop`), failing the test if it fails.
+pub fn services_sh(action: &str) {
+    let status = std::process::Command::new(root().join("scripts/services.sh"))
+        .arg(action)
+        .status()
+        .unwrap();
+    assert!(status.success(), "services.sh {action}");
+}
+
+/// The shared Postgres stopped until this is dropped: it comes back even when an assertion
+/// fails meanwhile, so the tests after still have it. Only for a test binary of its own
+/// (every other test needs Postgres).
+pub struct PostgresOutage(());
+
+impl PostgresOutage {
+    pub fn start() -> PostgresOutage {
+        services_sh("pg-stop");
+        PostgresOutage(())
+    }
+}
+
+impl Drop for PostgresOutage {
+    fn drop(&mut self) {
+        services_sh("pg-start");
+    }
+}
+
 /// Addresses from `services.env` in [`data_dir`].
 pub struct Services {
     pub redis_port: u16,
@@ -406,18 +447,11 @@ impl SpinProcess {
         cmd.envs(env)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        // A test binary killed by a time-out runs no destructors: the kernel stops Spin then
-        // (SIGTERM, which Spin passes on to its trigger processes), so no orphan keeps a
-        // port, a Redis database or CI's output pipe. Its own process group lets Drop kill
-        // every process it started.
+        // SIGTERM on the test's death, which Spin passes on to its trigger processes. Its own
+        // process group lets Drop kill every process it started.
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        dies_with_the_test(&mut cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", spin.display()));

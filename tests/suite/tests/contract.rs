@@ -132,7 +132,8 @@ fn every_status_and_code_the_service_answers_is_documented() {
 }
 
 /// spin.toml is spin.wasip3.toml for every Spin: the same app in every respect but the
-/// sources of the components that have a WASIp3 build, and without the cron trigger and
+/// sources of the components that have a WASIp3 build, the flavour the drain reports, and
+/// without the cron trigger and
 /// the component it runs (a Spin without the cron plugin refuses a manifest naming it), so
 /// the two can never drift apart.
 #[test]
@@ -157,6 +158,11 @@ fn the_default_manifest_is_the_wasip3_one_with_wasip2_builds_and_no_cron_trigger
         assert_eq!(source(&p2, id).as_str(), Some(path(wasip2).as_str()));
         p2["component"][id]["source"] = source(&p3, id);
     }
+    // The drain names its manifest's flavour for /metrics (flashclaim_build_info).
+    let flavour = |m: &toml::Value| m["component"]["drain"]["variables"]["manifest"].clone();
+    assert_eq!(flavour(&p3).as_str(), Some("wasip3"));
+    assert_eq!(flavour(&p2).as_str(), Some("wasip2"));
+    p2["component"]["drain"]["variables"]["manifest"] = flavour(&p3);
     let p3_triggers = p3["trigger"].as_table_mut().unwrap();
     assert!(
         p3_triggers.remove("cron").is_some(),

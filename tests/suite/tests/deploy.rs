@@ -520,3 +520,45 @@ fn the_spin_up_host_environment_supplies_every_required_variable() {
     assert!(drain.contains("authorization: Bearer $SPIN_VARIABLE_DRAIN_TOKEN"));
     assert!(drain.contains("http://127.0.0.1:3000/admin/drain") && drain.contains("sleep 1"));
 }
+
+/// The ServiceMonitor scrapes GET /metrics of a SpinApp of deploy/ through the Service
+/// SpinKube creates for it, with the same metrics_token every SpinApp reads, and the
+/// manifests route /metrics (to the drain) and declare metrics_token.
+#[test]
+fn the_service_monitor_scrapes_metrics_of_the_spinapp_with_its_metrics_token() {
+    let objects = objects();
+    let monitor = one(&objects, "ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["targetPort"], "http-app",
+        "SpinKube's container port"
+    );
+    let app = monitor["spec"]["selector"]["matchLabels"]["core.spinkube.dev/app-name"]
+        .as_str()
+        .expect("selects SpinKube's Service by its app-name label");
+    let namespace = &monitor["metadata"]["namespace"];
+    assert!(all(&objects, "SpinApp")
+        .iter()
+        .any(|a| a["metadata"]["name"] == app && a["metadata"]["namespace"] == *namespace));
+    let credentials = &endpoint["authorization"]["credentials"];
+    let (secret, key) = (credentials["name"].as_str(), credentials["key"].as_str());
+    for app in all(&objects, "SpinApp") {
+        let var = app["spec"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "metrics_token")
+            .expect("every SpinApp sets metrics_token");
+        let from = &var["valueFrom"]["secretKeyRef"];
+        assert_eq!((from["name"].as_str(), from["key"].as_str()), (secret, key));
+    }
+    for name in ["spin.toml", "spin.wasip3.toml"] {
+        let spin = read_manifest(name);
+        assert_eq!(spin.variables.get("metrics_token"), Some(&false), "{name}");
+        assert!(spin
+            .http_routes
+            .contains(&("/metrics".to_string(), "drain".to_string())));
+    }
+}

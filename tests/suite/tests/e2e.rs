@@ -1330,3 +1330,125 @@ async fn migration_0003_gives_every_existing_activity_its_default_type() {
         .await
         .unwrap();
 }
+
+/// `GET /metrics` on the app under test: refused without the metrics token or an operator's
+/// token (401, never the token echoed), and counting what the sale did, with the manifest's
+/// flavour in flashclaim_build_info.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the_sale() {
+    const METRICS_TOKEN: &str = "scrape-me-5b1c9e";
+    let t = TestApp::start_with(&[("SPIN_VARIABLE_METRICS_TOKEN", METRICS_TOKEN)]).await;
+    let id = t.create_activity(2, "").await;
+    t.publish(id).await;
+    let mut statuses = Vec::new();
+    for user in ["a", "b", "c"] {
+        statuses.push(t.claim(id, user, "").await.status);
+    }
+    assert_eq!(statuses, [201, 201, 409]);
+    t.drain().await;
+    let register = |body: &'static str| t.send("POST", "/api/users", None, body);
+    let login = |body: &'static str| t.send("POST", "/api/sessions", None, body);
+    assert_eq!(
+        register(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        register(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        login(r#"{"username":"dora","password":"wrong horse"}"#)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        login(r#"{"username":"dora","password":"correct horse"}"#)
+            .await
+            .status,
+        200
+    );
+
+    for auth in [
+        None,
+        Some("Bearer not-the-token".to_string()),
+        Some(bearer(&token("someone", None))),
+        Some(format!("Basic {METRICS_TOKEN}")),
+    ] {
+        let r = t.send("GET", "/metrics", auth.as_deref(), "").await;
+        problem(&r, 401, "unauthenticated");
+        assert!(!r.text().contains(METRICS_TOKEN));
+    }
+    let query = t
+        .send("GET", &format!("/metrics?token={METRICS_TOKEN}"), None, "")
+        .await;
+    problem(&query, 401, "unauthenticated");
+    problem(
+        &t.send("POST", "/metrics", Some(&t.admin), "").await,
+        405,
+        "method_not_allowed",
+    );
+
+    let r = t
+        .send(
+            "GET",
+            "/metrics",
+            Some(&format!("Bearer {METRICS_TOKEN}")),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    assert!(!text.contains(METRICS_TOKEN));
+    let flavour = match flashclaim_tests::manifest()
+        .file_name()
+        .and_then(|f| f.to_str())
+    {
+        Some("spin.toml") => "wasip2",
+        _ => "wasip3",
+    };
+    let of = |rest: &str| format!(r#"{{activity="{id}",ticket_type="default"{rest}"#);
+    for line in [
+        format!(
+            r#"flashclaim_claim_answers_total{} 2"#,
+            of(r#",outcome="claimed"}"#)
+        ),
+        format!(
+            r#"flashclaim_claim_answers_total{} 1"#,
+            of(r#",outcome="sold_out"}"#)
+        ),
+        format!(
+            r#"flashclaim_claim_answers_total{} 0"#,
+            of(r#",outcome="rate_limited"}"#)
+        ),
+        format!("flashclaim_tickets_issued_total{} 2", of("}")),
+        format!("flashclaim_tickets_left{} 0", of("}")),
+        r#"flashclaim_redis_up{shard="0"} 1"#.to_string(),
+        r#"flashclaim_drain_backlog_entries{shard="0"} 0"#.to_string(),
+        r#"flashclaim_drain_rows_written_total{table="tickets"} 2"#.to_string(),
+        r#"flashclaim_registrations_total{outcome="created"} 1"#.to_string(),
+        r#"flashclaim_registrations_total{outcome="taken"} 1"#.to_string(),
+        r#"flashclaim_login_attempts_total{outcome="checked"} 2"#.to_string(),
+        "flashclaim_login_successes_total 1".to_string(),
+        "flashclaim_postgres_up 1".to_string(),
+        format!(r#"flashclaim_build_info{{version="0.1.0",manifest="{flavour}"}} 1"#),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    let runs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flashclaim_drain_runs_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(runs >= Some(1.0), "{text}");
+
+    let r = t.send("GET", "/metrics", Some(&t.admin), "").await;
+    assert_eq!(r.status, 200, "an operator reads them too");
+}

@@ -171,7 +171,8 @@ impl Lab {
         self.cmd(args).first().and_then(Reply::as_int).unwrap_or(0)
     }
 
-    /// Every key and value except the rate counters, to prove a refusal changed nothing.
+    /// Every key and value except the rate counters and the metrics (which count every
+    /// answer, refusals included), to prove a refusal changed nothing.
     async fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut conn = self.conn.clone();
         let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -179,7 +180,9 @@ impl Lab {
             .query_async(&mut conn)
             .await
             .unwrap();
-        keys.retain(|k| !k.contains(":rate:") && !k.contains(":client:"));
+        keys.retain(|k| {
+            !k.contains(":rate:") && !k.contains(":client:") && !k.ends_with(":metrics")
+        });
         keys.sort();
         let mut out = Vec::new();
         for k in keys {
@@ -1077,4 +1080,226 @@ async fn a_quiet_hour_forgets_a_run_and_a_success_clears_the_username_only() {
     // The right password: the username starts again, the address gets its failure back.
     assert!(l.run(Count::Clear, forget + 1).is_empty());
     assert_eq!(l.counts().await, (None, Some(0)));
+}
+
+// ---- /metrics: the counters the scripts keep (flashclaim_core::metrics) ----
+
+impl Lab {
+    /// The activity's metrics hash, field by field.
+    fn counters(&self) -> std::collections::BTreeMap<String, i64> {
+        let reply = self.cmd(&["HGETALL", &self.keys().metrics()]);
+        flashclaim_core::metrics::pairs(&reply)
+            .into_iter()
+            .collect()
+    }
+
+    fn counter(&self, field: &str) -> i64 {
+        self.counters().get(field).copied().unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_claim_answer_is_counted_by_outcome_and_type_in_the_same_script() {
+    let mut lab = Lab::new(activity(2, 1)).await;
+    claimed(lab.claim("a", 1));
+    assert_eq!(lab.claim("a", 1).unwrap_err().code(), "limit_reached");
+    claimed(lab.claim("b", 1));
+    assert_eq!(lab.claim("c", 1).unwrap_err().code(), "sold_out");
+    assert_eq!(
+        lab.claim_at("d", 1, START - 1, None).unwrap_err().code(),
+        "not_started"
+    );
+    assert_eq!(lab.claim_at("d", 1, END, None).unwrap_err().code(), "ended");
+    assert_eq!(
+        lab.claim_type("d", "nope", 1).unwrap_err().code(),
+        "invalid_request"
+    );
+    lab.cmd(&["SADD", &lab.keys().deny(), "evil"]);
+    assert_eq!(lab.claim("evil", 1).unwrap_err().code(), "forbidden");
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("claimed:default", (2 << 32) + 2),
+        ("answers:limit_reached:default", 1),
+        ("answers:sold_out:default", 1),
+        ("answers:blacklisted:default", 1),
+        // Before a type is chosen, and never the made-up type's name.
+        ("answers:not_started:", 1),
+        ("answers:ended:", 1),
+        ("answers:invalid:", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(lab.counters(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_and_a_rate_limit_are_counted_apart_from_claims_and_say_which_limit() {
+    let mut lab = Lab::new(activity(5, 5)).await;
+    claimed(lab.claim_at("a", 2, START + 10, Some("k1")));
+    assert!(matches!(
+        lab.claim_at("a", 2, START + 10, Some("k1")),
+        Ok(ClaimOutcome::Replayed(_))
+    ));
+    lab.rate = RateLimit::parse("1/1000").unwrap();
+    claimed(lab.claim("b", 1));
+    assert_eq!(lab.claim("b", 1).unwrap_err().code(), "rate_limited");
+    let claimed = flashclaim_core::metrics::split_claimed(lab.counter("claimed:default"));
+    assert_eq!(claimed, (2, 3), "two claims, three tickets");
+    assert_eq!(lab.counter("answers:replayed:default"), 1);
+    assert_eq!(lab.counter("answers:rate_limited:default"), 1);
+    assert_eq!(lab.counter("limited:user"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_given_without_redis_are_added_by_the_next_claim_of_an_existing_activity() {
+    let lab = Lab::new(activity(5, 5)).await;
+    let user = UserId::parse("u").unwrap();
+    let command = |id: ActivityId| {
+        ClaimCommand::new(
+            id,
+            &user,
+            ClaimRequest::parse(b"{}").unwrap(),
+            None,
+            Millis(START + 10),
+            "claim-x",
+            &["PX".into()],
+            RateLimit::OFF,
+            RateLimit::OFF,
+        )
+        .with_client(id, "", claim::AddressLimit::OFF)
+        .with_unreported((3, 1))
+    };
+    let cmd = command(lab.activity.id);
+    claimed(claim::decode(
+        &run_script(&lab.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap(),
+    ));
+    assert_eq!(lab.counter("answers:unavailable:"), 3);
+    assert_eq!(lab.counter("answers:unknown:"), 1);
+    // A made-up id gets no metrics hash, whatever the caller had to report.
+    let made_up = ActivityId::parse("999").unwrap();
+    let cmd = command(made_up);
+    let reply = run_script(&lab.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap();
+    assert_eq!(claim::decode(&reply), Err(ApiError::NotFound));
+    let exists = lab.int(&["EXISTS", &ActivityKeys::new(made_up).metrics()]);
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn returns_redemptions_and_refused_passes_are_counted_per_type() {
+    let mut a = activity(3, 3);
+    a.require_pass = true;
+    let mut lab = Lab::new(a).await;
+    assert_eq!(take_pass(&lab, "a", START + 1), Ok(201));
+    let code = claimed(lab.claim("a", 1)).codes[0].clone();
+    give_back(&lab, &code, "a", START + 20).unwrap();
+    assert_eq!(take_pass(&lab, "b", START + 21), Ok(201));
+    let code = claimed(lab.claim("b", 1)).codes[0].clone();
+    let t = flashclaim_core::ids::TicketRef {
+        activity: lab.activity.id,
+        code,
+    };
+    let (keys, argv) = ticket::redeem_command(&t, Millis(START + 30));
+    run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
+    per_address(&mut lab, "addr");
+    let refused = (0..10)
+        .map(|_| take_pass(&lab, "c", START + 40))
+        .filter(|r| matches!(r, Err(ApiError::RateLimited { .. })))
+        .count() as i64;
+    assert!(refused > 0);
+    assert_eq!(lab.counter("returned:default"), 1);
+    assert_eq!(lab.counter("redeemed:default"), 1);
+    assert_eq!(lab.counter("limited:pass_address"), refused);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_lua_reads_back_what_the_scrape_renders() {
+    use flashclaim_core::metrics::ActivityReading;
+    use flashclaim_core::scripts::METRICS;
+    let mut lab = Lab::new(activity(5, 5)).await;
+    claimed(lab.claim("a", 2));
+    let k = lab.keys();
+    let keys = [k.meta(), k.stocks(), k.metrics(), k.passes(), k.log()];
+    let reply = run_script(&lab.redis, &METRICS, &keys, &[]).unwrap();
+    let id = lab.activity.id.get();
+    let reading = ActivityReading::decode(id, &reply).unwrap();
+    assert_eq!(reading.status, "published");
+    assert_eq!(reading.ends_at_ms, END);
+    assert_eq!(reading.types, vec!["default"]);
+    assert_eq!(reading.stocks, vec![("default".to_string(), 3)]);
+    assert_eq!(reading.backlog, 1);
+    assert!(reading.oldest_entry.is_some());
+    assert!(reading
+        .counters
+        .contains(&("claimed:default".to_string(), (1 << 32) + 2)));
+    // An activity Redis does not hold reads as nothing shown.
+    let gone = ActivityKeys::new(ActivityId::parse("998").unwrap());
+    let keys = [
+        gone.meta(),
+        gone.stocks(),
+        gone.metrics(),
+        gone.passes(),
+        gone.log(),
+    ];
+    let reply = run_script(&lab.redis, &METRICS, &keys, &[]).unwrap();
+    let reading = ActivityReading::decode(998, &reply).unwrap();
+    assert!(!reading.shown(START));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_ins_are_counted_as_checked_throttled_and_succeeded() {
+    let l = Login::new(1, 100).await;
+    assert_eq!(l.attempt(10_000), Ok(()));
+    assert!(l.attempt(10_001).is_err());
+    l.run(flashclaim_core::throttle::Count::Clear, 10_002);
+    let reply = l
+        .redis
+        .execute(
+            "HGETALL",
+            &[Arg::from(flashclaim_core::metrics::GLOBAL_KEY)],
+        )
+        .unwrap();
+    let mut counts = flashclaim_core::metrics::pairs(&reply);
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("login:checked".to_string(), 1),
+            ("login:succeeded".to_string(), 1),
+            ("login:throttled".to_string(), 1),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tally_adds_to_counters_and_records_the_last_success() {
+    use flashclaim_core::drain::DrainReport;
+    use flashclaim_core::metrics::{drain_tally, pairs, GLOBAL_KEY};
+    use flashclaim_core::scripts::TALLY;
+    let (_, conn) = fresh_redis_db().await;
+    let redis = NativeRedis::new(conn);
+    let keys = [GLOBAL_KEY.to_string()];
+    let ok = Ok(DrainReport {
+        entries: 2,
+        claims: 2,
+        tickets: 3,
+        ..DrainReport::default()
+    });
+    run_script(&redis, &TALLY, &keys, &drain_tally(&ok, 5_000)).unwrap();
+    let failed = Err(ApiError::Unavailable("postgres"));
+    run_script(&redis, &TALLY, &keys, &drain_tally(&failed, 6_000)).unwrap();
+    let reply = redis.execute("HGETALL", &[Arg::from(GLOBAL_KEY)]).unwrap();
+    let mut counts = pairs(&reply);
+    counts.sort();
+    let expected: Vec<(String, i64)> = [
+        ("drain:claims", 2),
+        ("drain:entries", 2),
+        ("drain:failures", 1),
+        ("drain:last_success_ms", 5_000),
+        ("drain:runs", 2),
+        ("drain:tickets", 3),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(counts, expected);
 }

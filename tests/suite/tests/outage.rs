@@ -7,17 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashclaim_tests::{root, TestApp};
+use flashclaim_tests::{PostgresOutage, TestApp};
 
 const OUTAGE: Duration = Duration::from_secs(30);
-
-fn services(action: &str) {
-    let status = std::process::Command::new(root().join("scripts/services.sh"))
-        .arg(action)
-        .status()
-        .unwrap();
-    assert!(status.success(), "services.sh {action}");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_30_second_postgres_outage_mid_storm_loses_and_doubles_nothing() {
@@ -47,15 +39,7 @@ async fn a_30_second_postgres_outage_mid_storm_loses_and_doubles_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    services("pg-stop");
-    // Postgres comes back even if an assertion below fails, so later tests still run.
-    struct Restart;
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            services("pg-start");
-        }
-    }
-    let restart = Restart;
+    let restart = PostgresOutage::start();
     let stopped_at = Instant::now();
     tokio::time::sleep(OUTAGE / 2).await;
     let r = t.send("POST", "/admin/drain", Some(&t.admin), "").await;
