@@ -1346,32 +1346,21 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
     }
     assert_eq!(statuses, [201, 201, 409]);
     t.drain().await;
-    let register = |body: &'static str| t.send("POST", "/api/users", None, body);
-    let login = |body: &'static str| t.send("POST", "/api/sessions", None, body);
-    assert_eq!(
-        register(r#"{"username":"dora","password":"correct horse"}"#)
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        register(r#"{"username":"dora","password":"correct horse"}"#)
-            .await
-            .status,
-        409
-    );
-    assert_eq!(
-        login(r#"{"username":"dora","password":"wrong horse"}"#)
-            .await
-            .status,
-        401
-    );
-    assert_eq!(
-        login(r#"{"username":"dora","password":"correct horse"}"#)
-            .await
-            .status,
-        200
-    );
+    // A registration, a taken name, a wrong and a right password: counted below.
+    let correct = r#"{"username":"dora","password":"correct horse"}"#;
+    for (path, body, status) in [
+        ("/api/users", correct, 201),
+        ("/api/users", correct, 409),
+        (
+            "/api/sessions",
+            r#"{"username":"dora","password":"wrong horse"}"#,
+            401,
+        ),
+        ("/api/sessions", correct, 200),
+    ] {
+        let r = t.send("POST", path, None, body).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
 
     for auth in [
         None,
