@@ -758,6 +758,19 @@ impl TestApp {
         panic!("the drain never emptied the log");
     }
 
+    /// The ids of the claims of `activity` that Postgres holds, as stored (a double would
+    /// show twice).
+    pub async fn claim_ids(&self, activity: i64) -> Vec<String> {
+        self.pg()
+            .await
+            .query("SELECT id FROM claims WHERE activity_id = $1", &[&activity])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.pg()
             .await

@@ -424,14 +424,7 @@ async fn redis_killed_mid_storm_with_default_persistence_loses_at_most_the_undra
     let outage_answers = during(&seen, &outage);
     assert!(outage_answers.iter().all(|s| s.status == 503));
     assert_outage_answers_are_honest(&outage_answers);
-    let pg = t.pg().await;
-    let stored: HashSet<String> = pg
-        .query("SELECT id FROM claims WHERE activity_id = $1", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored: HashSet<String> = t.claim_ids(id).await.into_iter().collect();
     let acked: Vec<&Seen> = seen.iter().filter(|s| s.status == 201).collect();
     let lost: Vec<&&Seen> = acked
         .iter()

@@ -342,14 +342,7 @@ async fn a_redeploy_mid_sale_loses_nothing_acknowledged_and_gives_out_the_stock_
         .filter(|a| a.last().1 == 201)
         .map(|a| a.last().2["claim_id"].as_str().unwrap().to_string())
         .collect();
-    let pg = new.pg().await;
-    let stored: Vec<String> = pg
-        .query("SELECT id FROM claims WHERE activity_id = $1", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored = new.claim_ids(id).await;
     let stored_set: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), stored_set.len(), "a claim stored twice");
     assert_eq!(
