@@ -56,8 +56,8 @@ test-lua:
 ## (the WASIp2 builds, HTTP only); then the Postgres outage test, which stops the shared
 ## Postgres and so runs on its own.
 test-e2e:
-	cargo test $(NATIVE) --test e2e
-	FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse
+	cargo test $(NATIVE) --test e2e --test claim_cache
+	FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse --test claim_cache
 	cargo test $(NATIVE) --test api --test abuse --test web_api --test rotation --test drain_token
 	cargo test $(NATIVE) --test faults -- --nocapture
 	cargo test $(NATIVE) --test outage -- --nocapture
@@ -89,7 +89,7 @@ test-spin:
 	  echo "test-spin: no spin binary found; the end-to-end suites ran on the test host only"; \
 	  exit 0; fi; \
 	echo "test-spin: $$($(SPIN) --version)"; \
-	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test api --test abuse --test web_api --test rotation --test drain_token || exit $$?; \
+	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test claim_cache --test api --test abuse --test web_api --test rotation --test drain_token || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_PREVIOUS_MANIFEST=$$(scripts/previous-release.sh) cargo test $(NATIVE) --test redeploy -- --nocapture || exit $$?; \
 	$(SPIN_RUN) cargo test $(NATIVE) --test sentinel -- --nocapture --test-threads 2 || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse || exit $$?; \

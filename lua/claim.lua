@@ -49,6 +49,9 @@ ARGV[16] the client's address as stored (a keyed hash; empty when unknown), for 
 ARGV[17] answers `unavailable` the caller gave without this script since it last ran it for
          the activity (optional: a reused WASIp3 instance reports them; 0 or absent = none)
 ARGV[18] answers `unknown` (the reply was lost), the same way
+ARGV[19] 1: a refusal that does not depend on the user (-3, -4, -8) carries a snapshot of
+         the activity for the caller's cache (flashclaim_core::claim_cache); optional
+ARGV[20] the most claimers the snapshot may list (more: it lists none and says -1)
 
 Every answer but { -1 } is counted in KEYS[14] (an unknown activity is not: its id would be
 a label nobody published). Returns a flat array (Spin flattens nested replies):
@@ -68,6 +71,12 @@ a label nobody published). Returns a flat array (Spin flattens nested replies):
   { -10, limit, type }           quantity exceeds the type's per-user limit or the activity's
   { -14, types }                 no type named and the activity has several (types: comma list)
   { -15, types }                 no type of that key in this activity
+
+With ARGV[19] = 1, the replies -3, -4 and -8 are followed by '~' and the snapshot:
+  '~', 2m, <the m field/value pairs of KEYS[1]>, n, <n pairs: type, tickets claimable now
+  (its stock, or fewer codes left in its pool)>, c, <c users holding or having held a
+  ticket of the activity> (c = -1: more than ARGV[20])
+Nothing else asks for it: it costs a few commands, once per cache entry of a caller.
 --]]
 
 local meta, stocks, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -99,6 +108,58 @@ local function report_unanswered()
   end
 end
 
+-- A refusal that any user would get (bar the checks the cache leaves to this script),
+-- with the snapshot a caller's cache answers the same refusal from (ARGV[19]).
+local function refusal(outcome, ty, reply)
+  answer(outcome, ty, reply)
+  if ARGV[19] ~= '1' then
+    return reply
+  end
+  reply[#reply + 1] = '~'
+  local m = redis.call('HGETALL', meta)
+  reply[#reply + 1] = #m
+  local fields = {}
+  for i = 1, #m, 2 do
+    reply[#reply + 1] = m[i]
+    reply[#reply + 1] = m[i + 1]
+    fields[m[i]] = m[i + 1]
+  end
+  local listed = {}
+  for t in string.gmatch(fields['types'] or '', '[^,]+') do
+    local left = tonumber(redis.call('HGET', stocks, t) or '0')
+    if fields[t .. ':kind'] == 'codes' then
+      local ends = redis.call('HMGET', pools, t .. ':head', t .. ':tail')
+      left = math.min(left, tonumber(ends[2] or '0') - tonumber(ends[1] or '0'))
+    end
+    listed[#listed + 1] = t
+    listed[#listed + 1] = left
+  end
+  reply[#reply + 1] = #listed / 2
+  for _, v in ipairs(listed) do
+    reply[#reply + 1] = v
+  end
+  -- Users only: the hash also holds "user|type" fields.
+  if redis.call('HLEN', claimed) > 2 * tonumber(ARGV[20] or '0') then
+    reply[#reply + 1] = -1
+    return reply
+  end
+  local users = {}
+  for _, field in ipairs(redis.call('HKEYS', claimed)) do
+    if not string.find(field, '|', 1, true) then
+      users[#users + 1] = field
+    end
+  end
+  if #users > tonumber(ARGV[20] or '0') then
+    reply[#reply + 1] = -1
+    return reply
+  end
+  reply[#reply + 1] = #users
+  for _, u in ipairs(users) do
+    reply[#reply + 1] = u
+  end
+  return reply
+end
+
 if use_idem then
   local previous = redis.call('GET', idem)
   if previous then
@@ -123,10 +184,10 @@ if status ~= 'published' and status ~= 'closed' then
 end
 report_unanswered()
 if status == 'closed' or now >= ends_at then
-  return answer('ended', '', { -4 })
+  return refusal('ended', '', { -4 })
 end
 if now < starts_at then
-  return answer('not_started', '', { -3, starts_at })
+  return refusal('not_started', '', { -3, starts_at })
 end
 
 -- The type: named, or the only one. Keys are [a-z0-9_-], so the comma list is exact.
@@ -144,10 +205,10 @@ end
 local tm = redis.call('HMGET', meta, ty .. ':starts_at', ty .. ':ends_at', ty .. ':limit', ty .. ':kind')
 local type_starts, type_ends, limit, kind = tonumber(tm[1]), tonumber(tm[2]), tonumber(tm[3]), tm[4]
 if now >= type_ends then
-  return answer('ended', ty, { -4, ty })
+  return refusal('ended', ty, { -4, ty })
 end
 if now < type_starts then
-  return answer('not_started', ty, { -3, type_starts, ty })
+  return refusal('not_started', ty, { -3, type_starts, ty })
 end
 if redis.call('SISMEMBER', deny, user) == 1 then
   return answer('blacklisted', ty, { -5 })
@@ -223,7 +284,7 @@ if activity_limit > 0 and tonumber(held[2] or '0') + quantity > activity_limit t
 end
 local left = tonumber(redis.call('HGET', stocks, ty) or '0')
 if left < quantity then
-  return answer('sold_out', ty, { -8, ty })
+  return refusal('sold_out', ty, { -8, ty })
 end
 local head_field, tail_field = ty .. ':head', ty .. ':tail'
 local head = 0
@@ -231,7 +292,7 @@ if kind == 'codes' then
   local ends = redis.call('HMGET', pools, head_field, tail_field)
   head = tonumber(ends[1] or '0')
   if tonumber(ends[2] or '0') - head < quantity then
-    return answer('sold_out', ty, { -8, ty })
+    return refusal('sold_out', ty, { -8, ty })
   end
 end
 if require_pass and redis.call('GET', pass) ~= 'issued' then

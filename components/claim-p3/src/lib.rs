@@ -5,12 +5,17 @@
 //! component's.)
 //!
 //! The hot path is one EVALSHA of claim.lua on a kept connection; every check and every
-//! effect happens in the script.
+//! effect happens in the script. Refusals that would be the same for anyone (not started,
+//! ended, sold out) are answered from what earlier replies taught the instance, for at
+//! most `claim_cache_ms` (`flashclaim_core::claim_cache`).
 
 use std::cell::RefCell;
 
 use flashclaim_core::claim::{self, ClaimSettings, Unreported};
-use flashclaim_core::scripts::{self, CLAIM};
+use flashclaim_core::claim_cache::{self, ClaimCache};
+use flashclaim_core::ids::ActivityId;
+use flashclaim_core::keys::ActivityKeys;
+use flashclaim_core::scripts::{self, Arg, CLAIM};
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
 use spin_sdk::http::{Method, Request};
@@ -22,6 +27,11 @@ thread_local! {
     /// that reaches it (`flashclaim_core::claim::Unreported`). One thread: requests of a
     /// reused instance interleave only at awaits, and no borrow is held across one.
     static UNREPORTED: RefCell<Unreported> = RefCell::new(Unreported::default());
+    /// Refusals anyone would get, answered from what the instance's claims learned
+    /// (`flashclaim_core::claim_cache`), for at most `claim_cache_ms`.
+    static CACHE: RefCell<ClaimCache> = RefCell::new(ClaimCache::default());
+    /// The settings, parsed once: Spin's variables do not change while an instance lives.
+    static SETTINGS: RefCell<Option<(ClaimSettings, i64)>> = const { RefCell::new(None) };
 }
 
 #[http_service]
@@ -44,10 +54,14 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r [u8]> {
     req.headers().get(name).map(|v| v.as_bytes())
 }
 
-async fn settings() -> Result<ClaimSettings, ApiError> {
-    // Read per request from the instance's cached variables: no host call.
+/// The claim settings and `claim_cache_ms`.
+async fn settings() -> Result<(ClaimSettings, i64), ApiError> {
+    if let Some(known) = SETTINGS.with_borrow(Clone::clone) {
+        return Ok(known);
+    }
     let per_address = glue::optional_var("claim_rate_limit_per_address").await;
-    ClaimSettings::from_variables(
+    let cache_ms = glue::optional_var("claim_cache_ms").await;
+    let settings = ClaimSettings::from_variables(
         glue::var("jwt_secret").await?,
         glue::optional_var("claim_rate_limit").await.as_deref(),
         glue::optional_var("claim_global_rate_limit")
@@ -55,37 +69,55 @@ async fn settings() -> Result<ClaimSettings, ApiError> {
             .as_deref(),
     )
     .and_then(|s| s.with_per_address(per_address.as_deref()))
+    .and_then(|s| Ok((s, claim_cache::bound_from(cache_ms.as_deref())?)))
     .map_err(|e| {
         eprintln!("flashclaim: {e}");
         ApiError::Internal
-    })
+    })?;
+    let settings = (
+        settings
+            .0
+            .with_previous_jwt_secret(glue::optional_var("jwt_secret_previous").await),
+        settings.1,
+    );
+    SETTINGS.with_borrow_mut(|s| *s = Some(settings.clone()));
+    Ok(settings)
 }
 
 async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     // parse
-    let settings = settings().await?;
+    let (settings, cache_ms) = settings().await?;
     let authorization = header(&req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
     let authorization = authorization.map(str::to_string);
     let idempotency = header(&req, "idempotency-key").map(<[u8]>::to_vec);
     let client = glue::client_addr(&req).await;
     let body = glue::body(req).await?;
-    let settings =
-        settings.with_previous_jwt_secret(glue::optional_var("jwt_secret_previous").await);
-    let (activity, command) = claim::prepare(
+    let now = glue::now();
+    let parsed = claim::parse(
         id,
         authorization.as_deref(),
         idempotency.as_deref(),
         &body,
-        client,
         &settings,
-        glue::now(),
-        glue::random_vec,
+        now,
     )?;
+    let activity = parsed.activity;
+
+    // A refusal anyone would get, from what this instance learned: no Redis.
+    if let Some(reply) = CACHE.with_borrow_mut(|c| c.answer(activity, parsed.ask(), now, cache_ms))
+    {
+        count_cached(activity).await;
+        return claim::answer(activity, Ok(reply));
+    }
+    let command = parsed.command(client, &settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let shards = glue::redis_shards().await?;
     let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));
-    let command = command.with_unreported(taken);
+    let mut command = command.with_unreported(taken);
+    if CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms)) {
+        command = command.with_snapshot();
+    }
     let reply = glue::run_confirmed(
         shards.for_activity(activity),
         &CLAIM,
@@ -94,6 +126,7 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         scripts::status_is_success,
     )
     .await
+    .map(|reply| CACHE.with_borrow_mut(|c| c.learn(activity, reply, now)))
     .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
     UNREPORTED.with_borrow_mut(|u| u.settle(activity, taken, reply.as_ref().err()));
 
@@ -107,4 +140,31 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
             }
         }),
     }
+}
+
+/// Adds the answers given from the cache to the activity's counters, a batch at a time
+/// (`ClaimCache::take_tally`). Best effort: a batch Redis refuses is lost, never doubled.
+async fn count_cached(activity: ActivityId) {
+    let Some(counts) = CACHE.with_borrow_mut(|c| c.take_tally(activity)) else {
+        return;
+    };
+    let Ok(shards) = glue::redis_shards().await else {
+        return;
+    };
+    let key = ActivityKeys::new(activity).metrics();
+    let lease = match glue::Lease::take(shards.for_activity(activity)).await {
+        Ok(lease) => lease,
+        Err(e) => return eprintln!("flashclaim: counting cached answers: {e}"),
+    };
+    for (field, n) in counts {
+        let args = [
+            Arg::from(key.as_str()),
+            Arg::from(field.as_str()),
+            Arg::Int(n),
+        ];
+        if let Err(e) = lease.execute("HINCRBY", &args).await {
+            return eprintln!("flashclaim: counting cached answers: {e}");
+        }
+    }
+    lease.release();
 }

@@ -242,6 +242,17 @@ impl ClaimCommand {
         self.argv.extend([Arg::Int(unavailable), Arg::Int(unknown)]);
         self
     }
+
+    /// Asks a refusal any user would get to bring a snapshot of the activity for the
+    /// instance's cache (claim.lua's ARGV[19..20], `crate::claim_cache`).
+    pub fn with_snapshot(mut self) -> Self {
+        if self.argv.len() < 18 {
+            self = self.with_unreported((0, 0));
+        }
+        self.argv.truncate(18);
+        self.argv.extend(crate::claim_cache::snapshot_args());
+        self
+    }
 }
 
 /// Claims answered without the script (`unavailable`: it never ran; `unknown`: the reply
@@ -357,6 +368,30 @@ pub fn prepare(
     now: Millis,
     random: impl FnOnce(usize) -> Vec<u8>,
 ) -> Result<(ActivityId, ClaimCommand), ApiError> {
+    let parsed = parse(id, authorization, idempotency_key, body, settings, now)?;
+    let command = parsed.command(client, settings, now, random)?;
+    Ok((parsed.activity, command))
+}
+
+/// A claim request, validated: what [`prepare`] checks before any random or keyed work, so
+/// an instance can answer it from its cache (`crate::claim_cache`) without that work.
+#[derive(Debug, Clone)]
+pub struct ParsedClaim {
+    pub activity: ActivityId,
+    pub user: UserId,
+    pub request: ClaimRequest,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// The validation half of [`prepare`].
+pub fn parse(
+    id: &str,
+    authorization: Option<&str>,
+    idempotency_key: Option<&[u8]>,
+    body: &[u8],
+    settings: &ClaimSettings,
+    now: Millis,
+) -> Result<ParsedClaim, ApiError> {
     let activity = ActivityId::parse(id)?;
     let principal = crate::rotation::authenticate(
         authorization,
@@ -372,34 +407,61 @@ pub fn prepare(
         .transpose()?
         .map(IdempotencyKey::parse)
         .transpose()?;
-    let quantity = request.quantity as usize;
-    let bytes = random(16 + 5 * quantity);
-    let (id_bytes, code_bytes) = bytes.split_at(16);
-    let prefixes: Vec<String> = code_bytes
-        .chunks_exact(5)
-        .map(|c| code_prefix([c[0], c[1], c[2], c[3], c[4]]))
-        .collect();
-    let claim_id = claim_id(id_bytes.try_into().map_err(|_| ApiError::Internal)?);
-    if prefixes.len() != quantity {
-        return Err(ApiError::Internal);
-    }
-    let command = ClaimCommand::new(
+    Ok(ParsedClaim {
         activity,
-        &principal.user,
+        user: principal.user,
         request,
-        idempotency.as_ref(),
-        now,
-        &claim_id,
-        &prefixes,
-        settings.rate,
-        settings.global_rate,
-    )
-    .with_client(
-        activity,
-        &crate::client_addr::stored(client, settings.jwt_secret.as_bytes()),
-        settings.per_address,
-    );
-    Ok((activity, command))
+        idempotency,
+    })
+}
+
+impl ParsedClaim {
+    /// What the claim cache judges the request by.
+    pub fn ask(&self) -> crate::claim_cache::Ask<'_> {
+        crate::claim_cache::Ask {
+            request: &self.request,
+            user: &self.user,
+            keyed: self.idempotency.is_some(),
+        }
+    }
+
+    /// The script's KEYS/ARGV: the claim id and code prefixes from `random`, the client's
+    /// address hashed.
+    pub fn command(
+        &self,
+        client: Option<ClientAddr>,
+        settings: &ClaimSettings,
+        now: Millis,
+        random: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Result<ClaimCommand, ApiError> {
+        let quantity = self.request.quantity as usize;
+        let bytes = random(16 + 5 * quantity);
+        let (id_bytes, code_bytes) = bytes.split_at(16);
+        let prefixes: Vec<String> = code_bytes
+            .chunks_exact(5)
+            .map(|c| code_prefix([c[0], c[1], c[2], c[3], c[4]]))
+            .collect();
+        let claim_id = claim_id(id_bytes.try_into().map_err(|_| ApiError::Internal)?);
+        if prefixes.len() != quantity {
+            return Err(ApiError::Internal);
+        }
+        Ok(ClaimCommand::new(
+            self.activity,
+            &self.user,
+            self.request.clone(),
+            self.idempotency.as_ref(),
+            now,
+            &claim_id,
+            &prefixes,
+            settings.rate,
+            settings.global_rate,
+        )
+        .with_client(
+            self.activity,
+            &crate::client_addr::stored(client, settings.jwt_secret.as_bytes()),
+            settings.per_address,
+        ))
+    }
 }
 
 /// The encode step: the claim script's reply, or why there was none, as the answer. A

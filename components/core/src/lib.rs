@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod captcha;
 pub mod claim;
+pub mod claim_cache;
 pub mod client_addr;
 pub mod codes;
 pub mod cors;

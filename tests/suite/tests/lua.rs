@@ -3,6 +3,7 @@
 
 use flashclaim_core::activity::{decode_publish, Activity, Kind, NewActivity, Status};
 use flashclaim_core::claim::{self, ClaimCommand, ClaimOutcome, ClaimRequest, RateLimit};
+use flashclaim_core::claim_cache::ClaimCache;
 use flashclaim_core::drain::{decode_ack, Batch, LogEvent};
 use flashclaim_core::error::LimitScope;
 use flashclaim_core::ids::{ActivityId, IdempotencyKey, UserId};
@@ -29,6 +30,8 @@ struct Lab {
     /// The client's stored address and the per-address limit (claim.lua's KEYS[13]).
     client: (String, claim::AddressLimit),
     seq: u32,
+    /// When set, every claim asks for a snapshot (ARGV[19]) and this cache learns it.
+    cache: Option<ClaimCache>,
 }
 
 fn activity(stock: i64, limit: i64) -> Activity {
@@ -65,6 +68,7 @@ impl Lab {
             global_rate: RateLimit::OFF,
             client: (String::new(), claim::AddressLimit::OFF),
             seq: 0,
+            cache: None,
         };
         lab.publish_expect(true);
         lab
@@ -125,7 +129,37 @@ impl Lab {
             self.global_rate,
         )
         .with_client(self.activity.id, &self.client.0, self.client.1);
-        claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap())
+        let Some(cache) = self.cache.as_mut() else {
+            return claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap());
+        };
+        let cmd = cmd.with_snapshot();
+        let reply = run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap();
+        claim::decode(&cache.learn(self.activity.id, reply, Millis(now)))
+    }
+
+    /// What the cache answers `user` at `now`, decoded as the script's reply would be.
+    fn cached(
+        &mut self,
+        user: &str,
+        ty: Option<&str>,
+        keyed: bool,
+        now: i64,
+    ) -> Option<Result<ClaimOutcome, ApiError>> {
+        let request = ClaimRequest {
+            quantity: 1,
+            ticket_type: ty.map(|t| TypeKey::parse(t).unwrap()),
+        };
+        let user = UserId::parse(user).unwrap();
+        let ask = flashclaim_core::claim_cache::Ask {
+            request: &request,
+            user: &user,
+            keyed,
+        };
+        let reply = self
+            .cache
+            .as_mut()?
+            .answer(self.activity.id, ask, Millis(now), 250)?;
+        Some(claim::decode(&reply))
     }
 
     fn claim(&mut self, user: &str, quantity: i64) -> Result<ClaimOutcome, ApiError> {
@@ -1302,4 +1336,75 @@ async fn tally_adds_to_counters_and_records_the_last_success() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(counts, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_brings_the_snapshot_the_cache_answers_the_same_refusal_from_and_changes_nothing()
+{
+    let mut lab = Lab::new(two_types()).await;
+    lab.cache = Some(ClaimCache::default());
+    pool(&lab, "load", "vip", &["V1", "V2"]);
+    let early = VIP_OPENS - 100;
+    let refused = Err(of(
+        "vip",
+        ApiError::NotStarted {
+            starts_at: Millis(VIP_OPENS),
+        },
+    ));
+    assert_eq!(lab.claim_type_at("a", Some("vip"), 1, early, None), refused);
+    assert_eq!(
+        lab.cached("b", Some("vip"), true, early + 1),
+        Some(refused),
+        "nobody has claimed"
+    );
+    assert_eq!(
+        lab.cached("b", Some("std"), false, early + 1),
+        None,
+        "std is open"
+    );
+
+    let now = VIP_OPENS + 10;
+    claimed(lab.claim_type_at("a", Some("vip"), 1, now, None));
+    claimed(lab.claim_type_at("b", Some("vip"), 1, now, None));
+    let before = lab.snapshot().await;
+    // The pool is empty though the stock says 1 (three stock, two codes uploaded).
+    assert_eq!(
+        lab.claim_type_at("c", Some("vip"), 1, now, None),
+        Err(of("vip", ApiError::SoldOut))
+    );
+    assert_eq!(
+        lab.snapshot().await,
+        before,
+        "a refusal with a snapshot changes nothing"
+    );
+    assert_eq!(
+        lab.cached("d", Some("vip"), false, now + 1),
+        Some(Err(of("vip", ApiError::SoldOut)))
+    );
+    assert_eq!(
+        lab.cached("d", Some("vip"), true, now + 1),
+        Some(Err(of("vip", ApiError::SoldOut)))
+    );
+    assert_eq!(
+        lab.cached("a", Some("vip"), true, now + 1),
+        None,
+        "a claimer's key: the script"
+    );
+    assert_eq!(
+        lab.cached("d", Some("std"), false, now + 1),
+        None,
+        "std has stock"
+    );
+    assert_eq!(
+        lab.cached("d", Some("vip"), false, now + 250),
+        None,
+        "past the bound"
+    );
+
+    // Without ARGV[19] the same refusal comes bare.
+    lab.cache = None;
+    assert_eq!(
+        lab.claim_type_at("c", Some("vip"), 1, now, None),
+        Err(of("vip", ApiError::SoldOut))
+    );
 }

@@ -1,0 +1,625 @@
+//! Refusals a reused claim instance gives without Redis: `not_started` before the window,
+//! `ended` after it, `sold_out` once nothing is left. A sale is many more presses than
+//! tickets, before the opening and after the sell-out, and each of those answers is the
+//! same for everybody; running claim.lua for each costs what a successful claim costs.
+//!
+//! The instance learns from replies it gets anyway: when it holds no fresh snapshot of an
+//! activity it asks its next claim's script for one (claim.lua's ARGV[19]), which comes
+//! only with a refusal any user would get (-3, -4, -8): the activity's meta hash, what
+//! each type has left, and who has ever held a ticket of it. A snapshot answers for
+//! `claim_cache_ms` from when it was taken, never longer, so a ticket given back, a window
+//! the operator changed or a type added is seen within that bound.
+//!
+//! Never from the cache: anything about the user. A user who has held a ticket of the
+//! activity and sends an Idempotency-Key may be repeating a claim whose answer was lost, so
+//! the script answers (it returns that claim); so does everyone while the snapshot could
+//! not list its claimers ([`MAX_CLAIMERS`]). Blacklists, rate limits and per-user limits
+//! are checked by the script before it looks at the stock; a refused user who presses
+//! after the sell-out is told `sold_out`, which is true for everyone. A quantity over the
+//! type's limit, or a quantity that more than the little left could not serve, goes to the
+//! script too (its answer is not the same for everybody).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::claim::ClaimRequest;
+use crate::ids::{ActivityId, UserId};
+use crate::scripts::{Arg, Reply};
+use crate::time::Millis;
+
+/// `claim_cache_ms` when unset: a returned ticket is claimable again, and an operator's
+/// change of the window honoured, within a quarter of a second (BENCHMARKS.md, "The
+/// storm").
+pub const DEFAULT_BOUND_MS: i64 = 250;
+/// No snapshot answers for longer than this, whatever `claim_cache_ms` says.
+pub const MAX_BOUND_MS: i64 = 1000;
+/// Activities one instance keeps snapshots of; the least recently learned goes first.
+pub const MAX_ACTIVITIES: usize = 32;
+/// The most claimers a snapshot lists (claim.lua's ARGV[20]); past it, requests with an
+/// Idempotency-Key always run the script.
+pub const MAX_CLAIMERS: i64 = 4096;
+/// Answers given from a snapshot are added to the activity's counters (`/metrics`) once
+/// this many have been given, with one `HINCRBY` per outcome and type.
+pub const TALLY_EVERY: i64 = 32;
+
+const MARKER: &[u8] = b"~";
+
+/// `claim_cache_ms`: absent or empty, the default; `0` turns the cache off; anything else
+/// must be a number of milliseconds up to [`MAX_BOUND_MS`].
+pub fn bound_from(text: Option<&str>) -> Result<i64, String> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(DEFAULT_BOUND_MS),
+        Some(t) => match t.parse::<i64>() {
+            Ok(ms) if (0..=MAX_BOUND_MS).contains(&ms) => Ok(ms),
+            _ => Err(format!(
+                "claim_cache_ms `{t}` is not a number of milliseconds from 0 to {MAX_BOUND_MS}"
+            )),
+        },
+    }
+}
+
+/// The claim.lua arguments that ask for a snapshot (ARGV[19..20]).
+pub fn snapshot_args() -> [Arg; 2] {
+    [Arg::Int(1), Arg::Int(MAX_CLAIMERS)]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TypeState {
+    key: String,
+    starts_at: i64,
+    ends_at: i64,
+    limit: i64,
+    /// Tickets claimable when the snapshot was taken.
+    left: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    taken_at: i64,
+    closed: bool,
+    starts_at: i64,
+    ends_at: i64,
+    activity_limit: i64,
+    types: Vec<TypeState>,
+    /// Hashes of the users who hold or held a ticket; `None`: too many to list.
+    claimers: Option<HashSet<u64>>,
+}
+
+/// What a claim asks, as far as the cache can judge it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub request: &'a ClaimRequest,
+    pub user: &'a UserId,
+    /// An Idempotency-Key was sent.
+    pub keyed: bool,
+}
+
+/// One instance's snapshots and the answers it gave from them, not yet counted in Redis.
+#[derive(Debug, Default)]
+pub struct ClaimCache {
+    snapshots: HashMap<i64, Snapshot>,
+    tally: HashMap<i64, HashMap<String, i64>>,
+}
+
+impl ClaimCache {
+    /// Whether the next script run for `activity` should ask for a snapshot: the cache is
+    /// on and holds none that is fresh.
+    pub fn wants_snapshot(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> bool {
+        bound_ms > 0 && self.fresh(activity, now, bound_ms).is_none()
+    }
+
+    fn fresh(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> Option<&Snapshot> {
+        self.snapshots
+            .get(&activity.get())
+            .filter(|s| (0..bound_ms).contains(&(now.0 - s.taken_at)))
+    }
+
+    /// The script's reply without its snapshot, which is kept (taken at `now`, the time
+    /// the script was given). A snapshot that does not parse is dropped: the reply stands.
+    pub fn learn(
+        &mut self,
+        activity: ActivityId,
+        mut reply: Vec<Reply>,
+        now: Millis,
+    ) -> Vec<Reply> {
+        let Some(at) = reply
+            .iter()
+            .position(|r| matches!(r, Reply::Bytes(b) if b == MARKER))
+        else {
+            return reply;
+        };
+        let trailer = reply.split_off(at);
+        if let Some(snapshot) = parse(&trailer[1..], now) {
+            if self.snapshots.len() >= MAX_ACTIVITIES
+                && !self.snapshots.contains_key(&activity.get())
+            {
+                let oldest = self
+                    .snapshots
+                    .iter()
+                    .min_by_key(|(_, s)| s.taken_at)
+                    .map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    self.snapshots.remove(&oldest);
+                }
+            }
+            self.snapshots.insert(activity.get(), snapshot);
+        }
+        reply
+    }
+
+    /// The reply claim.lua would give `ask` at `now`, when a fresh snapshot decides it for
+    /// anyone (see the module's rules); `None`: run the script. An answer given is counted
+    /// for [`ClaimCache::take_tally`].
+    pub fn answer(
+        &mut self,
+        activity: ActivityId,
+        ask: Ask<'_>,
+        now: Millis,
+        bound_ms: i64,
+    ) -> Option<Vec<Reply>> {
+        let s = self.fresh(activity, now, bound_ms)?;
+        let reply = decide(s, ask, now)?;
+        let (outcome, ty) = match reply.as_slice() {
+            [Reply::Int(-3), Reply::Int(_)] => ("not_started", ""),
+            [Reply::Int(-3), _, Reply::Bytes(t)] => ("not_started", std::str::from_utf8(t).ok()?),
+            [Reply::Int(-4)] => ("ended", ""),
+            [Reply::Int(-4), Reply::Bytes(t)] => ("ended", std::str::from_utf8(t).ok()?),
+            [Reply::Int(-8), Reply::Bytes(t)] => ("sold_out", std::str::from_utf8(t).ok()?),
+            _ => return None,
+        };
+        let field = format!("answers:{outcome}:{ty}");
+        *self
+            .tally
+            .entry(activity.get())
+            .or_default()
+            .entry(field)
+            .or_default() += 1;
+        Some(reply)
+    }
+
+    /// The counts to add to the activity's metrics hash (`HINCRBY <field> <n>` each), once
+    /// [`TALLY_EVERY`] answers are waiting. They are forgotten when taken: a failed
+    /// `HINCRBY` loses them rather than risk counting them twice.
+    pub fn take_tally(&mut self, activity: ActivityId) -> Option<Vec<(String, i64)>> {
+        let waiting = self.tally.get(&activity.get())?;
+        if waiting.values().sum::<i64>() < TALLY_EVERY {
+            return None;
+        }
+        let mut counts: Vec<(String, i64)> =
+            self.tally.remove(&activity.get())?.into_iter().collect();
+        counts.sort();
+        Some(counts)
+    }
+}
+
+/// claim.lua's checks, in its order, on what the snapshot knows.
+fn decide(s: &Snapshot, ask: Ask<'_>, now: Millis) -> Option<Vec<Reply>> {
+    if ask.keyed
+        && s.claimers
+            .as_ref()
+            .is_none_or(|c| c.contains(&user_hash(ask.user)))
+    {
+        return None;
+    }
+    let now = now.0;
+    if s.closed || now >= s.ends_at {
+        return Some(vec![Reply::Int(-4)]);
+    }
+    if now < s.starts_at {
+        return Some(vec![Reply::Int(-3), Reply::Int(s.starts_at)]);
+    }
+    let t = match &ask.request.ticket_type {
+        None => match s.types.as_slice() {
+            [only] => only,
+            _ => return None,
+        },
+        Some(key) => s.types.iter().find(|t| t.key == key.as_str())?,
+    };
+    let ty = || Reply::Bytes(t.key.as_bytes().to_vec());
+    if now >= t.ends_at {
+        return Some(vec![Reply::Int(-4), ty()]);
+    }
+    if now < t.starts_at {
+        return Some(vec![Reply::Int(-3), Reply::Int(t.starts_at), ty()]);
+    }
+    let quantity = ask.request.quantity;
+    if quantity > t.limit || (s.activity_limit > 0 && quantity > s.activity_limit) {
+        return None;
+    }
+    (t.left <= 0).then(|| vec![Reply::Int(-8), ty()])
+}
+
+/// FNV-1a: a collision only sends a request to the script.
+fn user_hash(user: &UserId) -> u64 {
+    user.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The snapshot after claim.lua's '~' (see its header).
+fn parse(t: &[Reply], now: Millis) -> Option<Snapshot> {
+    let mut it = t.iter();
+    let int = |it: &mut std::slice::Iter<'_, Reply>| it.next().and_then(Reply::as_int);
+    let pairs = int(&mut it)?;
+    if pairs < 0 || pairs % 2 != 0 {
+        return None;
+    }
+    let mut meta = HashMap::new();
+    for _ in 0..pairs / 2 {
+        let field = it.next()?.as_text()?;
+        let value = it.next()?.as_text()?;
+        meta.insert(field, value);
+    }
+    let number = |field: &str| meta.get(field).and_then(|v| v.parse::<i64>().ok());
+    let closed = match meta.get("status").copied() {
+        Some("closed") => true,
+        Some("published") => false,
+        _ => return None,
+    };
+    let listed = int(&mut it)?;
+    let mut types = Vec::new();
+    for _ in 0..listed.max(0) {
+        let key = it.next()?.as_text()?.to_string();
+        let left = int(&mut it)?;
+        types.push(TypeState {
+            starts_at: number(&format!("{key}:starts_at"))?,
+            ends_at: number(&format!("{key}:ends_at"))?,
+            limit: number(&format!("{key}:limit"))?,
+            key,
+            left,
+        });
+    }
+    let claimers = match int(&mut it)? {
+        n if n < 0 => None,
+        n => Some(
+            (0..n)
+                .map(|_| {
+                    it.next()?
+                        .as_text()
+                        .and_then(UserId::parse)
+                        .map(|u| user_hash(&u))
+                })
+                .collect::<Option<HashSet<u64>>>()?,
+        ),
+    };
+    Some(Snapshot {
+        taken_at: now.0,
+        closed,
+        starts_at: number("starts_at")?,
+        ends_at: number("ends_at")?,
+        activity_limit: number("per_user_limit").unwrap_or(0),
+        types,
+        claimers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ticket_type::TypeKey;
+
+    const BOUND: i64 = 250;
+
+    fn b(s: &str) -> Reply {
+        Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    /// A reply as claim.lua gives it with a snapshot: an activity open from 1,000 to 9,000
+    /// with types `vip` (left `vip_left`, limit 2) and `std` (opens at 2,000, left 5).
+    fn with_snapshot(head: Vec<Reply>, vip_left: i64, claimers: &[&str]) -> Vec<Reply> {
+        let meta = [
+            ("status", "published"),
+            ("starts_at", "1000"),
+            ("ends_at", "9000"),
+            ("per_user_limit", "0"),
+            ("types", "vip,std"),
+            ("vip:starts_at", "1000"),
+            ("vip:ends_at", "9000"),
+            ("vip:limit", "2"),
+            ("vip:kind", "counter"),
+            ("std:starts_at", "2000"),
+            ("std:ends_at", "9000"),
+            ("std:limit", "1"),
+            ("std:kind", "codes"),
+        ];
+        let mut r = head;
+        r.push(b("~"));
+        r.push(Reply::Int(2 * meta.len() as i64));
+        for (f, v) in meta {
+            r.extend([b(f), b(v)]);
+        }
+        r.extend([
+            Reply::Int(2),
+            b("vip"),
+            Reply::Int(vip_left),
+            b("std"),
+            Reply::Int(5),
+        ]);
+        r.push(Reply::Int(claimers.len() as i64));
+        r.extend(claimers.iter().map(|c| b(c)));
+        r
+    }
+
+    fn id() -> ActivityId {
+        ActivityId::from_db(7)
+    }
+
+    fn request(ty: Option<&str>, quantity: i64) -> ClaimRequest {
+        ClaimRequest {
+            quantity,
+            ticket_type: ty.map(|t| TypeKey::parse(t).unwrap()),
+        }
+    }
+
+    fn ask<'a>(request: &'a ClaimRequest, user: &'a UserId, keyed: bool) -> Ask<'a> {
+        Ask {
+            request,
+            user,
+            keyed,
+        }
+    }
+
+    fn sold_out_vip(cache: &mut ClaimCache, at: i64, claimers: &[&str]) {
+        let reply = cache.learn(
+            id(),
+            with_snapshot(vec![Reply::Int(-8), b("vip")], 0, claimers),
+            Millis(at),
+        );
+        assert_eq!(
+            reply,
+            vec![Reply::Int(-8), b("vip")],
+            "the reply without its snapshot"
+        );
+    }
+
+    #[test]
+    fn a_type_seen_sold_out_is_answered_sold_out_for_the_bound_and_not_a_moment_longer() {
+        let mut cache = ClaimCache::default();
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        assert!(cache.wants_snapshot(id(), Millis(3000), BOUND));
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &user, false), Millis(3000), BOUND),
+            None
+        );
+        sold_out_vip(&mut cache, 3000, &[]);
+        assert!(!cache.wants_snapshot(id(), Millis(3000), BOUND));
+        for at in [3000, 3100, 3000 + BOUND - 1] {
+            assert_eq!(
+                cache.answer(id(), ask(&vip, &user, false), Millis(at), BOUND),
+                Some(vec![Reply::Int(-8), b("vip")]),
+                "{at}"
+            );
+        }
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &user, false), Millis(3000 + BOUND), BOUND),
+            None
+        );
+        assert!(cache.wants_snapshot(id(), Millis(3000 + BOUND), BOUND));
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &user, false), Millis(2999), BOUND),
+            None,
+            "a clock that went back"
+        );
+    }
+
+    #[test]
+    fn another_type_with_stock_left_and_other_activities_still_run_the_script() {
+        let mut cache = ClaimCache::default();
+        sold_out_vip(&mut cache, 3000, &[]);
+        let user = UserId::parse("u1").unwrap();
+        let std = request(Some("std"), 1);
+        assert_eq!(
+            cache.answer(id(), ask(&std, &user, false), Millis(3001), BOUND),
+            None
+        );
+        let other = ActivityId::from_db(8);
+        assert_eq!(
+            cache.answer(
+                other,
+                ask(&request(Some("vip"), 1), &user, false),
+                Millis(3001),
+                BOUND
+            ),
+            None
+        );
+        let unnamed = request(None, 1);
+        assert_eq!(
+            cache.answer(id(), ask(&unnamed, &user, false), Millis(3001), BOUND),
+            None,
+            "two types: the script says which"
+        );
+        let unknown = request(Some("gold"), 1);
+        assert_eq!(
+            cache.answer(id(), ask(&unknown, &user, false), Millis(3001), BOUND),
+            None
+        );
+    }
+
+    #[test]
+    fn before_the_opening_everyone_is_told_when_it_opens_and_after_the_end_that_it_ended() {
+        let mut cache = ClaimCache::default();
+        let reply = cache.learn(
+            id(),
+            with_snapshot(vec![Reply::Int(-3), Reply::Int(1000)], 3, &[]),
+            Millis(900),
+        );
+        assert_eq!(reply, vec![Reply::Int(-3), Reply::Int(1000)]);
+        let user = UserId::parse("u1").unwrap();
+        let any = request(Some("gold"), 100);
+        assert_eq!(
+            cache.answer(id(), ask(&any, &user, true), Millis(950), BOUND),
+            Some(vec![Reply::Int(-3), Reply::Int(1000)]),
+            "the window comes before the type and the quantity, as in the script"
+        );
+        let std = request(Some("std"), 1);
+        assert_eq!(
+            cache.answer(id(), ask(&std, &user, false), Millis(1000), BOUND),
+            Some(vec![Reply::Int(-3), Reply::Int(2000), b("std")]),
+            "the activity opened, the type not yet"
+        );
+        let vip = request(Some("vip"), 1);
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &user, false), Millis(1000), BOUND),
+            None,
+            "open: the script claims"
+        );
+        let mut late = ClaimCache::default();
+        late.learn(
+            id(),
+            with_snapshot(vec![Reply::Int(-4)], 3, &[]),
+            Millis(9000),
+        );
+        assert_eq!(
+            late.answer(id(), ask(&vip, &user, false), Millis(9001), BOUND),
+            Some(vec![Reply::Int(-4)])
+        );
+    }
+
+    #[test]
+    fn a_user_who_held_a_ticket_and_sends_an_idempotency_key_always_reaches_the_script() {
+        let mut cache = ClaimCache::default();
+        sold_out_vip(&mut cache, 3000, &["winner"]);
+        let vip = request(Some("vip"), 1);
+        let winner = UserId::parse("winner").unwrap();
+        let other = UserId::parse("other").unwrap();
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &winner, true), Millis(3001), BOUND),
+            None
+        );
+        assert!(cache
+            .answer(id(), ask(&vip, &winner, false), Millis(3001), BOUND)
+            .is_some());
+        assert!(cache
+            .answer(id(), ask(&vip, &other, true), Millis(3001), BOUND)
+            .is_some());
+        let mut unlisted = ClaimCache::default();
+        let mut reply = with_snapshot(vec![Reply::Int(-8), b("vip")], 0, &[]);
+        *reply.last_mut().unwrap() = Reply::Int(-1);
+        unlisted.learn(id(), reply, Millis(3000));
+        assert_eq!(
+            unlisted.answer(id(), ask(&vip, &other, true), Millis(3001), BOUND),
+            None,
+            "claimers not listed"
+        );
+        assert!(unlisted
+            .answer(id(), ask(&vip, &other, false), Millis(3001), BOUND)
+            .is_some());
+    }
+
+    #[test]
+    fn a_quantity_the_script_would_refuse_or_that_the_little_left_could_not_serve_runs_the_script()
+    {
+        let mut cache = ClaimCache::default();
+        let user = UserId::parse("u1").unwrap();
+        cache.learn(
+            id(),
+            with_snapshot(vec![Reply::Int(-8), b("vip")], 1, &[]),
+            Millis(3000),
+        );
+        let two = request(Some("vip"), 2);
+        assert_eq!(
+            cache.answer(id(), ask(&two, &user, false), Millis(3001), BOUND),
+            None,
+            "one left"
+        );
+        sold_out_vip(&mut cache, 3000, &[]);
+        assert!(cache
+            .answer(id(), ask(&two, &user, false), Millis(3001), BOUND)
+            .is_some());
+        let three = request(Some("vip"), 3);
+        assert_eq!(
+            cache.answer(id(), ask(&three, &user, false), Millis(3001), BOUND),
+            None,
+            "over the limit: 400"
+        );
+    }
+
+    #[test]
+    fn a_closed_activity_or_a_snapshot_that_does_not_parse_is_handled_without_harm() {
+        let mut cache = ClaimCache::default();
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        let mut closed = with_snapshot(vec![Reply::Int(-4)], 3, &[]);
+        assert_eq!(closed[4], b("published"));
+        closed[4] = b("closed");
+        cache.learn(id(), closed, Millis(3000));
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &user, false), Millis(3001), BOUND),
+            Some(vec![Reply::Int(-4)])
+        );
+        let mut broken = ClaimCache::default();
+        let mut reply = with_snapshot(vec![Reply::Int(-8), b("vip")], 0, &[]);
+        reply.truncate(10);
+        assert_eq!(
+            broken.learn(id(), reply, Millis(3000)),
+            vec![Reply::Int(-8), b("vip")]
+        );
+        assert!(broken.wants_snapshot(id(), Millis(3000), BOUND));
+        let plain = vec![Reply::Int(1), b("c1")];
+        assert_eq!(broken.learn(id(), plain.clone(), Millis(3000)), plain);
+    }
+
+    #[test]
+    fn the_cache_is_off_at_zero_and_keeps_a_bounded_number_of_activities() {
+        let mut cache = ClaimCache::default();
+        assert!(!cache.wants_snapshot(id(), Millis(0), 0));
+        sold_out_vip(&mut cache, 3000, &[]);
+        let user = UserId::parse("u1").unwrap();
+        assert_eq!(
+            cache.answer(
+                id(),
+                ask(&request(Some("vip"), 1), &user, false),
+                Millis(3000),
+                0
+            ),
+            None
+        );
+        for n in 0..(MAX_ACTIVITIES as i64 + 10) {
+            cache.learn(
+                ActivityId::from_db(100 + n),
+                with_snapshot(vec![Reply::Int(-4)], 0, &[]),
+                Millis(4000 + n),
+            );
+        }
+        assert_eq!(cache.snapshots.len(), MAX_ACTIVITIES);
+        assert!(!cache.snapshots.contains_key(&7), "the oldest went first");
+    }
+
+    #[test]
+    fn answers_from_the_cache_are_counted_in_batches_by_outcome_and_type() {
+        let mut cache = ClaimCache::default();
+        sold_out_vip(&mut cache, 3000, &[]);
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        for _ in 0..TALLY_EVERY - 1 {
+            cache
+                .answer(id(), ask(&vip, &user, false), Millis(3001), BOUND)
+                .unwrap();
+        }
+        assert_eq!(cache.take_tally(id()), None);
+        cache
+            .answer(id(), ask(&vip, &user, false), Millis(3001), BOUND)
+            .unwrap();
+        assert_eq!(
+            cache.take_tally(id()),
+            Some(vec![("answers:sold_out:vip".into(), TALLY_EVERY)])
+        );
+        assert_eq!(cache.take_tally(id()), None, "taken once");
+    }
+
+    #[test]
+    fn claim_cache_ms_defaults_to_a_quarter_second_and_never_exceeds_one() {
+        assert_eq!(bound_from(None), Ok(DEFAULT_BOUND_MS));
+        assert_eq!(bound_from(Some(" ")), Ok(DEFAULT_BOUND_MS));
+        assert_eq!(bound_from(Some("0")), Ok(0));
+        assert_eq!(bound_from(Some("1000")), Ok(1000));
+        for bad in ["1001", "-1", "fast"] {
+            assert!(
+                bound_from(Some(bad))
+                    .unwrap_err()
+                    .contains("claim_cache_ms"),
+                "{bad}"
+            );
+        }
+    }
+}

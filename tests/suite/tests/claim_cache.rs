@@ -1,0 +1,247 @@
+//! Refusals answered from the claim instance's cache (`flashclaim_core::claim_cache`,
+//! `claim_cache_ms`): the storm before the opening and after the sell-out costs no script,
+//! while every answer stays what the script would give within the bound: a returned
+//! ticket is claimable again, a closed activity answers `ended`, and a user repeating a
+//! claim with its Idempotency-Key gets that claim back. With the WASIp2 manifest
+//! (`FLASHCLAIM_MANIFEST=spin.toml`), which keeps nothing between requests, the same
+//! answers come from the script every time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashclaim_core::claim_cache::DEFAULT_BOUND_MS;
+use flashclaim_core::time::Millis;
+use flashclaim_tests::{bearer, problem, token, TestApp};
+use tokio::sync::Semaphore;
+
+/// The tests of this file take turns: each counts the scripts Redis runs, server-wide.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether the manifest under test runs the WASIp3 claim, the one that caches.
+fn caches() -> bool {
+    let manifest = std::fs::read_to_string(flashclaim_tests::manifest()).unwrap();
+    manifest.contains("flashclaim_claim_p3.wasm")
+}
+
+/// Scripts Redis ran so far (EVALSHA and EVAL), server-wide.
+async fn scripts_run(t: &TestApp) -> i64 {
+    let info: String = tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut t.redis().await),
+    )
+    .await
+    .expect("INFO within 5 s")
+    .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `users` distinct users press once each, 32 at a time; the problem codes they got.
+async fn storm(t: &Arc<TestApp>, id: i64, prefix: &str, users: usize) -> Vec<(u16, String)> {
+    let start = Instant::now();
+    let gate = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for u in 0..users {
+        let (t, gate) = (t.clone(), gate.clone());
+        let user = format!("{prefix}-{u}");
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            let r = t.claim(id, &user, "").await;
+            (
+                r.status,
+                r.json()["code"].as_str().unwrap_or("").to_string(),
+            )
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    println!("{users} presses in {:?}", start.elapsed());
+    answers
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Presses by new users every 20 ms until one is answered `status`; how long that took.
+async fn until(t: &TestApp, id: i64, prefix: &str, status: u16, code: &str) -> Duration {
+    let start = Instant::now();
+    for n in 0.. {
+        let r = t.claim(id, &format!("{prefix}-{n}"), "").await;
+        if r.status == status && (code.is_empty() || r.json()["code"] == code) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {status} {code} within 10 s; last: {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!()
+}
+
+/// The bound plus what a loaded CI machine adds to one request.
+fn within_bound() -> Duration {
+    Duration::from_millis(DEFAULT_BOUND_MS as u64 + 750)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_sell_out_the_storm_costs_no_script_and_a_returned_ticket_is_claimable_within_the_bound(
+) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(3, r#","per_user_limit":1"#).await;
+    t.publish(id).await;
+    let mut codes = Vec::new();
+    for u in ["w1", "w2", "w3"] {
+        let r = t.claim(id, u, "").await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        codes.push(r.json()["tickets"][0]["code"].as_str().unwrap().to_string());
+    }
+
+    let before = scripts_run(&t).await;
+    let answers = storm(&t, id, "late", 400).await;
+    let scripts = scripts_run(&t).await - before;
+    assert!(
+        answers.iter().all(|(s, c)| *s == 409 && c == "sold_out"),
+        "{answers:?}"
+    );
+    println!("400 presses after the sell-out: {scripts} scripts run");
+    if caches() {
+        // Each instance learns once (the other tests of this file run scripts meanwhile).
+        assert!(scripts < 200, "{scripts} scripts for 400 sold-out answers");
+    } else {
+        assert!(scripts >= 400, "WASIp2 keeps nothing: {scripts}");
+    }
+
+    // A ticket given back is claimable again within the bound.
+    let r = t
+        .as_user("w1", "DELETE", &format!("/api/tickets/{}", codes[0]), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(&t, id, "again", 201, "").await;
+    println!("a returned ticket was claimed again after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+    problem(&t.claim(id, "after", "").await, 409, "sold_out");
+
+    // Exactly the stock, once each, all of it in Postgres.
+    t.drain_to_empty().await;
+    assert_eq!(
+        t.claim_ids(id).await.len(),
+        4,
+        "three claims and the one after the return"
+    );
+    assert_eq!(
+        t.count(&format!(
+            "SELECT count(*) FROM tickets WHERE activity_id = {id} AND status = 'active'"
+        ))
+        .await,
+        3
+    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn before_the_opening_everyone_is_told_when_it_opens_the_opening_is_exact_and_a_close_is_honoured_within_the_bound(
+) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let t = Arc::new(TestApp::start().await);
+    let opens = now_ms() + 4_000;
+    let body = format!(
+        r#"{{"name":"Opening","starts_at":"{}","ends_at":"{}","stock_total":2,"per_user_limit":1}}"#,
+        Millis(opens),
+        Millis(opens + 3_600_000)
+    );
+    let r = t.as_admin("POST", "/admin/activities", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    t.publish(id).await;
+
+    let before = scripts_run(&t).await;
+    let answers = storm(&t, id, "early", 300).await;
+    let scripts = scripts_run(&t).await - before;
+    assert!(now_ms() < opens, "the storm ended before the opening");
+    assert!(
+        answers.iter().all(|(s, c)| *s == 409 && c == "not_started"),
+        "{answers:?}"
+    );
+    println!("300 presses before the opening: {scripts} scripts run");
+    if caches() {
+        assert!(
+            scripts < 150,
+            "{scripts} scripts for 300 not_started answers"
+        );
+    }
+
+    // The first press after starts_at is claimed: the cache never holds back the opening.
+    tokio::time::sleep(Duration::from_millis((opens - now_ms()).max(0) as u64 + 20)).await;
+    let r = t.claim(id, "first", "").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let r = t
+        .as_admin("POST", &format!("/admin/activities/{id}/close"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(&t, id, "closed", 409, "ended").await;
+    println!("closed: answered ended after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_repeated_with_its_idempotency_key_after_the_sell_out_is_given_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(1, r#","per_user_limit":1"#).await;
+    t.publish(id).await;
+    let path = format!("/api/activities/{id}/claims");
+    let press = |user: &str, key: &str| {
+        let (t, path) = (t.clone(), path.clone());
+        let auth = bearer(&token(user, None));
+        let key = key.to_string();
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("idempotency-key", key.as_str()),
+            ];
+            t.client.send("POST", &path, &headers, "").await.unwrap()
+        }
+    };
+    let first = press("winner", "k-1").await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    // The sell-out is learned, with a key and without.
+    let answers = storm(&t, id, "late", 64).await;
+    assert!(answers.iter().all(|(_, c)| c == "sold_out"), "{answers:?}");
+    let mut seen = HashSet::new();
+    for n in 0..64 {
+        let r = press(&format!("keyed-{n}"), "k-1").await;
+        problem(&r, 409, "sold_out");
+        let again = press("winner", "k-1").await;
+        assert_eq!(again.status, 201, "{}", again.text());
+        assert_eq!(again.json()["claim_id"], first.json()["claim_id"]);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        seen.insert(again.json()["claim_id"].to_string());
+    }
+    assert_eq!(seen.len(), 1);
+    // Without its key the winner is a new claim: refused, as the script or the cache says.
+    let r = t.claim(id, "winner", "").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+}
