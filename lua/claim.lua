@@ -52,6 +52,7 @@ ARGV[18] answers `unknown` (the reply was lost), the same way
 ARGV[19] 1: a refusal that does not depend on the user (-3, -4, -8) carries a snapshot of
          the activity for the caller's cache (flashclaim_core::claim_cache); optional
 ARGV[20] the most claimers the snapshot may list (more: it lists none and says -1)
+ARGV[21] the length of KEYS[4] the caller already holds the claimers for (-1: none)
 
 Every answer but { -1 } is counted in KEYS[14] (an unknown activity is not: its id would be
 a label nobody published). Returns a flat array (Spin flattens nested replies):
@@ -74,8 +75,9 @@ a label nobody published). Returns a flat array (Spin flattens nested replies):
 
 With ARGV[19] = 1, the replies -3, -4 and -8 are followed by '~' and the snapshot:
   '~', 2m, <the m field/value pairs of KEYS[1]>, n, <n pairs: type, tickets claimable now
-  (its stock, or fewer codes left in its pool)>, c, <c users holding or having held a
-  ticket of the activity> (c = -1: more than ARGV[20])
+  (its stock, or fewer codes left in its pool)>, h, c, <c users holding or having held a
+  ticket of the activity> (h: the length of KEYS[4]; c = -1: more than ARGV[20]; c = -2:
+  h is ARGV[21], the caller's list stands)
 Nothing else asks for it: it costs a few commands, once per cache entry of a caller.
 --]]
 
@@ -138,8 +140,15 @@ local function refusal(outcome, ty, reply)
   for _, v in ipairs(listed) do
     reply[#reply + 1] = v
   end
-  -- Users only: the hash also holds "user|type" fields.
-  if redis.call('HLEN', claimed) > 2 * tonumber(ARGV[20] or '0') then
+  -- Users only: the hash also holds "user|type" fields. Its length only grows (a return
+  -- leaves the fields), so a caller holding the list for this length keeps it.
+  local length = redis.call('HLEN', claimed)
+  reply[#reply + 1] = length
+  if length == tonumber(ARGV[21] or '-1') then
+    reply[#reply + 1] = -2
+    return reply
+  end
+  if length > 2 * tonumber(ARGV[20] or '0') then
     reply[#reply + 1] = -1
     return reply
   end

@@ -36,7 +36,7 @@ thread_local! {
 
 #[http_service]
 async fn handle(req: Request) -> Result<Response, ErrorCode> {
-    Ok(glue::serve(req, route, |_| None).await)
+    Ok(glue::serve_admitting(req, route).await)
 }
 
 async fn route(req: Request) -> Result<HttpResponse, ApiError> {
@@ -109,14 +109,20 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         count_cached(activity).await;
         return claim::answer(activity, Ok(reply));
     }
+    // Redis from here: the instance takes no other request until this one has answered
+    // (see `glue::OneAtATime`); answers from the cache above never wait on anything.
+    let _one = glue::OneAtATime::enter();
     let command = parsed.command(client, &settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let shards = glue::redis_shards().await?;
     let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));
     let mut command = command.with_unreported(taken);
-    if CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms)) {
-        command = command.with_snapshot();
+    if let Some(args) = CACHE.with_borrow(|c| {
+        c.wants_snapshot(activity, now, cache_ms)
+            .then(|| c.snapshot_args(activity))
+    }) {
+        command = command.with_snapshot(args);
     }
     let reply = glue::run_confirmed(
         shards.for_activity(activity),

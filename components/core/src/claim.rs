@@ -244,13 +244,13 @@ impl ClaimCommand {
     }
 
     /// Asks a refusal any user would get to bring a snapshot of the activity for the
-    /// instance's cache (claim.lua's ARGV[19..20], `crate::claim_cache`).
-    pub fn with_snapshot(mut self) -> Self {
+    /// instance's cache (claim.lua's ARGV[19..21], `ClaimCache::snapshot_args`).
+    pub fn with_snapshot(mut self, args: [Arg; 3]) -> Self {
         if self.argv.len() < 18 {
             self = self.with_unreported((0, 0));
         }
         self.argv.truncate(18);
-        self.argv.extend(crate::claim_cache::snapshot_args());
+        self.argv.extend(args);
         self
     }
 }

@@ -20,6 +20,7 @@
 //! script too (its answer is not the same for everybody).
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use crate::claim::ClaimRequest;
 use crate::ids::{ActivityId, UserId};
@@ -57,11 +58,6 @@ pub fn bound_from(text: Option<&str>) -> Result<i64, String> {
     }
 }
 
-/// The claim.lua arguments that ask for a snapshot (ARGV[19..20]).
-pub fn snapshot_args() -> [Arg; 2] {
-    [Arg::Int(1), Arg::Int(MAX_CLAIMERS)]
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TypeState {
     key: String,
@@ -81,7 +77,10 @@ struct Snapshot {
     activity_limit: i64,
     types: Vec<TypeState>,
     /// Hashes of the users who hold or held a ticket; `None`: too many to list.
-    claimers: Option<HashSet<u64>>,
+    claimers: Option<Rc<HashSet<u64>>>,
+    /// The length of the activity's `claimed` hash they were listed at: the script lists
+    /// them again only when it changed.
+    claimed_len: i64,
 }
 
 /// What a claim asks, as far as the cache can judge it.
@@ -101,6 +100,17 @@ pub struct ClaimCache {
 }
 
 impl ClaimCache {
+    /// The claim.lua arguments that ask for a snapshot (ARGV[19..21]): the claimers this
+    /// cache already holds for `activity` are not sent again while they stand.
+    pub fn snapshot_args(&self, activity: ActivityId) -> [Arg; 3] {
+        let known = self
+            .snapshots
+            .get(&activity.get())
+            .filter(|s| s.claimers.is_some())
+            .map_or(-1, |s| s.claimed_len);
+        [Arg::Int(1), Arg::Int(MAX_CLAIMERS), Arg::Int(known)]
+    }
+
     /// Whether the next script run for `activity` should ask for a snapshot: the cache is
     /// on and holds none that is fresh.
     pub fn wants_snapshot(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> bool {
@@ -128,7 +138,8 @@ impl ClaimCache {
             return reply;
         };
         let trailer = reply.split_off(at);
-        if let Some(snapshot) = parse(&trailer[1..], now) {
+        let known = self.snapshots.get(&activity.get());
+        if let Some(snapshot) = parse(&trailer[1..], now, known) {
             if self.snapshots.len() >= MAX_ACTIVITIES
                 && !self.snapshots.contains_key(&activity.get())
             {
@@ -235,8 +246,9 @@ fn user_hash(user: &UserId) -> u64 {
     })
 }
 
-/// The snapshot after claim.lua's '~' (see its header).
-fn parse(t: &[Reply], now: Millis) -> Option<Snapshot> {
+/// The snapshot after claim.lua's '~' (see its header); `known`: the one it replaces, whose
+/// claimers stand when the script says so.
+fn parse(t: &[Reply], now: Millis, known: Option<&Snapshot>) -> Option<Snapshot> {
     let mut it = t.iter();
     let int = |it: &mut std::slice::Iter<'_, Reply>| it.next().and_then(Reply::as_int);
     let pairs = int(&mut it)?;
@@ -268,9 +280,13 @@ fn parse(t: &[Reply], now: Millis) -> Option<Snapshot> {
             left,
         });
     }
+    let claimed_len = int(&mut it)?;
     let claimers = match int(&mut it)? {
+        -2 => known
+            .filter(|k| k.claimed_len == claimed_len)
+            .and_then(|k| k.claimers.clone()),
         n if n < 0 => None,
-        n => Some(
+        n => Some(Rc::new(
             (0..n)
                 .map(|_| {
                     it.next()?
@@ -279,7 +295,7 @@ fn parse(t: &[Reply], now: Millis) -> Option<Snapshot> {
                         .map(|u| user_hash(&u))
                 })
                 .collect::<Option<HashSet<u64>>>()?,
-        ),
+        )),
     };
     Some(Snapshot {
         taken_at: now.0,
@@ -289,6 +305,7 @@ fn parse(t: &[Reply], now: Millis) -> Option<Snapshot> {
         activity_limit: number("per_user_limit").unwrap_or(0),
         types,
         claimers,
+        claimed_len,
     })
 }
 
@@ -334,6 +351,7 @@ mod tests {
             b("std"),
             Reply::Int(5),
         ]);
+        r.push(Reply::Int(2 * claimers.len() as i64));
         r.push(Reply::Int(claimers.len() as i64));
         r.extend(claimers.iter().map(|c| b(c)));
         r
@@ -504,6 +522,44 @@ mod tests {
         assert!(unlisted
             .answer(id(), ask(&vip, &other, false), Millis(3001), BOUND)
             .is_some());
+    }
+
+    #[test]
+    fn the_claimers_are_sent_once_and_kept_while_the_claimed_hash_keeps_its_length() {
+        let mut cache = ClaimCache::default();
+        assert_eq!(cache.snapshot_args(id())[2], Arg::Int(-1), "none held");
+        sold_out_vip(&mut cache, 3000, &["winner"]);
+        assert_eq!(
+            cache.snapshot_args(id())[2],
+            Arg::Int(2),
+            "held at length 2"
+        );
+        let vip = request(Some("vip"), 1);
+        let winner = UserId::parse("winner").unwrap();
+        let unchanged = |len: i64| {
+            let mut r = with_snapshot(vec![Reply::Int(-8), b("vip")], 0, &[]);
+            let at = r.len() - 2;
+            r[at] = Reply::Int(len);
+            r[at + 1] = Reply::Int(-2);
+            r
+        };
+        cache.learn(id(), unchanged(2), Millis(4000));
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &winner, true), Millis(4001), BOUND),
+            None,
+            "the winner is still known"
+        );
+        let other = UserId::parse("other").unwrap();
+        assert!(cache
+            .answer(id(), ask(&vip, &other, true), Millis(4001), BOUND)
+            .is_some());
+        // A "kept" answer for another length than the one held cannot be trusted.
+        cache.learn(id(), unchanged(4), Millis(5000));
+        assert_eq!(
+            cache.answer(id(), ask(&vip, &other, true), Millis(5001), BOUND),
+            None
+        );
+        assert_eq!(cache.snapshot_args(id())[2], Arg::Int(-1));
     }
 
     #[test]

@@ -512,6 +512,24 @@ where
     finish(&facts, result).await
 }
 
+/// [`serve`] for a route that decides itself when to hold the instance ([`OneAtATime`]):
+/// one that answers most requests without any I/O lets Spin run up to its limit of them in
+/// one instance at once, so the instance (and what it learned) serves more of them.
+pub async fn serve_admitting<Fut>(
+    req: spin_sdk::http::Request,
+    route: impl FnOnce(spin_sdk::http::Request) -> Fut,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<HttpResponse, ApiError>>,
+{
+    let facts = request_facts(&req);
+    if let Some(answer) = preflight(&facts).await {
+        return respond(answer);
+    }
+    let result = route(req).await;
+    finish(&facts, result).await
+}
+
 /// Problems are answered as they are; internal errors were logged where they happened.
 pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
     respond(result.unwrap_or_else(|e| e.to_response()))

@@ -46,7 +46,7 @@ use flashclaim_tests::{
     bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, write_manifest_copy,
     Backend, ManifestApp, NativeRedis, Runtime, TestApp, JWT_SECRET, TICKET_SECRET,
 };
-use spin_test_host::client::HttpClient;
+use spin_test_host::client::{HttpClient, Response};
 
 const REDIS_BENCH_REQUESTS: usize = 200_000;
 /// Requests sent to each app at a level's concurrency before it is measured.
@@ -153,14 +153,14 @@ impl Variant {
                         "p2"
                     }
                 ),
-                header: Some(("x-user-id", user.to_string())),
+                headers: vec![("x-user-id", user.to_string())],
                 body: String::new(),
             },
             Variant::FlashclaimP2 | Variant::FlashclaimP3 => Req {
                 method: "POST",
                 path: format!("/api/activities/{activity}/claims"),
                 // Signed beforehand: signing is the client's cost, not the service's.
-                header: Some(("authorization", bearer(&token(user, None)))),
+                headers: vec![("authorization", bearer(&token(user, None)))],
                 body: String::new(),
             },
         }
@@ -170,26 +170,31 @@ impl Variant {
 struct Req {
     method: &'static str,
     path: String,
-    header: Option<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
     body: String,
 }
 
 impl Req {
     /// Sends it; the answer's status, 0 for none (e.g. a time-out).
     async fn send(&self, client: &HttpClient) -> u16 {
+        self.answer(client).await.map_or(0, |r| r.status)
+    }
+
+    /// Sends it; the answer, `None` for none (e.g. a time-out).
+    async fn answer(&self, client: &HttpClient) -> Option<Response> {
         let headers: Vec<(&str, &str)> =
-            self.header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         client
             .send(self.method, &self.path, &headers, self.body.clone())
             .await
-            .map_or(0, |r| r.status)
+            .ok()
     }
 
     fn get(path: &str) -> Req {
         Req {
             method: "GET",
             path: path.into(),
-            header: None,
+            headers: Vec::new(),
             body: String::new(),
         }
     }
@@ -273,6 +278,43 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// client process): `concurrency` workers, each sending its next request once the last one
 /// answered, over keep-alive connections.
 async fn load(base_url: String, reqs: Vec<Req>, concurrency: usize, expect: u16) -> Loaded {
+    let driven = drive(
+        base_url,
+        reqs,
+        concurrency,
+        Arc::new(|_, r: Option<Response>| r.map_or(0, |r| r.status)),
+    )
+    .await;
+    let mut errors = BTreeMap::new();
+    for status in driven.answers.into_iter().filter(|s| *s != expect) {
+        *errors.entry(status).or_insert(0) += 1;
+    }
+    Loaded {
+        elapsed: driven.elapsed,
+        latencies: driven.latencies,
+        errors,
+        client_cpu: driven.client_cpu,
+    }
+}
+
+/// What [`drive`] saw: `read` of each answer (in no particular order), the latencies sorted.
+struct Driven<T> {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    answers: Vec<T>,
+    client_cpu: f64,
+}
+
+/// What a worker keeps of one answer: `read(index of the request, the answer)`.
+type Read<T> = Arc<dyn Fn(usize, Option<Response>) -> T + Send + Sync>;
+
+/// The load generator of [`load`], keeping what `read` takes from each answer.
+async fn drive<T: Send + 'static>(
+    base_url: String,
+    reqs: Vec<Req>,
+    concurrency: usize,
+    read: Read<T>,
+) -> Driven<T> {
     on_own_thread(move || async move {
         let cpu_started = thread_cpu_secs();
         let client = HttpClient::new(base_url);
@@ -281,38 +323,35 @@ async fn load(base_url: String, reqs: Vec<Req>, concurrency: usize, expect: u16)
         let started = Instant::now();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
-            let (client, reqs, next) = (client.clone(), reqs.clone(), next.clone());
+            let (client, reqs, next, read) =
+                (client.clone(), reqs.clone(), next.clone(), read.clone());
             workers.spawn(async move {
                 let mut latencies = Vec::new();
-                let mut errors = BTreeMap::new();
+                let mut answers = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(r) = reqs.get(i) else { break };
                     let sent = Instant::now();
-                    let status = r.send(&client).await;
+                    let answer = r.answer(&client).await;
                     latencies.push(sent.elapsed());
-                    if status != expect {
-                        *errors.entry(status).or_insert(0) += 1;
-                    }
+                    answers.push(read(i, answer));
                 }
-                (latencies, errors)
+                (latencies, answers)
             });
         }
         let mut latencies = Vec::new();
-        let mut errors = BTreeMap::new();
+        let mut answers = Vec::new();
         while let Some(done) = workers.join_next().await {
-            let (l, e) = done.unwrap();
+            let (l, a) = done.unwrap();
             latencies.extend(l);
-            for (status, n) in e {
-                *errors.entry(status).or_insert(0) += n;
-            }
+            answers.extend(a);
         }
         let elapsed = started.elapsed();
         latencies.sort();
-        Loaded {
+        Driven {
             elapsed,
             latencies,
-            errors,
+            answers,
             client_cpu: thread_cpu_secs() - cpu_started,
         }
     })
@@ -1150,6 +1189,12 @@ async fn run() {
     for &c in &levels {
         redis_limits.push(redis_benchmark(c, stores).await);
     }
+    let mut storms = Vec::new();
+    if std::env::var("FLASHCLAIM_BENCH_STORM").map_or(true, |v| v != "0") {
+        for &rt in &flood_runtimes(&wanted) {
+            storms.push(storm(rt, stores).await);
+        }
+    }
     let mut ha = Vec::new();
     if std::env::var("FLASHCLAIM_BENCH_SENTINEL").map_or(true, |v| v != "0") {
         for &rt in &flood_runtimes(&wanted) {
@@ -1307,6 +1352,7 @@ async fn run() {
         );
     }
     print_sentinel_cost(&ha);
+    print_storm(&storms);
     if !floods.is_empty() {
         println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins answered during the storms of all rounds: 401 (hashed) / 429 (refused before hashing) | target |");
         println!("|---|---|---|---|---|---|---|");
@@ -1397,7 +1443,7 @@ fn bad_login(tag: &str, i: usize) -> Req {
     Req {
         method: "POST",
         path: "/api/sessions".into(),
-        header: Some(("content-type", "application/json".into())),
+        headers: vec![("content-type", "application/json".into())],
         body: format!(r#"{{"username":"victim","password":"guess {tag} {i}"}}"#),
     }
 }
@@ -1851,5 +1897,452 @@ fn print_sentinel_cost(rows: &[HaRow]) {
             r.sentinel_asks,
             r.connections
         );
+    }
+}
+
+// ---- The storm a sale is (BENCHMARKS.md, "The storm") ----------------------------------
+
+/// Distinct signed users of the storm (`FLASHCLAIM_BENCH_STORM_USERS`).
+fn storm_users() -> usize {
+    env_or("FLASHCLAIM_BENCH_STORM_USERS", 100_000)
+}
+const STORM_C: usize = 256;
+const STORM_TICKETS: i64 = 1_000;
+/// Users who press a second time during the opening (their first press was early in it).
+const STORM_REPEATS: usize = 2_000;
+/// Tickets given back by their winners while the sale sells out.
+const STORM_RETURNS: usize = 50;
+/// The floor and the minimal claim, measured beside the storm.
+const STORM_FLOOR_REQUESTS: usize = 20_000;
+
+/// One phase of the storm on one app and activity.
+struct StormPhase {
+    runtime: &'static str,
+    cache: &'static str,
+    activity: &'static str,
+    phase: &'static str,
+    answers: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// "201", "409 sold_out", … and how many.
+    outcomes: BTreeMap<String, usize>,
+    scripts_per_1k: f64,
+    commands_per_1k: f64,
+    server_us: f64,
+    other_cpu: f64,
+}
+
+/// One app and activity through every phase, with what Postgres holds after.
+struct StormRun {
+    phases: Vec<StormPhase>,
+    /// From the opening until every press of the opening had its answer.
+    opening_secs: f64,
+    claims_in_postgres: i64,
+    tickets_active: i64,
+    most_held: i64,
+    returned: usize,
+}
+
+/// (EVALSHA + EVAL calls, every command's calls) of the Redis server so far.
+async fn command_counts(redis: &mut redis::aio::MultiplexedConnection) -> (i64, i64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let calls = |l: &str| -> i64 {
+        l.split("calls=")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let scripts = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(calls)
+        .sum();
+    // Less the INFO this reading is.
+    let all = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .map(calls)
+        .sum::<i64>()
+        - 1;
+    (scripts, all)
+}
+
+/// A press: the user's token, a fresh Idempotency-Key as the H5 app sends, the type.
+fn press(activity: i64, tokens: &[String], user: usize, ty: Option<&str>, key: &str) -> Req {
+    Req {
+        method: "POST",
+        path: format!("/api/activities/{activity}/claims"),
+        headers: vec![
+            ("authorization", tokens[user].clone()),
+            ("idempotency-key", format!("{key}-{user}")),
+            ("content-type", "application/json".into()),
+        ],
+        body: ty.map_or(String::new(), |t| format!(r#"{{"ticket_type":"{t}"}}"#)),
+    }
+}
+
+/// "201" or "409 sold_out": what a storm answer was.
+fn outcome(r: &Option<Response>) -> String {
+    match r {
+        None => "no answer".into(),
+        Some(r) if r.status < 300 => r.status.to_string(),
+        Some(r) => format!("{} {}", r.status, r.json()["code"].as_str().unwrap_or("?")),
+    }
+}
+
+async fn storm_phase(
+    app: &TestApp,
+    redis: &mut redis::aio::MultiplexedConnection,
+    stores: Stores,
+    reqs: Vec<Req>,
+    won: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
+    users_of: Arc<Vec<usize>>,
+) -> (Driven<String>, f64, f64, f64, f64) {
+    let n = reqs.len();
+    let before = command_counts(redis).await;
+    let meter = CpuMeter::start(stores);
+    let read: Read<String> = Arc::new(move |i, r: Option<Response>| {
+        if let (Some(won), Some(r)) = (&won, &r) {
+            if r.status == 201 {
+                let code = r.json()["tickets"][0]["code"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let _ = won.send((users_of[i], code));
+            }
+        }
+        outcome(&r)
+    });
+    let driven = drive(app.client.base_url().to_string(), reqs, STORM_C, read).await;
+    let cpu = meter.finish();
+    let after = command_counts(redis).await;
+    let per_1k = |x: i64| x as f64 * 1000.0 / n as f64;
+    let server_us = (cpu.bench_and_runtime - driven.client_cpu).max(0.0) * 1e6 / n as f64;
+    (
+        driven,
+        per_1k(after.0 - before.0),
+        per_1k(after.1 - before.1),
+        server_us,
+        cpu.other_pct,
+    )
+}
+
+/// One activity of 1,000 tickets (one type, or three) through the whole storm on `app`:
+/// everyone presses in the seconds before the opening, everyone presses at the opening
+/// (the first 2,000 twice) while 50 winners give their ticket back, and everyone presses
+/// again after the sell-out.
+#[allow(clippy::too_many_arguments)]
+async fn storm_run(
+    runtime: &'static str,
+    cache: &'static str,
+    app: &TestApp,
+    redis: &mut redis::aio::MultiplexedConnection,
+    stores: Stores,
+    tokens: &Arc<Vec<String>>,
+    types: &'static [&'static str],
+    label: &'static str,
+    slowest: f64,
+) -> StormRun {
+    let users = tokens.len();
+    // Room for the pre-start phase at half the minimal claim's pace (every press through
+    // the script, as without the cache), and 2 s to set up.
+    let lead_ms = (users as f64 / (slowest / 2.0) * 1000.0) as i64 + 2_000;
+    let opens = now_ms() + lead_ms;
+    let types_json = if types.is_empty() {
+        format!(r#","stock_total":{STORM_TICKETS}"#)
+    } else {
+        let each = STORM_TICKETS / types.len() as i64;
+        let list: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let stock = if i == 0 {
+                    STORM_TICKETS - each * (types.len() as i64 - 1)
+                } else {
+                    each
+                };
+                format!(r#"{{"key":"{t}","name":"{t}","stock_total":{stock}}}"#)
+            })
+            .collect();
+        format!(r#","ticket_types":[{}]"#, list.join(","))
+    };
+    let body = format!(
+        r#"{{"name":"storm","starts_at":"{}","ends_at":"{}","per_user_limit":1{types_json}}}"#,
+        Millis(opens),
+        Millis(opens + 3_600_000)
+    );
+    let r = app.as_admin("POST", "/admin/activities", &body).await;
+    assert_eq!(r.status, 201, "storm activity: {}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    app.publish(id).await;
+    let ty = |u: usize| (!types.is_empty()).then(|| types[u % types.len()]);
+    let mut phases = Vec::new();
+    let mut record = |phase: &'static str, n: usize, out: (Driven<String>, f64, f64, f64, f64)| {
+        let (d, scripts, commands, server_us, other_cpu) = out;
+        let mut outcomes = BTreeMap::new();
+        for a in d.answers {
+            *outcomes.entry(a).or_insert(0) += 1;
+        }
+        eprintln!("bench: storm {runtime} {cache} {label} {phase}: {n} in {:.2} s {outcomes:?} scripts/1k {scripts:.1}", d.elapsed.as_secs_f64());
+        phases.push(StormPhase {
+            runtime,
+            cache,
+            activity: label,
+            phase,
+            answers: n,
+            secs: d.elapsed.as_secs_f64(),
+            p50_ms: percentile(&d.latencies, 0.5),
+            p99_ms: percentile(&d.latencies, 0.99),
+            outcomes,
+            scripts_per_1k: scripts,
+            commands_per_1k: commands,
+            server_us,
+            other_cpu,
+        });
+        d.elapsed.as_secs_f64()
+    };
+    let everyone = Arc::new((0..users).collect::<Vec<_>>());
+
+    // Before the opening.
+    let reqs = (0..users)
+        .map(|u| press(id, tokens, u, ty(u), "early"))
+        .collect();
+    let out = storm_phase(app, redis, stores, reqs, None, everyone.clone()).await;
+    assert!(
+        now_ms() < opens,
+        "the pre-start phase ran past the opening: raise its lead"
+    );
+    record("before the opening (everyone once)", users, out);
+    tokio::time::sleep(Duration::from_millis((opens - now_ms()).max(0) as u64)).await;
+
+    // The opening: everyone, the first STORM_REPEATS twice, while winners give back.
+    let mut order: Vec<usize> = (0..users).collect();
+    for u in 0..STORM_REPEATS.min(users) {
+        order.insert((2 * u + 4 * STORM_C).min(order.len()), u);
+    }
+    let reqs = order
+        .iter()
+        .map(|&u| press(id, tokens, u, ty(u), "open"))
+        .collect();
+    let (won_tx, mut won_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let giver = {
+        let (base, tokens) = (app.client.base_url().to_string(), tokens.clone());
+        tokio::spawn(async move {
+            let client = HttpClient::new(base).with_timeout(Duration::from_secs(30));
+            let mut returned = 0;
+            while returned < STORM_RETURNS {
+                let Some((user, code)) = won_rx.recv().await else {
+                    break;
+                };
+                let path = format!("/api/tickets/{code}");
+                let r = client
+                    .send(
+                        "DELETE",
+                        &path,
+                        &[("authorization", tokens[user].as_str())],
+                        String::new(),
+                    )
+                    .await;
+                if r.is_ok_and(|r| r.status == 200) {
+                    returned += 1;
+                }
+            }
+            returned
+        })
+    };
+    let n = order.len();
+    let out = storm_phase(app, redis, stores, reqs, Some(won_tx), Arc::new(order)).await;
+    let opening_secs = record(
+        "the opening and the sell-out (2,000 press twice; 50 give back)",
+        n,
+        out,
+    );
+    let returned = giver.await.unwrap();
+
+    // After the sell-out.
+    let reqs = (0..users)
+        .map(|u| press(id, tokens, u, ty(u), "late"))
+        .collect();
+    let out = storm_phase(app, redis, stores, reqs, None, everyone).await;
+    record("after the sell-out (everyone once more)", users, out);
+
+    app.drain_to_empty().await;
+    let pg = app.pg().await;
+    let one = |sql: &'static str| {
+        let pg = &pg;
+        async move { pg.query_one(sql, &[&id]).await.unwrap().get::<_, i64>(0) }
+    };
+    StormRun {
+        phases,
+        opening_secs,
+        claims_in_postgres: one("SELECT count(*) FROM claims WHERE activity_id = $1").await,
+        tickets_active: one(
+            "SELECT count(*) FROM tickets WHERE activity_id = $1 AND status = 'active'",
+        )
+        .await,
+        most_held: one(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM tickets \
+             WHERE activity_id = $1 AND status = 'active' GROUP BY user_id) h",
+        )
+        .await,
+        returned,
+    }
+}
+
+/// The storm on one runtime: the WASIp3 claim with its cache (the default) and without
+/// (`claim_cache_ms` 0: every answer runs the script, as before the cache), each on an
+/// activity of one type and one of three; the runtime floor (trivial WASIp3 route) and the
+/// minimal WASIp3 claim measured before and after, at the same concurrency.
+async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], &'static str) {
+    let runtime = match rt {
+        Runtime::TestHost => "test host",
+        _ => "Spin",
+    };
+    let (redis_url, mut redis) = fresh_redis_db().await;
+    let pg = fresh_pg_db().await;
+    let manifest = root().join("spin.wasip3.toml");
+    let cached = TestApp::start_manifest_on_runtime(rt, &manifest, &redis_url, &pg, &[]).await;
+    let uncached = TestApp::start_manifest_on_runtime(
+        rt,
+        &manifest,
+        &redis_url,
+        &pg,
+        &[("SPIN_VARIABLE_CLAIM_CACHE_MS", "0")],
+    )
+    .await;
+    let env: HashMap<String, String> = [
+        ("SPIN_VARIABLE_REDIS_ADDRESS".to_string(), redis_url.clone()),
+        (
+            "SPIN_VARIABLE_REDIS_HOST".to_string(),
+            format!("127.0.0.1:{}", services().redis_port),
+        ),
+    ]
+    .into();
+    let fixtures =
+        ManifestApp::start(rt, &root().join("tests/bench-fixtures/spin.toml"), &env).await;
+    let floor_activity = cached.create_activity(10_000_000, "").await;
+    cached.publish(floor_activity).await;
+    let tag = format!("storm{}", now_ms());
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..storm_users())
+            .map(|u| bearer(&token(&format!("{tag}-{u}"), None)))
+            .collect(),
+    );
+    let mut seq = 0;
+    let mut floors = |fixtures: &ManifestApp| {
+        let base = fixtures.client.base_url().to_string();
+        seq += 1;
+        let hello: Vec<Req> = (0..STORM_FLOOR_REQUESTS)
+            .map(|_| Variant::HelloP3.request(0, ""))
+            .collect();
+        let minimal: Vec<Req> = (0..STORM_FLOOR_REQUESTS)
+            .map(|i| Variant::MinimalP3.request(floor_activity, &format!("{tag}-floor-{seq}-{i}")))
+            .collect();
+        async move {
+            let h = load(base.clone(), hello, STORM_C, 200).await;
+            let m = load(base, minimal, STORM_C, 201).await;
+            let rate = |l: &Loaded| STORM_FLOOR_REQUESTS as f64 / l.elapsed.as_secs_f64();
+            (rate(&h), rate(&m))
+        }
+    };
+    let before = floors(&fixtures).await;
+    let mut runs = Vec::new();
+    for (cache, app) in [("cache on (250 ms)", &cached), ("cache off (0)", &uncached)] {
+        runs.push(
+            storm_run(
+                runtime,
+                cache,
+                app,
+                &mut redis,
+                stores,
+                &tokens,
+                &[],
+                "1,000 tickets",
+                before.1,
+            )
+            .await,
+        );
+        runs.push(
+            storm_run(
+                runtime,
+                cache,
+                app,
+                &mut redis,
+                stores,
+                &tokens,
+                &["a", "b", "c"],
+                "1,000 tickets in 3 types",
+                before.1,
+            )
+            .await,
+        );
+    }
+    let after = floors(&fixtures).await;
+    (runs, [before, after], runtime)
+}
+
+fn print_storm(storms: &[(Vec<StormRun>, [(f64, f64); 2], &'static str)]) {
+    if storms.is_empty() {
+        return;
+    }
+    println!(
+        "\n{} distinct signed users, c={STORM_C} keep-alive, each press with an Idempotency-Key; the WASIp3 claim (spin.wasip3.toml).\n",
+        storm_users()
+    );
+    println!("| runtime | claim | activity | phase | answers | answers/s | p50 ms | p99 ms | answers | scripts / 1k answers | Redis commands / 1k answers | runtime CPU µs / answer | / runtime floor | / minimal WASIp3 claim | other CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (runs, [before, after], runtime) in storms {
+        let floor = (before.0 + after.0) / 2.0;
+        let minimal = (before.1 + after.1) / 2.0;
+        for p in runs.iter().flat_map(|r| &r.phases) {
+            let rate = p.answers as f64 / p.secs;
+            println!(
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.0} | {:.2}× | {:.2}× | {:.0}% |",
+                p.runtime,
+                p.cache,
+                p.activity,
+                p.phase,
+                p.answers,
+                rate,
+                p.p50_ms,
+                p.p99_ms,
+                p.outcomes.iter().map(|(k, v)| format!("{v} × {k}")).collect::<Vec<_>>().join(", "),
+                p.scripts_per_1k,
+                p.commands_per_1k,
+                p.server_us,
+                rate / floor,
+                rate / minimal,
+                p.other_cpu
+            );
+        }
+        println!(
+            "| {runtime} | runtime floor (`GET /p3/hello`) / minimal WASIp3 claim, before and after | | | {STORM_FLOOR_REQUESTS} each | {:.0} / {:.0} and {:.0} / {:.0} | | | | | | | | | |",
+            before.0, before.1, after.0, after.1
+        );
+    }
+    println!("\n| runtime | claim | activity | whole storm: answers/s | from the opening until everyone had an answer | claims in Postgres | active tickets | most held by one user | returned during the sell-out |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (runs, _, runtime) in storms {
+        for r in runs {
+            let answers: usize = r.phases.iter().map(|p| p.answers).sum();
+            let secs: f64 = r.phases.iter().map(|p| p.secs).sum();
+            println!(
+                "| {runtime} | {} | {} | {:.0} | {:.2} s | {} | {} | {} | {} |",
+                r.phases[0].cache,
+                r.phases[0].activity,
+                answers as f64 / secs,
+                r.opening_secs,
+                r.claims_in_postgres,
+                r.tickets_active,
+                r.most_held,
+                r.returned
+            );
+        }
     }
 }

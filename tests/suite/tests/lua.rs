@@ -132,7 +132,7 @@ impl Lab {
         let Some(cache) = self.cache.as_mut() else {
             return claim::decode(&run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap());
         };
-        let cmd = cmd.with_snapshot();
+        let cmd = cmd.with_snapshot(cache.snapshot_args(self.activity.id));
         let reply = run_script(&self.redis, &CLAIM, &cmd.keys, &cmd.argv).unwrap();
         claim::decode(&cache.learn(self.activity.id, reply, Millis(now)))
     }
