@@ -73,7 +73,8 @@ a label nobody published). Returns a flat array (Spin flattens nested replies):
   { -14, types }                 no type named and the activity has several (types: comma list)
   { -15, types }                 no type of that key in this activity
 
-With ARGV[19] = 1, the replies -3, -4 and -8 are followed by '~' and the snapshot:
+With ARGV[19] = 1, the replies 1, -3, -4 and -8 are followed by '~' and the snapshot (a
+claim brings it too, so that the caller knows the sale is open; codes never hold '~'):
   '~', 2m, <the m field/value pairs of KEYS[1]>, n, <n pairs: type, tickets claimable now
   (its stock, or fewer codes left in its pool)>, h, c, <c users holding or having held a
   ticket of the activity> (h: the length of KEYS[4]; c = -1: more than ARGV[20]; c = -2:
@@ -110,13 +111,8 @@ local function report_unanswered()
   end
 end
 
--- A refusal that any user would get (bar the checks the cache leaves to this script),
--- with the snapshot a caller's cache answers the same refusal from (ARGV[19]).
-local function refusal(outcome, ty, reply)
-  answer(outcome, ty, reply)
-  if ARGV[19] ~= '1' then
-    return reply
-  end
+-- The snapshot of the activity a caller's cache answers from (ARGV[19]), after `reply`.
+local function with_snapshot(reply)
   reply[#reply + 1] = '~'
   local m = redis.call('HGETALL', meta)
   reply[#reply + 1] = #m
@@ -167,6 +163,16 @@ local function refusal(outcome, ty, reply)
     reply[#reply + 1] = u
   end
   return reply
+end
+
+-- A refusal that any user would get (bar the checks the cache leaves to this script),
+-- with the snapshot when asked.
+local function refusal(outcome, ty, reply)
+  answer(outcome, ty, reply)
+  if ARGV[19] ~= '1' then
+    return reply
+  end
+  return with_snapshot(reply)
 end
 
 if use_idem then
@@ -354,5 +360,8 @@ for _, code in ipairs(codes) do
 end
 if metrics then
   redis.call('HINCRBY', metrics, 'claimed:' .. ty, 4294967296 + #codes)
+end
+if ARGV[19] == '1' then
+  return with_snapshot(reply)
 end
 return reply

@@ -109,20 +109,21 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         count_cached(activity).await;
         return claim::answer(activity, Ok(reply));
     }
-    // Redis from here: the instance takes no other request until this one has answered
-    // (see `glue::OneAtATime`); answers from the cache above never wait on anything.
-    let _one = glue::OneAtATime::enter();
+    // Redis from here. A request the instance knows the sale is open for holds it until
+    // it has answered (see `glue::OneAtATime`). One that comes to learn (no fresh snapshot)
+    // does not: at most one per `claim_cache_ms` and instance, and holding them would make
+    // Spin start an instance for each request arriving meanwhile, every one of which would
+    // have to learn again. Answers from the cache above never wait on anything.
+    let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
+    let _one = (!learning).then(glue::OneAtATime::enter);
     let command = parsed.command(client, &settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let shards = glue::redis_shards().await?;
     let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));
     let mut command = command.with_unreported(taken);
-    if let Some(args) = CACHE.with_borrow(|c| {
-        c.wants_snapshot(activity, now, cache_ms)
-            .then(|| c.snapshot_args(activity))
-    }) {
-        command = command.with_snapshot(args);
+    if learning {
+        command = command.with_snapshot(CACHE.with_borrow(|c| c.snapshot_args(activity)));
     }
     let reply = glue::run_confirmed(
         shards.for_activity(activity),

@@ -5,8 +5,9 @@
 //!
 //! The instance learns from replies it gets anyway: when it holds no fresh snapshot of an
 //! activity it asks its next claim's script for one (claim.lua's ARGV[19]), which comes
-//! only with a refusal any user would get (-3, -4, -8): the activity's meta hash, what
-//! each type has left, and who has ever held a ticket of it. A snapshot answers for
+//! with a claim or a refusal any user would get (-3, -4, -8): the activity's meta hash,
+//! what each type has left, and who has ever held a ticket of it (sent again only when
+//! that changed). A snapshot answers for
 //! `claim_cache_ms` from when it was taken, never longer, so a ticket given back, a window
 //! the operator changed or a type added is seen within that bound.
 //!

@@ -2050,9 +2050,9 @@ async fn storm_run(
     slowest: f64,
 ) -> StormRun {
     let users = tokens.len();
-    // Room for the pre-start phase at half the minimal claim's pace (every press through
-    // the script, as without the cache), and 2 s to set up.
-    let lead_ms = (users as f64 / (slowest / 2.0) * 1000.0) as i64 + 2_000;
+    // Room for the pre-start phase at a quarter of the minimal claim's pace (every press
+    // through the script, as without the cache, on a shared machine), and 2 s to set up.
+    let lead_ms = (users as f64 / (slowest / 4.0) * 1000.0) as i64 + 2_000;
     let opens = now_ms() + lead_ms;
     let types_json = if types.is_empty() {
         format!(r#","stock_total":{STORM_TICKETS}"#)
@@ -2207,15 +2207,26 @@ async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], 
     let (redis_url, mut redis) = fresh_redis_db().await;
     let pg = fresh_pg_db().await;
     let manifest = root().join("spin.wasip3.toml");
-    let cached = TestApp::start_manifest_on_runtime(rt, &manifest, &redis_url, &pg, &[]).await;
-    let uncached = TestApp::start_manifest_on_runtime(
-        rt,
-        &manifest,
-        &redis_url,
-        &pg,
-        &[("SPIN_VARIABLE_CLAIM_CACHE_MS", "0")],
-    )
-    .await;
+    // `FLASHCLAIM_BENCH_STORM_CACHE_MS`: the claim_cache_ms values to storm with (besides 0).
+    let bounds: Vec<&'static str> = std::env::var("FLASHCLAIM_BENCH_STORM_CACHE_MS")
+        .unwrap_or_else(|_| flashclaim_core::claim_cache::DEFAULT_BOUND_MS.to_string())
+        .split(',')
+        .map(|b| &*Box::leak(b.trim().to_string().into_boxed_str()))
+        .chain(["0"])
+        .collect();
+    let mut apps = Vec::new();
+    for &bound in &bounds {
+        let label: &'static str = if bound == "0" {
+            "cache off (0)"
+        } else {
+            Box::leak(format!("cache on ({bound} ms)").into_boxed_str())
+        };
+        let env = [("SPIN_VARIABLE_CLAIM_CACHE_MS", bound)];
+        apps.push((
+            label,
+            TestApp::start_manifest_on_runtime(rt, &manifest, &redis_url, &pg, &env).await,
+        ));
+    }
     let env: HashMap<String, String> = [
         ("SPIN_VARIABLE_REDIS_ADDRESS".to_string(), redis_url.clone()),
         (
@@ -2226,8 +2237,8 @@ async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], 
     .into();
     let fixtures =
         ManifestApp::start(rt, &root().join("tests/bench-fixtures/spin.toml"), &env).await;
-    let floor_activity = cached.create_activity(10_000_000, "").await;
-    cached.publish(floor_activity).await;
+    let floor_activity = apps[0].1.create_activity(10_000_000, "").await;
+    apps[0].1.publish(floor_activity).await;
     let tag = format!("storm{}", now_ms());
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..storm_users())
@@ -2253,7 +2264,8 @@ async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], 
     };
     let before = floors(&fixtures).await;
     let mut runs = Vec::new();
-    for (cache, app) in [("cache on (250 ms)", &cached), ("cache off (0)", &uncached)] {
+    for (cache, app) in &apps {
+        let (cache, app) = (*cache, app);
         runs.push(
             storm_run(
                 runtime,
