@@ -78,7 +78,7 @@ claim brings it too, so that the caller knows the sale is open; codes never hold
   '~', 2m, <the m field/value pairs of KEYS[1]>, n, <n pairs: type, tickets claimable now
   (its stock, or fewer codes left in its pool)>, h, c, <c users holding or having held a
   ticket of the activity> (h: the length of KEYS[4]; c = -1: more than ARGV[20]; c = -2:
-  h is ARGV[21], the caller's list stands)
+  h is ARGV[21], the caller's list stands; a claim always says c = -1)
 Nothing else asks for it: it costs a few commands, once per cache entry of a caller.
 --]]
 
@@ -111,8 +111,10 @@ local function report_unanswered()
   end
 end
 
--- The snapshot of the activity a caller's cache answers from (ARGV[19]), after `reply`.
-local function with_snapshot(reply)
+-- The snapshot of the activity a caller's cache answers from (ARGV[19]), after `reply`;
+-- the claimers only with a refusal (while claims succeed they change with each one, and
+-- nothing is answered from a cache that needs them).
+local function with_snapshot(reply, claimers)
   reply[#reply + 1] = '~'
   local m = redis.call('HGETALL', meta)
   reply[#reply + 1] = #m
@@ -140,6 +142,10 @@ local function with_snapshot(reply)
   -- leaves the fields), so a caller holding the list for this length keeps it.
   local length = redis.call('HLEN', claimed)
   reply[#reply + 1] = length
+  if not claimers then
+    reply[#reply + 1] = -1
+    return reply
+  end
   if length == tonumber(ARGV[21] or '-1') then
     reply[#reply + 1] = -2
     return reply
@@ -172,7 +178,7 @@ local function refusal(outcome, ty, reply)
   if ARGV[19] ~= '1' then
     return reply
   end
-  return with_snapshot(reply)
+  return with_snapshot(reply, true)
 end
 
 if use_idem then
@@ -362,6 +368,6 @@ if metrics then
   redis.call('HINCRBY', metrics, 'claimed:' .. ty, 4294967296 + #codes)
 end
 if ARGV[19] == '1' then
-  return with_snapshot(reply)
+  return with_snapshot(reply, false)
 end
 return reply

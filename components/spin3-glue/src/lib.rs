@@ -407,14 +407,19 @@ pub fn respond(r: HttpResponse) -> Response {
     response
 }
 
-/// The request's whole body; a body that breaks off is the client's problem (400).
-pub async fn body(
-    req: spin_sdk::http::Request,
-) -> Result<impl std::ops::Deref<Target = [u8]>, ApiError> {
+/// The request's whole body; a body that breaks off is the client's problem (400). A
+/// request that says it has none (`content-length: 0`) is not read: many claims carry no
+/// body, and reading an empty stream still costs the host a stream and its wake-ups. (No
+/// length is not enough: an HTTP/2 request may send its body without one.)
+pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
     use spin_sdk::http::body::IncomingBodyExt;
+    if req.headers().get("content-length").map(|v| v.as_bytes()) == Some(b"0") {
+        return Ok(Vec::new());
+    }
     req.into_body()
         .bytes()
         .await
+        .map(|b| b.to_vec())
         .map_err(|_| ApiError::invalid("the body could not be read"))
 }
 

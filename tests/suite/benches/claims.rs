@@ -1931,6 +1931,8 @@ struct StormPhase {
     commands_per_1k: f64,
     server_us: f64,
     other_cpu: f64,
+    /// Claim instances the test host created per 1,000 answers (`None` on Spin).
+    instances_per_1k: Option<f64>,
 }
 
 /// One app and activity through every phase, with what Postgres holds after.
@@ -2003,8 +2005,10 @@ async fn storm_phase(
     reqs: Vec<Req>,
     won: Option<tokio::sync::mpsc::UnboundedSender<(usize, String)>>,
     users_of: Arc<Vec<usize>>,
-) -> (Driven<String>, f64, f64, f64, f64) {
+) -> (Driven<String>, f64, f64, f64, f64, Option<f64>) {
     let n = reqs.len();
+    let instances = || app.host_app().and_then(|a| a.instances_created("claim"));
+    let instances_before = instances();
     let before = command_counts(redis).await;
     let meter = CpuMeter::start(stores);
     let read: Read<String> = Arc::new(move |i, r: Option<Response>| {
@@ -2024,12 +2028,16 @@ async fn storm_phase(
     let after = command_counts(redis).await;
     let per_1k = |x: i64| x as f64 * 1000.0 / n as f64;
     let server_us = (cpu.bench_and_runtime - driven.client_cpu).max(0.0) * 1e6 / n as f64;
+    let created = instances_before
+        .zip(instances())
+        .map(|(b, a)| per_1k(a as i64 - b as i64));
     (
         driven,
         per_1k(after.0 - before.0),
         per_1k(after.1 - before.1),
         server_us,
         cpu.other_pct,
+        created,
     )
 }
 
@@ -2083,13 +2091,15 @@ async fn storm_run(
     app.publish(id).await;
     let ty = |u: usize| (!types.is_empty()).then(|| types[u % types.len()]);
     let mut phases = Vec::new();
-    let mut record = |phase: &'static str, n: usize, out: (Driven<String>, f64, f64, f64, f64)| {
-        let (d, scripts, commands, server_us, other_cpu) = out;
+    let mut record = |phase: &'static str,
+                      n: usize,
+                      out: (Driven<String>, f64, f64, f64, f64, Option<f64>)| {
+        let (d, scripts, commands, server_us, other_cpu, instances_per_1k) = out;
         let mut outcomes = BTreeMap::new();
         for a in d.answers {
             *outcomes.entry(a).or_insert(0) += 1;
         }
-        eprintln!("bench: storm {runtime} {cache} {label} {phase}: {n} in {:.2} s {outcomes:?} scripts/1k {scripts:.1}", d.elapsed.as_secs_f64());
+        eprintln!("bench: storm {runtime} {cache} {label} {phase}: {n} in {:.2} s {outcomes:?} scripts/1k {scripts:.1} instances/1k {instances_per_1k:?}", d.elapsed.as_secs_f64());
         phases.push(StormPhase {
             runtime,
             cache,
@@ -2104,6 +2114,7 @@ async fn storm_run(
             commands_per_1k: commands,
             server_us,
             other_cpu,
+            instances_per_1k,
         });
         d.elapsed.as_secs_f64()
     };
@@ -2307,15 +2318,15 @@ fn print_storm(storms: &[(Vec<StormRun>, [(f64, f64); 2], &'static str)]) {
         "\n{} distinct signed users, c={STORM_C} keep-alive, each press with an Idempotency-Key; the WASIp3 claim (spin.wasip3.toml).\n",
         storm_users()
     );
-    println!("| runtime | claim | activity | phase | answers | answers/s | p50 ms | p99 ms | answers | scripts / 1k answers | Redis commands / 1k answers | runtime CPU µs / answer | / runtime floor | / minimal WASIp3 claim | other CPU |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| runtime | claim | activity | phase | answers | answers/s | p50 ms | p99 ms | answers | scripts / 1k answers | Redis commands / 1k answers | claim instances started / 1k answers | runtime CPU µs / answer | / runtime floor | / minimal WASIp3 claim | other CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (runs, [before, after], runtime) in storms {
         let floor = (before.0 + after.0) / 2.0;
         let minimal = (before.1 + after.1) / 2.0;
         for p in runs.iter().flat_map(|r| &r.phases) {
             let rate = p.answers as f64 / p.secs;
             println!(
-                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.0} | {:.2}× | {:.2}× | {:.0}% |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.0} | {:.2}× | {:.2}× | {:.0}% |",
                 p.runtime,
                 p.cache,
                 p.activity,
@@ -2327,6 +2338,7 @@ fn print_storm(storms: &[(Vec<StormRun>, [(f64, f64); 2], &'static str)]) {
                 p.outcomes.iter().map(|(k, v)| format!("{v} × {k}")).collect::<Vec<_>>().join(", "),
                 p.scripts_per_1k,
                 p.commands_per_1k,
+                p.instances_per_1k.map_or("–".into(), |i| format!("{i:.1}")),
                 p.server_us,
                 rate / floor,
                 rate / minimal,
@@ -2334,7 +2346,7 @@ fn print_storm(storms: &[(Vec<StormRun>, [(f64, f64); 2], &'static str)]) {
             );
         }
         println!(
-            "| {runtime} | runtime floor (`GET /p3/hello`) / minimal WASIp3 claim, before and after | | | {STORM_FLOOR_REQUESTS} each | {:.0} / {:.0} and {:.0} / {:.0} | | | | | | | | | |",
+            "| {runtime} | runtime floor (`GET /p3/hello`) / minimal WASIp3 claim, before and after | | | {STORM_FLOOR_REQUESTS} each | {:.0} / {:.0} and {:.0} / {:.0} | | | | | | | | | | |",
             before.0, before.1, after.0, after.1
         );
     }
