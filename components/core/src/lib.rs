@@ -11,6 +11,7 @@ pub mod auth;
 pub mod captcha;
 pub mod claim;
 pub mod client_addr;
+pub mod cluster;
 pub mod codes;
 pub mod cors;
 pub mod drain;
