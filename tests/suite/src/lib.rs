@@ -19,8 +19,10 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+pub mod cluster;
 pub mod edge;
 pub mod sentinel;
+pub mod storm;
 
 /// A local port free just now, for a server a test starts in another process (Spin, nginx,
 /// a private Redis) and so cannot hand a bound listener.

@@ -13,16 +13,16 @@ use crate::{free_port, root};
 pub const MASTER: &str = "flashclaim";
 pub const DOWN_AFTER_MS: u64 = 1000;
 
-/// One redis-server (a data node or a sentinel).
-struct Process {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
+/// One redis-server (a data node or a sentinel; a cluster node in `crate::cluster`).
+pub(crate) struct Process {
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) child: Option<Child>,
 }
 
 impl Process {
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
         cmd.args(&self.args)
             .current_dir(&self.dir)
@@ -42,14 +42,14 @@ impl Process {
         );
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         if let Some(child) = &self.child {
             unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
     }
 
     /// SIGKILL (a frozen process too), and reaped.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -321,7 +321,7 @@ impl Drop for SentinelGroup {
 }
 
 /// One command on a fresh connection, bounded by 2 s; `None` on any failure.
-async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Option<T> {
+pub(crate) async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Option<T> {
     let attempt = async {
         let client = redis::Client::open(url).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
