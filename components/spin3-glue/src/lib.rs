@@ -272,27 +272,29 @@ pub async fn run_confirmed(
     let mut lease = Lease::take_for(address, keys.first().map(|k| k.as_bytes())).await?;
     let mut result = lease.run(script, keys, argv).await;
     // A cluster's redirection proves the script did not run: followed once.
-    if let (Err(RedisFailure::Command(text)), Endpoint::Cluster(seeds)) = (&result, &lease.endpoint)
-    {
-        if let Some(redirect) = Redirect::parse(text) {
-            let (node, asking) = match redirect {
-                Redirect::Moved { slot, node } => {
-                    CLUSTER.with_borrow_mut(|c| {
-                        if let Some(map) = c.get_mut(address) {
-                            map.moved(slot, &node);
-                        }
-                    });
-                    (node, false)
-                }
-                Redirect::Ask { node, .. } => (node, true),
-            };
-            let url = seeds.node_url(&node);
-            let endpoint = lease.endpoint.clone();
-            // The refusal was a complete answer: the connection stays usable.
-            lease.release();
-            lease = Lease::to(address, url, endpoint).await?;
-            result = lease.run_asking(script, keys, argv, asking).await;
+    let redirect = match (&result, &lease.endpoint) {
+        (Err(RedisFailure::Command(text)), Endpoint::Cluster(seeds)) => {
+            Redirect::parse(text).map(|r| (r, seeds.clone()))
         }
+        _ => None,
+    };
+    if let Some((redirect, seeds)) = redirect {
+        let (node, asking) = match redirect {
+            Redirect::Moved { slot, node } => {
+                CLUSTER.with_borrow_mut(|c| {
+                    if let Some(map) = c.get_mut(address) {
+                        map.moved(slot, &node);
+                    }
+                });
+                (node, false)
+            }
+            Redirect::Ask { node, .. } => (node, true),
+        };
+        let endpoint = lease.endpoint.clone();
+        // The refusal was a complete answer: the connection stays usable.
+        lease.release();
+        lease = Lease::to(address, seeds.node_url(&node), endpoint).await?;
+        result = lease.run_asking(script, keys, argv, asking).await;
     }
     let result = match result {
         Ok(reply) if succeeded(&reply) => lease.confirm().await.map(|()| reply),
