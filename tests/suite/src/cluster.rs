@@ -398,6 +398,23 @@ impl RedisCluster {
         }
     }
 
+    /// How many times the live nodes have answered `CLUSTER NODES` (the slot map flashclaim
+    /// reads), from `INFO commandstats`.
+    pub async fn map_reads(&self) -> u64 {
+        let mut total = 0;
+        for i in self.live() {
+            let info: Option<String> =
+                query(&self.node_url(i), redis::cmd("INFO").arg("commandstats")).await;
+            total += info
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_cluster|nodes:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
     /// `CLUSTER KEYSLOT`, Redis' own answer.
     pub async fn keyslot(&self, key: &str) -> Option<i64> {
         query(

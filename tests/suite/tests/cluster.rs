@@ -16,6 +16,16 @@ use flashclaim_tests::cluster::{RedisCluster, NODE_TIMEOUT_MS};
 use flashclaim_tests::storm::{self, *};
 use flashclaim_tests::*;
 
+/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
+fn wasip3_claim() -> bool {
+    let text = std::fs::read_to_string(manifest()).unwrap();
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    doc["component"]["claim"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("_p3.wasm")
+}
+
 async fn app_on(cluster: &RedisCluster) -> TestApp {
     TestApp::start_on(
         &cluster.address(),
@@ -74,6 +84,21 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
             .await;
         assert_eq!(stats.status, 200, "{}", stats.text());
     }
+    // Where the map is read: a WASIp3 claim instance keeps it, a WASIp2 request reads it.
+    let before = cluster.map_reads().await;
+    let claims = 40;
+    for n in 0..claims {
+        let r = t.claim(ids[0], &format!("reader-{n}"), "").await;
+        problem(&r, 409, "sold_out");
+    }
+    let reads = cluster.map_reads().await - before;
+    println!("cluster map: {reads} CLUSTER NODES for {claims} claims");
+    if wasip3_claim() {
+        assert!(reads < claims / 4, "{reads} map reads for {claims} claims");
+    } else {
+        assert!(reads >= claims, "{reads} map reads for {claims} claims");
+    }
+
     // The list reads the stock of activities on several primaries (one script per slot).
     let list = t.send("GET", "/api/activities", None, "").await;
     assert_eq!(list.status, 200, "{}", list.text());
