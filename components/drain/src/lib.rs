@@ -91,6 +91,18 @@ fn health() -> Health {
             health.redis_down.push(label(&shards, index));
             continue;
         };
+        // A cluster: each primary of its slot map, and whether its replicas are in sync.
+        for (primary, info) in redis.on_each_primary("INFO", &[Arg::from("replication")]) {
+            let text = info
+                .ok()
+                .and_then(|r| r.first().and_then(Reply::as_text).map(str::to_string))
+                .unwrap_or_default();
+            health.redis_groups.push(GroupHealth {
+                shard: label(&shards, index),
+                primary,
+                replication: topology::replication(&text),
+            });
+        }
         if redis.is_group() {
             let info = redis.execute("INFO", &[Arg::from("replication")]);
             let text = info

@@ -294,6 +294,29 @@ impl SpinRedis {
         matches!(self.endpoint, Endpoint::Sentinel(_))
     }
 
+    /// For a cluster: each primary of the slot map (`host:port`) with its answer to one
+    /// command (`INFO replication`, for `/healthz`); for any other shard, nothing.
+    pub fn on_each_primary(
+        &self,
+        command: &str,
+        args: &[Arg],
+    ) -> Vec<(String, Result<Vec<Reply>, RedisFailure>)> {
+        let Route::Cluster(cluster) = &self.route else {
+            return Vec::new();
+        };
+        let params: Vec<RedisParameter> = args.iter().map(parameter).collect();
+        let primaries = cluster.map.borrow().primaries().to_vec();
+        primaries
+            .into_iter()
+            .map(|node| {
+                let answer = cluster
+                    .on(&node, command, &params)
+                    .map_err(RedisFailure::Command);
+                (node, answer)
+            })
+            .collect()
+    }
+
     pub fn run(
         &self,
         script: &Script,

@@ -129,8 +129,18 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
             .await,
         1
     );
+    // /healthz (and the console's Stores page) names each primary and its replica.
     let health = t.send("GET", "/healthz", None, "").await;
     assert_eq!(health.status, 200, "{}", health.text());
+    let groups = health.json()["redis_groups"].as_array().cloned().unwrap();
+    assert_eq!(groups.len(), 3, "{}", health.text());
+    for g in &groups {
+        assert_eq!(
+            (g["role"].as_str(), g["replicas"].as_i64()),
+            (Some("master"), Some(1)),
+            "{g}"
+        );
+    }
 
     // Registration and log-in: the throttle's counters and the global metrics, one script.
     let correct = r#"{"username":"dora","password":"correct horse"}"#;
