@@ -250,9 +250,22 @@ impl RedisCluster {
     /// primary is told the new owner.
     pub async fn move_slot(&self, slot: u16, to: usize) -> SlotMove {
         let from = self.owner(slot).await.expect("the slot's owner");
+        let started = Instant::now();
+        self.begin_move(slot, from, to).await;
+        let keys = self.migrate_keys(slot, from, to).await;
+        self.finish_move(slot, from, to).await;
+        SlotMove {
+            from,
+            to,
+            keys,
+            took: started.elapsed(),
+        }
+    }
+
+    /// The first step of a move: `to` imports `slot`, its owner `from` migrates it.
+    pub async fn begin_move(&self, slot: u16, from: usize, to: usize) {
         assert_ne!(from, to, "slot {slot} is already on node {to}");
         let (from_id, to_id) = (self.id(from).await, self.id(to).await);
-        let started = Instant::now();
         let ok = |what: &str, r: Option<String>| assert_eq!(r.as_deref(), Some("OK"), "{what}");
         ok(
             "SETSLOT IMPORTING",
@@ -278,6 +291,11 @@ impl RedisCluster {
             )
             .await,
         );
+    }
+
+    /// The keys of `slot` from `from` to `to` with `MIGRATE`, 200 at a time, until `from`
+    /// holds none; how many went.
+    pub async fn migrate_keys(&self, slot: u16, from: usize, to: usize) -> usize {
         let mut moved = 0;
         loop {
             let keys: Vec<Vec<u8>> = query(
@@ -290,7 +308,7 @@ impl RedisCluster {
             .await
             .expect("GETKEYSINSLOT");
             if keys.is_empty() {
-                break;
+                return moved;
             }
             moved += keys.len();
             let mut migrate = redis::cmd("MIGRATE");
@@ -305,34 +323,31 @@ impl RedisCluster {
             let r: Option<String> = query(&self.node_url(from), &migrate).await;
             assert_eq!(r.as_deref(), Some("OK"), "MIGRATE of {} keys", keys.len());
         }
+    }
+
+    /// The last step of a move: every primary is told `to` owns `slot` (`to` first, then
+    /// `from`, which stops redirecting with `ASK`, then the rest, which would learn it from
+    /// the cluster's gossip anyway).
+    pub async fn finish_move(&self, slot: u16, from: usize, to: usize) {
+        let to_id = self.id(to).await;
         let mut primaries = Vec::new();
         for i in self.live() {
             if self.role(i).await.as_deref() == Some("master") {
                 primaries.push(i);
             }
         }
-        // The new owner first, then the old one (which stops redirecting with ASK), then
-        // the rest (which would learn it from the cluster's gossip anyway).
         primaries.sort_by_key(|i| (*i != to, *i != from));
         for i in primaries {
-            ok(
-                "SETSLOT NODE",
-                query(
-                    &self.node_url(i),
-                    redis::cmd("CLUSTER")
-                        .arg("SETSLOT")
-                        .arg(slot)
-                        .arg("NODE")
-                        .arg(&to_id),
-                )
-                .await,
-            );
-        }
-        SlotMove {
-            from,
-            to,
-            keys: moved,
-            took: started.elapsed(),
+            let r: Option<String> = query(
+                &self.node_url(i),
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to_id),
+            )
+            .await;
+            assert_eq!(r.as_deref(), Some("OK"), "SETSLOT NODE on node {i}");
         }
     }
 

@@ -159,6 +159,45 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ask_is_followed_while_a_slot_moves_and_moved_after_it_and_tryagain_claims_nothing() {
+    let cluster = RedisCluster::start("redirects").await;
+    let t = app_on(&cluster).await;
+    let id = t.create_activity(10, "").await;
+    t.publish(id).await;
+    assert_eq!(t.claim(id, "alice", "").await.status, 201);
+    // Every key the detail's script reads exists now: the cached view, stocks, claimed.
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 9);
+    let slot = key_slot(format!("a:{id}").as_bytes());
+    let from = cluster.owner(slot).await.unwrap();
+    let to = cluster.other_primary(from).await;
+
+    // Mid-move, every key already on the importing node: the owner answers ASK, followed
+    // once with ASKING on the same connection (and the script loaded there with EVAL).
+    cluster.begin_move(slot, from, to).await;
+    assert!(cluster.migrate_keys(slot, from, to).await > 0);
+    let detail = t.detail(id, None).await;
+    assert_eq!(detail.status, 200, "{}", detail.text());
+    assert_eq!(detail.json()["stock_left"], 9, "{}", detail.text());
+    // A new claim's keys are partly nowhere yet: the importing node refuses it (TRYAGAIN),
+    // which proves nothing ran.
+    let r = t.claim(id, "bob", "").await;
+    problem(&r, 503, "unavailable");
+    assert_eq!(r.json()["claimed"], false, "{}", r.text());
+
+    // Moved: the map is corrected by MOVED and the claim goes to the new owner.
+    cluster.finish_move(slot, from, to).await;
+    let r = t.claim(id, "bob", "").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 8);
+    t.drain_to_empty().await;
+    assert_eq!(
+        t.claim_ids(id).await.len(),
+        2,
+        "alice's and bob's claims, once each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hot_activity_moved_mid_storm_to_a_primary_added_to_the_running_cluster_loses_nothing() {
     let mut cluster = RedisCluster::start("reshard").await;
     let t = Arc::new(app_on(&cluster).await);
