@@ -3,7 +3,6 @@
 //! must stay free of spin-sdk.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
@@ -252,7 +251,8 @@ enum Route {
 struct Cluster {
     seeds: ClusterSeeds,
     map: RefCell<SlotMap>,
-    conns: RefCell<HashMap<String, Rc<redis::Connection>>>,
+    /// `(node, connection)`: a request uses a few primaries at most.
+    conns: RefCell<Vec<(String, Rc<redis::Connection>)>>,
     used: RefCell<Vec<String>>,
 }
 
@@ -389,8 +389,7 @@ impl Cluster {
                 });
             match asked {
                 Ok((conn, map)) => {
-                    let mut conns = HashMap::new();
-                    conns.insert(seed.clone(), Rc::new(conn));
+                    let conns = vec![(seed.clone(), Rc::new(conn))];
                     return Ok(Cluster {
                         seeds: seeds.clone(),
                         map: RefCell::new(map),
@@ -412,7 +411,7 @@ impl Cluster {
 
     /// The connection to `node`, opened on first use. A refusal proves nothing ran.
     fn conn(&self, node: &str) -> Result<Rc<redis::Connection>, RedisFailure> {
-        if let Some(conn) = self.conns.borrow().get(node) {
+        if let Some((_, conn)) = self.conns.borrow().iter().find(|(n, _)| n == node) {
             return Ok(conn.clone());
         }
         let conn = Rc::new(
@@ -421,7 +420,7 @@ impl Cluster {
         );
         self.conns
             .borrow_mut()
-            .insert(node.to_string(), conn.clone());
+            .push((node.to_string(), conn.clone()));
         Ok(conn)
     }
 
@@ -841,17 +840,19 @@ pub fn type_stocks(
         by_shard.entry((address, slot)).or_default().push(i);
     }
     let mut stocks = vec![Default::default(); activities.len()];
-    let mut opened: HashMap<&str, SpinRedis> = HashMap::new();
+    // The map is ordered by address: one connection per address, opened when it comes up.
+    let mut opened: Option<(&str, SpinRedis)> = None;
     for ((address, _), positions) in by_shard {
         let keys: Vec<String> = positions
             .iter()
             .map(|i| flashclaim_core::keys::ActivityKeys::new(activities[*i]).stocks())
             .collect();
-        if !opened.contains_key(address) {
+        if opened.as_ref().is_none_or(|(a, _)| *a != address) {
             let redis = SpinRedis::open(address).map_err(|e| redis_unavailable(context, e))?;
-            opened.insert(address, redis);
+            opened = Some((address, redis));
         }
-        let reply = opened[address]
+        let (_, redis) = opened.as_ref().ok_or(ApiError::Internal)?;
+        let reply = redis
             .run(&scripts::STOCKS, &keys, &[])
             .map_err(|e| redis_unavailable(context, e))?;
         let decoded = flashclaim_core::activity::decode_stocks(&reply, positions.len())?;
