@@ -86,21 +86,7 @@ impl ClusterSeeds {
             }
             None => rest,
         };
-        let seeds: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-            .collect();
-        if seeds.is_empty() {
-            return Err("a redis-cluster:// address lists no seed node".into());
-        }
-        for s in &seeds {
-            let port = s.rsplit_once(':').map(|(_, p)| p);
-            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                return Err(format!("cluster seed `{s}` is not host:port"));
-            }
-        }
+        let seeds = crate::topology::host_ports(hosts, CLUSTER_SCHEME, "cluster seed")?;
         Ok(ClusterSeeds { seeds, credentials })
     }
 
@@ -246,6 +232,43 @@ impl SlotMap {
     }
 }
 
+/// Asking a cluster's seeds in turn for the slot map, as both glue crates do (one
+/// synchronous, one asynchronous): each answer is handed in; the first that gives a map
+/// ends it, and when none did, [`MapAsking::failure`] says why, seed by seed.
+pub struct MapAsking<'a> {
+    seeds: &'a ClusterSeeds,
+    why: Vec<String>,
+}
+
+impl<'a> MapAsking<'a> {
+    pub fn new(seeds: &'a ClusterSeeds) -> Self {
+        MapAsking {
+            seeds,
+            why: Vec::new(),
+        }
+    }
+
+    /// One seed's answer to `CLUSTER NODES` (or why it gave none): the map if it is one.
+    pub fn answered(&mut self, seed: &str, answer: Result<Vec<Reply>, String>) -> Option<SlotMap> {
+        match answer.and_then(|reply| SlotMap::from_reply(&reply)) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                self.why.push(format!("{seed}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// No seed gave a map: nothing can have run.
+    pub fn failure(self) -> RedisFailure {
+        RedisFailure::Unreachable(format!(
+            "no seed gave the slot map of the {}: {}",
+            self.seeds.label(),
+            self.why.join("; ")
+        ))
+    }
+}
+
 /// A cluster redirection: the command did not run on the node that answered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redirect {
@@ -299,21 +322,23 @@ pub fn command_key<'a>(command: &str, args: &'a [Arg]) -> Option<&'a [u8]> {
         Arg::Bytes(b) => Some(b.as_slice()),
         Arg::Int(_) => None,
     };
-    match command.to_ascii_uppercase().as_str() {
-        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" => {
-            let keys = match args.get(1)? {
-                Arg::Int(n) => *n,
-                Arg::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
-            };
-            if keys > 0 {
-                bytes(args.get(2)?)
-            } else {
-                None
-            }
+    let is = |names: &[&str]| names.iter().any(|n| command.eq_ignore_ascii_case(n));
+    if is(&["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO"]) {
+        let keys = match args.get(1)? {
+            Arg::Int(n) => *n,
+            Arg::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
+        };
+        if keys > 0 {
+            bytes(args.get(2)?)
+        } else {
+            None
         }
-        "INFO" | "WAIT" | "PING" | "CLUSTER" | "ASKING" | "SCRIPT" | "TIME" | "DBSIZE" | "ROLE"
-        | "CONFIG" => None,
-        _ => bytes(args.first()?),
+    } else if is(&[
+        "INFO", "WAIT", "PING", "CLUSTER", "ASKING", "SCRIPT", "TIME", "DBSIZE", "ROLE", "CONFIG",
+    ]) {
+        None
+    } else {
+        bytes(args.first()?)
     }
 }
 
@@ -412,6 +437,24 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001,node-1.example my
         assert!(SlotMap::parse("x y z").is_err());
         assert!(SlotMap::parse(&NODES.replace("5461-10922", "5461-99999")).is_err());
         assert!(SlotMap::from_reply(&[Reply::Nil]).is_err());
+    }
+
+    #[test]
+    fn asking_ends_at_the_first_seed_that_gives_a_map_and_else_says_why() {
+        let seeds = ClusterSeeds::parse("u:pw@s1:7000,s2:7000").unwrap();
+        let mut asking = MapAsking::new(&seeds);
+        assert_eq!(asking.answered("s1:7000", Err("refused".into())), None);
+        let disabled = Err("ResponseError: This instance has cluster support disabled".into());
+        assert_eq!(asking.answered("s2:7000", disabled), None);
+        let e = asking.failure();
+        assert!(e.proves_nothing_ran());
+        let text = e.to_string();
+        assert!(text.contains("s1:7000: refused"), "{text}");
+        assert!(text.contains("cluster support disabled"), "{text}");
+        assert!(!text.contains("pw"), "{text}");
+        let mut asking = MapAsking::new(&seeds);
+        let reply = vec![Reply::Bytes(NODES.as_bytes().to_vec())];
+        assert!(asking.answered("s1:7000", Ok(reply)).is_some());
     }
 
     #[test]

@@ -67,21 +67,7 @@ impl Endpoint {
             ),
             None => (rest, None),
         };
-        let sentinels: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-            .collect();
-        if sentinels.is_empty() {
-            return Err("a redis-sentinel:// address lists no sentinel".into());
-        }
-        for s in &sentinels {
-            let port = s.rsplit_once(':').map(|(_, p)| p);
-            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                return Err(format!("sentinel `{s}` is not host:port"));
-            }
-        }
+        let sentinels = host_ports(hosts, "redis-sentinel://", "sentinel")?;
         Ok(Endpoint::Sentinel(SentinelGroup {
             sentinels,
             master: master.to_string(),
@@ -185,6 +171,27 @@ impl<'a> Asking<'a> {
             self.why.join("; ")
         ))
     }
+}
+
+/// The comma-separated `host:port` list of a `redis-sentinel://` or `redis-cluster://`
+/// address (`what` names one of them in the error).
+pub(crate) fn host_ports(list: &str, scheme: &str, what: &str) -> Result<Vec<String>, String> {
+    let hosts: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("a {scheme} address lists no {what}"));
+    }
+    for h in &hosts {
+        let port = h.rsplit_once(':').map(|(_, p)| p);
+        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            return Err(format!("{what} `{h}` is not host:port"));
+        }
+    }
+    Ok(hosts)
 }
 
 /// `host:port[/db]` of a `redis://` URL, without its credentials (for logs and `/healthz`).

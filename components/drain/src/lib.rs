@@ -91,8 +91,14 @@ fn health() -> Health {
             health.redis_down.push(label(&shards, index));
             continue;
         };
-        // A cluster: each primary of its slot map, and whether its replicas are in sync.
-        for (primary, info) in redis.on_each_primary("INFO", &[Arg::from("replication")]) {
+        // A Sentinel group's primary, or each primary of a cluster's slot map, and whether
+        // its replicas are in sync.
+        let mut primaries = redis.on_each_primary("INFO", &[Arg::from("replication")]);
+        if redis.is_group() {
+            let info = redis.execute("INFO", &[Arg::from("replication")]);
+            primaries.push((redis.node().to_string(), info));
+        }
+        for (primary, info) in primaries {
             let text = info
                 .ok()
                 .and_then(|r| r.first().and_then(Reply::as_text).map(str::to_string))
@@ -100,18 +106,6 @@ fn health() -> Health {
             health.redis_groups.push(GroupHealth {
                 shard: label(&shards, index),
                 primary,
-                replication: topology::replication(&text),
-            });
-        }
-        if redis.is_group() {
-            let info = redis.execute("INFO", &[Arg::from("replication")]);
-            let text = info
-                .ok()
-                .and_then(|r| r.first().and_then(Reply::as_text).map(str::to_string))
-                .unwrap_or_default();
-            health.redis_groups.push(GroupHealth {
-                shard: label(&shards, index),
-                primary: redis.node().to_string(),
                 replication: topology::replication(&text),
             });
         }

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
-use flashclaim_core::cluster::{self, ClusterSeeds, Redirect, SlotMap};
+use flashclaim_core::cluster::{self, ClusterSeeds, MapAsking, Redirect, SlotMap};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
@@ -373,38 +373,30 @@ impl Cluster {
     /// The slot map from the first seed that gives one, each asked once; its connection is
     /// kept (it is a primary the request may need).
     fn open(seeds: &ClusterSeeds) -> Result<Cluster, RedisFailure> {
-        let mut why = Vec::new();
+        let mut asking = MapAsking::new(seeds);
         for seed in seeds.seeds() {
-            let asked = redis::Connection::open(&seeds.node_url(seed))
-                .map_err(|e| format!("{e:?}"))
-                .and_then(|conn| {
-                    let args = SlotMap::ask().map(|a| parameter(&a));
-                    let reply: Vec<Reply> = conn
-                        .execute("CLUSTER", &args)
-                        .map_err(redis_error_text)?
-                        .into_iter()
-                        .map(reply_of)
-                        .collect();
-                    Ok((conn, SlotMap::from_reply(&reply)?))
-                });
-            match asked {
-                Ok((conn, map)) => {
-                    let conns = vec![(seed.clone(), Rc::new(conn))];
-                    return Ok(Cluster {
-                        seeds: seeds.clone(),
-                        map: RefCell::new(map),
-                        conns: RefCell::new(conns),
-                        used: RefCell::new(Vec::new()),
-                    });
+            let conn = match redis::Connection::open(&seeds.node_url(seed)) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    asking.answered(seed, Err(format!("{e:?}")));
+                    continue;
                 }
-                Err(e) => why.push(format!("{seed}: {e}")),
+            };
+            let args = SlotMap::ask().map(|a| parameter(&a));
+            let answer = conn
+                .execute("CLUSTER", &args)
+                .map(|reply| reply.into_iter().map(reply_of).collect())
+                .map_err(redis_error_text);
+            if let Some(map) = asking.answered(seed, answer) {
+                return Ok(Cluster {
+                    seeds: seeds.clone(),
+                    map: RefCell::new(map),
+                    conns: RefCell::new(vec![(seed.clone(), Rc::new(conn))]),
+                    used: RefCell::new(Vec::new()),
+                });
             }
         }
-        let failure = RedisFailure::Unreachable(format!(
-            "no seed gave the slot map of the {}: {}",
-            seeds.label(),
-            why.join("; ")
-        ));
+        let failure = asking.failure();
         eprintln!("flashclaim: {failure}");
         Err(failure)
     }

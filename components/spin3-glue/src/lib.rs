@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
-use flashclaim_core::cluster::{ClusterSeeds, Redirect, SlotMap};
+use flashclaim_core::cluster::{ClusterSeeds, MapAsking, Redirect, SlotMap};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
@@ -333,31 +333,22 @@ fn forget_primary(address: &str) {
 
 /// The slot map from the first of a cluster's seeds that gives one, each asked once.
 async fn map_of(seeds: &ClusterSeeds) -> Result<SlotMap, RedisFailure> {
-    let mut why = Vec::new();
+    let mut asking = MapAsking::new(seeds);
     for seed in seeds.seeds() {
         let ask = async {
             let conn = Connection::open(&seeds.node_url(seed))
                 .await
                 .map_err(error_text)?;
-            let reply: Vec<Reply> = conn
-                .execute("CLUSTER", SlotMap::ask().iter().map(parameter))
+            conn.execute("CLUSTER", SlotMap::ask().iter().map(parameter))
                 .await
-                .map_err(error_text)?
-                .into_iter()
-                .map(reply_of)
-                .collect();
-            SlotMap::from_reply(&reply)
+                .map(|reply| reply.into_iter().map(reply_of).collect())
+                .map_err(error_text)
         };
-        match ask.await {
-            Ok(map) => return Ok(map),
-            Err(e) => why.push(format!("{seed}: {e}")),
+        if let Some(map) = asking.answered(seed, ask.await) {
+            return Ok(map);
         }
     }
-    let failure = RedisFailure::Unreachable(format!(
-        "no seed gave the slot map of the {}: {}",
-        seeds.label(),
-        why.join("; ")
-    ));
+    let failure = asking.failure();
     eprintln!("flashclaim: {failure}");
     Err(failure)
 }
