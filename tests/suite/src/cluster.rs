@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::sentinel::{query, Process};
+use crate::sentinel::{query, role_at, wait_until_replica_in_sync_at, Process};
 use crate::{free_port, root};
 
 /// How long a primary may be unreachable before the others count it as failed and its
@@ -216,11 +216,7 @@ impl RedisCluster {
 
     /// `role:` of `INFO replication`; `None` when the node does not answer within 2 s.
     pub async fn role(&self, node: usize) -> Option<String> {
-        let info: String =
-            query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("role:"))
-            .map(|r| r.trim().to_string())
+        role_at(&self.node_url(node)).await
     }
 
     /// Waits (at most `limit`) until the cluster names a primary other than `old` for
@@ -397,20 +393,7 @@ impl RedisCluster {
 
     /// Waits (at most `limit`) until `node` is a replica whose link to its primary is up.
     pub async fn wait_until_replica_in_sync(&self, node: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let info: Option<String> =
-                query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await;
-            if info.is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} did not become an in-sync replica within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_replica_in_sync_at(&self.node_url(node), limit).await
     }
 
     /// How many times the live nodes have answered `CLUSTER NODES` (the slot map flashclaim

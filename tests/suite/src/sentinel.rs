@@ -256,30 +256,12 @@ impl SentinelGroup {
     /// The node's `role` line from `INFO replication` (`master` / `slave`), `None` when it
     /// does not answer within 2 s.
     pub async fn role(&self, node: usize) -> Option<String> {
-        let info: String =
-            query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("role:"))
-            .map(|r| r.trim().to_string())
+        role_at(&self.node_url(node)).await
     }
 
     /// Waits (at most `limit`) until `node` is a replica whose link to its primary is up.
     pub async fn wait_until_replica_in_sync(&self, node: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let info: Option<String> =
-                query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await;
-            if let Some(info) = info {
-                if info.contains("role:slave") && info.contains("master_link_status:up") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} did not become an in-sync replica within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_replica_in_sync_at(&self.node_url(node), limit).await
     }
 
     /// SIGKILL, as a crashed host.
@@ -317,6 +299,32 @@ impl Drop for SentinelGroup {
             p.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `role` line of a node's `INFO replication` (`master` / `slave`), `None` when it does
+/// not answer within 2 s.
+pub(crate) async fn role_at(url: &str) -> Option<String> {
+    let info: String = query(url, redis::cmd("INFO").arg("replication")).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .map(|r| r.trim().to_string())
+}
+
+/// Waits (at most `limit`) until the node at `url` is a replica whose link to its primary is
+/// up.
+pub(crate) async fn wait_until_replica_in_sync_at(url: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info: Option<String> = query(url, redis::cmd("INFO").arg("replication")).await;
+        if info.is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not become an in-sync replica within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -259,3 +259,32 @@ pub async fn wait_for_claims(t: &TestApp, id: i64, since: Instant) -> (Duration,
 }
 
 static PROBES: AtomicUsize = AtomicUsize::new(0);
+
+/// flashclaim on a misconfigured `redis_address`: a claim answers `503 unavailable` with
+/// `"claimed": false` and `/healthz` `503` with `redis: false`, both in under 5 s, and
+/// neither shows the word `wrong-password` (the password the misconfigurations use).
+pub async fn assert_misconfigured_answers(what: &str, redis_address: &str) {
+    let t = TestApp::start_on(
+        redis_address,
+        &crate::fresh_pg_db().await,
+        &[("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*")],
+    )
+    .await;
+    let started = Instant::now();
+    let r = t.claim(1, "someone", "").await;
+    assert_eq!(r.status, 503, "{what}: {}", r.text());
+    assert_eq!(r.json()["code"], "unavailable", "{what}");
+    assert_eq!(r.json()["claimed"], false, "{what}: nothing can have run");
+    let health = t.send("GET", "/healthz", None, "").await;
+    assert_eq!(health.status, 503, "{what}: {}", health.text());
+    assert_eq!(health.json()["redis"], false, "{what}");
+    assert!(
+        !health.text().contains("wrong-password") && !r.text().contains("wrong-password"),
+        "{what}: a secret in an answer"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{what}: took {:?}",
+        started.elapsed()
+    );
+}
