@@ -16,16 +16,6 @@ use flashclaim_tests::cluster::{RedisCluster, NODE_TIMEOUT_MS};
 use flashclaim_tests::storm::{self, *};
 use flashclaim_tests::*;
 
-/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
-fn wasip3_claim() -> bool {
-    let text = std::fs::read_to_string(manifest()).unwrap();
-    let doc: toml::Value = toml::from_str(&text).unwrap();
-    doc["component"]["claim"]["source"]
-        .as_str()
-        .unwrap()
-        .ends_with("_p3.wasm")
-}
-
 async fn app_on(cluster: &RedisCluster) -> TestApp {
     TestApp::start_on(
         &cluster.address(),

@@ -181,16 +181,6 @@ async fn a_primary_frozen_past_down_after_is_replaced_and_demoted_when_it_wakes_
     );
 }
 
-/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
-fn wasip3_claim() -> bool {
-    let text = std::fs::read_to_string(manifest()).unwrap();
-    let doc: toml::Value = toml::from_str(&text).unwrap();
-    doc["component"]["claim"]["source"]
-        .as_str()
-        .unwrap()
-        .ends_with("_p3.wasm")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_sentinel_down_changes_nothing_and_with_all_down_the_wasip3_claim_keeps_its_primary() {
     let mut group = SentinelGroup::start("sentinels-down").await;
