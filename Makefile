@@ -8,7 +8,7 @@ SERVICES := scripts/services.sh
 # way each time and nothing is compiled twice.
 NATIVE := -p flashclaim-core -p spin-test-host -p flashclaim-tests
 
-.PHONY: test-alerts test-metrics test-browser test-spin test-shards test-redeploy test-sentinel bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
+.PHONY: test-alerts test-metrics test-browser test-spin test-shards test-redeploy test-sentinel test-cluster bench-edge test deps wasm test-unit test-lua test-e2e test-schema test-host services-start services-stop serve bench fmt lint
 
 ## Serve flashclaim locally with a demo activity (Spin if installed, else the test host).
 serve:
@@ -18,7 +18,7 @@ serve:
 test: deps wasm
 	@$(SERVICES) start
 	@status=0; \
-	  $(MAKE) --no-print-directory test-unit test-alerts test-lua test-host test-e2e test-metrics test-redeploy test-sentinel test-schema test-browser test-spin test-shards || status=$$?; \
+	  $(MAKE) --no-print-directory test-unit test-alerts test-lua test-host test-e2e test-metrics test-redeploy test-sentinel test-cluster test-schema test-browser test-spin test-shards || status=$$?; \
 	  $(SERVICES) stop; \
 	  exit $$status
 
@@ -78,6 +78,15 @@ test-sentinel:
 	cargo test $(NATIVE) --test sentinel -- --nocapture --test-threads 2
 	FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test sentinel -- --nocapture --test-threads 2
 
+## Tier 5, Redis Cluster with real processes (needs services for Postgres, and wasm): a
+## cluster of 3 primaries + 3 replicas (`redis-cli --cluster create`) per test as the one
+## shard (redis-cluster://…); the e2e basics over activities on several primaries, a hot
+## activity's slot moved mid-storm to a primary added to the running cluster, its primary
+## SIGKILLed mid-storm; the WASIp3 build (spin.wasip3.toml) and the WASIp2 one (spin.toml).
+test-cluster:
+	cargo test $(NATIVE) --test cluster -- --nocapture --test-threads 1
+	FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test cluster -- --nocapture --test-threads 1
+
 ## Tier 3 again on real Spin, when a `spin` binary is found (SPIN=/path/to/spin to choose
 ## one): the end-to-end and API suites with `spin up -c <HTTP components>` as on a Spin
 ## without the cron plugin, then the drain on the cron trigger and the browser scenarios
@@ -92,6 +101,7 @@ test-spin:
 	$(SPIN_RUN) cargo test $(NATIVE) --test e2e --test claim_cache --test api --test abuse --test web_api --test rotation --test drain_token || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_PREVIOUS_MANIFEST=$$(scripts/previous-release.sh) cargo test $(NATIVE) --test redeploy -- --nocapture || exit $$?; \
 	$(SPIN_RUN) cargo test $(NATIVE) --test sentinel -- --nocapture --test-threads 2 || exit $$?; \
+	$(SPIN_RUN) cargo test $(NATIVE) --test cluster -- --nocapture --test-threads 1 || exit $$?; \
 	$(SPIN_RUN) FLASHCLAIM_MANIFEST=spin.toml cargo test $(NATIVE) --test e2e --test abuse || exit $$?; \
 	if $(SPIN) plugins list --installed 2>/dev/null | grep -q '^trigger-cron'; then \
 	  FLASHCLAIM_SPIN=$(SPIN) cargo test $(NATIVE) --test spin_cron || exit $$?; \

@@ -290,17 +290,18 @@ pub struct Health {
     pub backlog: i64,
     /// Age of the oldest entry not yet in Postgres; `None` when the log is empty.
     pub oldest_entry_age_ms: Option<i64>,
-    /// Each Sentinel-managed shard: the primary its sentinels name now, and its replicas.
+    /// Each Sentinel-managed shard: the primary its sentinels name now, and its replicas;
+    /// for a cluster shard, each primary of its slot map and its replicas.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redis_groups: Vec<GroupHealth>,
 }
 
-/// One Sentinel group in `/healthz`.
+/// One Sentinel group (or one primary of a cluster) in `/healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GroupHealth {
     /// The shard as `shards::label` names it (no credentials).
     pub shard: String,
-    /// `host:port` of the node the sentinels name as primary.
+    /// `host:port` of the node the sentinels name as primary (or the cluster's primary).
     pub primary: String,
     #[serde(flatten)]
     pub replication: crate::topology::Replication,

@@ -104,8 +104,9 @@ impl ActivityKeys {
 pub struct RedisShards(Vec<String>);
 
 impl RedisShards {
-    /// Shards are separated by white space or `;`. A `redis-sentinel://` address is one
-    /// shard (its sentinels are comma-separated, without spaces); plain `redis://`
+    /// Shards are separated by white space or `;`. A `redis-sentinel://` or
+    /// `redis-cluster://` address is one shard (its sentinels or seed nodes are
+    /// comma-separated, without spaces); plain `redis://`
     /// addresses may also be separated by commas, as they always were.
     pub fn parse(text: &str) -> Option<Self> {
         let mut list = Vec::new();
@@ -113,7 +114,9 @@ impl RedisShards {
             .split(|c: char| c == ';' || c.is_whitespace())
             .filter(|s| !s.is_empty())
         {
-            if shard.starts_with(crate::topology::SENTINEL_SCHEME) {
+            if shard.starts_with(crate::topology::SENTINEL_SCHEME)
+                || shard.starts_with(crate::cluster::CLUSTER_SCHEME)
+            {
                 list.push(shard.to_string());
             } else {
                 list.extend(
@@ -196,6 +199,12 @@ mod tests {
                 "redis://c:6379",
                 "redis://d:6379"
             ]
+        );
+        assert_eq!(
+            RedisShards::parse("redis-cluster://h:7000,h:7001,h:7002")
+                .unwrap()
+                .all(),
+            ["redis-cluster://h:7000,h:7001,h:7002"]
         );
         assert_eq!(
             RedisShards::parse("redis://a:1,redis://b:2").unwrap().all(),

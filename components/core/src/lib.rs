@@ -12,6 +12,7 @@ pub mod captcha;
 pub mod claim;
 pub mod claim_cache;
 pub mod client_addr;
+pub mod cluster;
 pub mod codes;
 pub mod cors;
 pub mod drain;

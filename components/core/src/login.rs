@@ -188,8 +188,8 @@ mod tests {
             &settings(),
         )
         .unwrap();
-        assert_eq!(a.counter_keys[0], "fc:login:user:alice");
-        assert!(a.counter_keys[1].starts_with("fc:login:addr:"));
+        assert_eq!(a.counter_keys[0], "fc:login:{fc:metrics}:user:alice");
+        assert!(a.counter_keys[1].starts_with("fc:login:{fc:metrics}:addr:"));
         assert!(!a.counter_keys[1].contains("203.0.113"));
     }
 

@@ -50,14 +50,20 @@ impl LoginThrottle {
 /// The Redis keys failed logins are counted under (login.lua's KEYS), for a username and a
 /// stored client address. They live on the first endpoint of `redis_address`: they belong
 /// to no activity, and one place keeps a username's count whole. The third is the global
-/// metrics hash, where login.lua counts attempts for `/metrics`.
+/// metrics hash, where login.lua counts attempts for `/metrics`. The first two carry the
+/// global key as their hash tag, so all three are in one slot of a Redis Cluster (one
+/// script may touch only one slot there), whatever the username holds.
 pub fn login_keys(username: &str, stored_addr: &str) -> Vec<String> {
     vec![
-        format!("fc:login:user:{username}"),
-        format!("fc:login:addr:{stored_addr}"),
+        format!("{LOGIN_PREFIX}user:{username}"),
+        format!("{LOGIN_PREFIX}addr:{stored_addr}"),
         crate::metrics::GLOBAL_KEY.to_string(),
     ]
 }
+
+/// What every login counter's key starts with: `fc:login:` and the hash tag of
+/// [`crate::metrics::GLOBAL_KEY`] (a key without a tag is hashed whole, as the tag is).
+pub const LOGIN_PREFIX: &str = "fc:login:{fc:metrics}:";
 
 /// What login.lua does to the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +171,11 @@ mod tests {
     fn keys_of_users_and_addresses_cannot_collide() {
         let keys = login_keys("abc", "abc");
         assert_ne!(keys[0], keys[1]);
+        // One slot of a cluster, even for a username with a tag of its own.
+        let slot = crate::cluster::key_slot(crate::metrics::GLOBAL_KEY.as_bytes());
+        for key in login_keys("{x}y", "::1") {
+            assert_eq!(crate::cluster::key_slot(key.as_bytes()), slot, "{key}");
+        }
     }
 
     #[test]

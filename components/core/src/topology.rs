@@ -9,6 +9,7 @@
 //! confirmed the configured replicas ([`Durability`]), so the replica a failover promotes
 //! holds every claim anyone was told they have.
 
+use crate::cluster::{ClusterSeeds, CLUSTER_SCHEME};
 use crate::scripts::{Arg, RedisFailure, Reply};
 
 /// One shard of `redis_address`.
@@ -16,6 +17,9 @@ use crate::scripts::{Arg, RedisFailure, Reply};
 pub enum Endpoint {
     Plain(String),
     Sentinel(SentinelGroup),
+    /// A Redis Cluster, by its seed nodes: each command goes to the primary serving its
+    /// key's slot (`crate::cluster`).
+    Cluster(ClusterSeeds),
 }
 
 /// A Sentinel-managed group: the sentinels to ask, the name they know the primary by, and
@@ -36,6 +40,9 @@ impl Endpoint {
     /// `address` as written in `redis_address`. A malformed Sentinel address is a
     /// deployment error: the text says what is wrong, without the credentials.
     pub fn parse(address: &str) -> Result<Endpoint, String> {
+        if let Some(rest) = address.strip_prefix(CLUSTER_SCHEME) {
+            return ClusterSeeds::parse(rest).map(Endpoint::Cluster);
+        }
         let Some(rest) = address.strip_prefix(SENTINEL_SCHEME) else {
             return Ok(Endpoint::Plain(address.to_string()));
         };
@@ -60,21 +67,7 @@ impl Endpoint {
             ),
             None => (rest, None),
         };
-        let sentinels: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-            .collect();
-        if sentinels.is_empty() {
-            return Err("a redis-sentinel:// address lists no sentinel".into());
-        }
-        for s in &sentinels {
-            let port = s.rsplit_once(':').map(|(_, p)| p);
-            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-                return Err(format!("sentinel `{s}` is not host:port"));
-            }
-        }
+        let sentinels = host_ports(hosts, "redis-sentinel://", "sentinel")?;
         Ok(Endpoint::Sentinel(SentinelGroup {
             sentinels,
             master: master.to_string(),
@@ -180,6 +173,27 @@ impl<'a> Asking<'a> {
     }
 }
 
+/// The comma-separated `host:port` list of a `redis-sentinel://` or `redis-cluster://`
+/// address (`what` names one of them in the error).
+pub(crate) fn host_ports(list: &str, scheme: &str, what: &str) -> Result<Vec<String>, String> {
+    let hosts: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("a {scheme} address lists no {what}"));
+    }
+    for h in &hosts {
+        let port = h.rsplit_once(':').map(|(_, p)| p);
+        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            return Err(format!("{what} `{h}` is not host:port"));
+        }
+    }
+    Ok(hosts)
+}
+
 /// `host:port[/db]` of a `redis://` URL, without its credentials (for logs and `/healthz`).
 pub fn node_label(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -272,7 +286,7 @@ impl Durability {
     pub fn configured(endpoint: &Endpoint, replicas: Option<&str>, timeout: Option<&str>) -> Self {
         let default_replicas = match endpoint {
             Endpoint::Plain(_) => 0,
-            Endpoint::Sentinel(_) => 1,
+            Endpoint::Sentinel(_) | Endpoint::Cluster(_) => 1,
         };
         let replicas = replicas
             .and_then(|r| r.trim().parse::<i64>().ok())
@@ -371,6 +385,18 @@ mod tests {
         assert_eq!(g.primary_url(&[Reply::Nil]), None);
         assert_eq!(g.primary_url(&[]), None);
         assert_eq!(g.primary_url(&[b("h"), b("port")]), None);
+    }
+
+    #[test]
+    fn a_cluster_address_is_a_cluster_endpoint_and_a_bad_one_is_refused() {
+        let Endpoint::Cluster(seeds) =
+            Endpoint::parse("redis-cluster://u:pw@10.0.0.1:7000,10.0.0.2:7000").unwrap()
+        else {
+            panic!("not a cluster");
+        };
+        assert_eq!(seeds.seeds(), ["10.0.0.1:7000", "10.0.0.2:7000"]);
+        let e = Endpoint::parse("redis-cluster://u:pw@10.0.0.1").unwrap_err();
+        assert!(e.contains("host:port") && !e.contains("pw"), "{e}");
     }
 
     #[test]
@@ -476,6 +502,8 @@ mod tests {
             }
         );
         assert_eq!(Durability::configured(&plain, None, None).wait_args(), None);
+        let cluster = Endpoint::parse("redis-cluster://h:7000,h:7001").unwrap();
+        assert_eq!(Durability::configured(&cluster, None, None).replicas, 1);
         let two = Durability::configured(&plain, Some("2"), Some("50"));
         assert_eq!(two.wait_args(), Some([Arg::Int(2), Arg::Int(50)]));
     }

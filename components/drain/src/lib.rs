@@ -91,15 +91,21 @@ fn health() -> Health {
             health.redis_down.push(label(&shards, index));
             continue;
         };
+        // A Sentinel group's primary, or each primary of a cluster's slot map, and whether
+        // its replicas are in sync.
+        let mut primaries = redis.on_each_primary("INFO", &[Arg::from("replication")]);
         if redis.is_group() {
             let info = redis.execute("INFO", &[Arg::from("replication")]);
+            primaries.push((redis.node().to_string(), info));
+        }
+        for (primary, info) in primaries {
             let text = info
                 .ok()
                 .and_then(|r| r.first().and_then(Reply::as_text).map(str::to_string))
                 .unwrap_or_default();
             health.redis_groups.push(GroupHealth {
                 shard: label(&shards, index),
-                primary: redis.node().to_string(),
+                primary,
                 replication: topology::replication(&text),
             });
         }

@@ -2,7 +2,11 @@
 //! random wired to the core library's types. A crate of its own because the core library
 //! must stay free of spin-sdk.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
+use flashclaim_core::cluster::{self, ClusterSeeds, MapAsking, Redirect, SlotMap};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, RedisFailure, Reply, Script};
@@ -220,17 +224,36 @@ pub fn respond_result(result: Result<HttpResponse, ApiError>) -> Response {
     respond(result.unwrap_or_else(|e| e.to_response()))
 }
 
-/// A Redis connection speaking the core library's types.
 /// A connection to one shard's primary. The one place a WASIp2 component learns where a
 /// shard is: a plain endpoint is opened as it is; for a Sentinel group the sentinels are
-/// asked for the primary first (`flashclaim_core::topology`). A WASIp2 instance keeps
-/// nothing between requests, so each request asks once: one more connection and round
-/// trip, measured in BENCHMARKS.md. Nothing here retries: a request that meets a failover
-/// answers `503` and says truthfully whether anything ran; the client retries.
+/// asked for the primary first (`flashclaim_core::topology`); for a Redis Cluster a seed is
+/// asked for the slot map (`CLUSTER NODES`), and each command goes to the primary of its
+/// key's slot (`flashclaim_core::cluster`). A WASIp2 instance keeps nothing between
+/// requests, so each request asks once: one more connection and round trip, measured in
+/// BENCHMARKS.md. Nothing here retries, except what a cluster's redirection proves safe
+/// (`MOVED` / `ASK`: the command did not run; followed once): a request that meets a
+/// failover answers `503` and says truthfully whether anything ran; the client retries.
 pub struct SpinRedis {
-    conn: redis::Connection,
+    route: Route,
     endpoint: Endpoint,
     node: String,
+}
+
+enum Route {
+    /// A plain endpoint or a Sentinel group's primary.
+    One(redis::Connection),
+    Cluster(Cluster),
+}
+
+/// A request's view of a cluster: the map read at open, connections to the primaries it
+/// has used, and the ones its commands went to (where `WAIT` must be asked: a write
+/// acknowledged after commands on two primaries, as publishing is, needs both confirmed).
+struct Cluster {
+    seeds: ClusterSeeds,
+    map: RefCell<SlotMap>,
+    /// `(node, connection)`: a request uses a few primaries at most.
+    conns: RefCell<Vec<(String, Rc<redis::Connection>)>>,
+    used: RefCell<Vec<String>>,
 }
 
 impl SpinRedis {
@@ -242,17 +265,26 @@ impl SpinRedis {
         let url = match &endpoint {
             Endpoint::Plain(url) => url.clone(),
             Endpoint::Sentinel(group) => primary_of(group)?,
+            Endpoint::Cluster(seeds) => {
+                let cluster = Cluster::open(seeds)?;
+                return Ok(SpinRedis {
+                    route: Route::Cluster(cluster),
+                    node: seeds.label(),
+                    endpoint,
+                });
+            }
         };
         let conn = redis::Connection::open(&url)
             .map_err(|e| RedisFailure::Unreachable(format!("{e:?}")))?;
         Ok(SpinRedis {
-            conn,
+            route: Route::One(conn),
             node: topology::node_label(&url),
             endpoint,
         })
     }
 
-    /// `host:port` of the node connected to (for a Sentinel group, its primary now).
+    /// `host:port` of the node connected to (for a Sentinel group, its primary now; for a
+    /// cluster, its seeds).
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -260,6 +292,29 @@ impl SpinRedis {
     /// Whether the shard is a Sentinel-managed group.
     pub fn is_group(&self) -> bool {
         matches!(self.endpoint, Endpoint::Sentinel(_))
+    }
+
+    /// For a cluster: each primary of the slot map (`host:port`) with its answer to one
+    /// command (`INFO replication`, for `/healthz`); for any other shard, nothing.
+    pub fn on_each_primary(
+        &self,
+        command: &str,
+        args: &[Arg],
+    ) -> Vec<(String, Result<Vec<Reply>, RedisFailure>)> {
+        let Route::Cluster(cluster) = &self.route else {
+            return Vec::new();
+        };
+        let params: Vec<RedisParameter> = args.iter().map(parameter).collect();
+        let primaries = cluster.map.borrow().primaries().to_vec();
+        primaries
+            .into_iter()
+            .map(|node| {
+                let answer = cluster
+                    .on(&node, command, &params)
+                    .map_err(RedisFailure::Command);
+                (node, answer)
+            })
+            .collect()
     }
 
     pub fn run(
@@ -289,7 +344,8 @@ impl SpinRedis {
 
     /// Waits until `redis_replicas_ack` replicas hold every write of this connection (none
     /// by default for a plain endpoint: no round trip), at most `redis_replica_timeout_ms`.
-    /// The variables are looked up only here, after a successful write.
+    /// The variables are looked up only here, after a successful write. On a cluster, the
+    /// primary asked is the one the last command went to.
     pub fn confirm(&self) -> Result<(), RedisFailure> {
         let durability = Durability::configured(
             &self.endpoint,
@@ -309,6 +365,109 @@ impl SpinRedis {
                 durability.replicas,
                 durability.timeout_ms
             )))
+        }
+    }
+}
+
+impl Cluster {
+    /// The slot map from the first seed that gives one, each asked once; its connection is
+    /// kept (it is a primary the request may need).
+    fn open(seeds: &ClusterSeeds) -> Result<Cluster, RedisFailure> {
+        let mut asking = MapAsking::new(seeds);
+        for seed in seeds.seeds() {
+            let conn = match redis::Connection::open(&seeds.node_url(seed)) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    asking.answered(seed, Err(format!("{e:?}")));
+                    continue;
+                }
+            };
+            let args = SlotMap::ask().map(|a| parameter(&a));
+            let answer = conn
+                .execute("CLUSTER", &args)
+                .map(|reply| reply.into_iter().map(reply_of).collect())
+                .map_err(redis_error_text);
+            if let Some(map) = asking.answered(seed, answer) {
+                return Ok(Cluster {
+                    seeds: seeds.clone(),
+                    map: RefCell::new(map),
+                    conns: RefCell::new(vec![(seed.clone(), Rc::new(conn))]),
+                    used: RefCell::new(Vec::new()),
+                });
+            }
+        }
+        let failure = asking.failure();
+        eprintln!("flashclaim: {failure}");
+        Err(failure)
+    }
+
+    /// The connection to `node`, opened on first use. A refusal proves nothing ran.
+    fn conn(&self, node: &str) -> Result<Rc<redis::Connection>, RedisFailure> {
+        if let Some((_, conn)) = self.conns.borrow().iter().find(|(n, _)| n == node) {
+            return Ok(conn.clone());
+        }
+        let conn = Rc::new(
+            redis::Connection::open(&self.seeds.node_url(node))
+                .map_err(|e| RedisFailure::Unreachable(format!("{node}: {e:?}")))?,
+        );
+        self.conns
+            .borrow_mut()
+            .push((node.to_string(), conn.clone()));
+        Ok(conn)
+    }
+
+    fn on(&self, node: &str, command: &str, args: &[RedisParameter]) -> Result<Vec<Reply>, String> {
+        let conn = self.conn(node).map_err(|e| e.to_string())?;
+        if !self.used.borrow().iter().any(|n| n == node) {
+            self.used.borrow_mut().push(node.to_string());
+        }
+        conn.execute(command, args)
+            .map(|replies| replies.into_iter().map(reply_of).collect())
+            .map_err(redis_error_text)
+    }
+
+    /// One command on the primary of its key's slot, following one redirection: `MOVED`
+    /// (the map is corrected and the command sent to the named node) or `ASK` (`ASKING`
+    /// then the command on the named node, on one connection). Either proves the command
+    /// did not run where it was refused. `WAIT` is asked of every primary this request
+    /// used, and answers the fewest replicas any of them confirmed.
+    fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
+        let params: Vec<RedisParameter> = args.iter().map(parameter).collect();
+        // `on` renders a refused connection as its failure's text: made a refusal again.
+        let unreachable = |e: String| match e.strip_prefix("redis unreachable: ") {
+            Some(why) => RedisFailure::Unreachable(why.to_string()),
+            None => RedisFailure::Command(e),
+        };
+        if command == "WAIT" {
+            let used = self.used.borrow().clone();
+            let mut fewest: Option<i64> = None;
+            for node in &used {
+                let reply = self.on(node, command, &params).map_err(unreachable)?;
+                let n = reply.first().and_then(Reply::as_int).unwrap_or(0);
+                fewest = Some(fewest.map_or(n, |f| f.min(n)));
+            }
+            return Ok(vec![Reply::Int(fewest.unwrap_or(i64::MAX))]);
+        }
+        let node = self
+            .map
+            .borrow()
+            .node_for_key(cluster::command_key(command, args))
+            .ok_or_else(|| RedisFailure::Unreachable("no node serves the slot".into()))?
+            .to_string();
+        let error = match self.on(&node, command, &params) {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        match Redirect::parse(&error) {
+            Some(Redirect::Moved { slot, node }) => {
+                self.map.borrow_mut().moved(slot, &node);
+                self.on(&node, command, &params).map_err(unreachable)
+            }
+            Some(Redirect::Ask { node, .. }) => {
+                self.on(&node, "ASKING", &[]).map_err(unreachable)?;
+                self.on(&node, command, &params).map_err(unreachable)
+            }
+            None => Err(unreachable(error)),
         }
     }
 }
@@ -354,9 +513,12 @@ fn reply_of(r: RedisResult) -> Reply {
 
 impl RedisCommands for SpinRedis {
     fn execute(&self, command: &str, args: &[Arg]) -> Result<Vec<Reply>, RedisFailure> {
+        let conn = match &self.route {
+            Route::One(conn) => conn,
+            Route::Cluster(cluster) => return cluster.execute(command, args),
+        };
         let args: Vec<RedisParameter> = args.iter().map(parameter).collect();
-        let replies = self
-            .conn
+        let replies = conn
             .execute(command, &args)
             .map_err(|e| RedisFailure::Command(redis_error_text(e)))?;
         Ok(replies.into_iter().map(reply_of).collect())
@@ -655,21 +817,35 @@ pub fn type_stocks(
     context: &str,
 ) -> Result<Vec<flashclaim_core::activity::TypeStocks>, ApiError> {
     let shards = redis_shards()?;
-    let mut by_shard: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    let mut by_shard: std::collections::BTreeMap<(&str, u16), Vec<usize>> = Default::default();
     for (i, id) in activities.iter().enumerate() {
-        by_shard
-            .entry(shards.for_activity(*id))
-            .or_default()
-            .push(i);
+        let address = shards.for_activity(*id);
+        // One script may only touch one slot of a cluster: one call per activity there.
+        let slot = match address.starts_with(cluster::CLUSTER_SCHEME) {
+            true => cluster::key_slot(
+                flashclaim_core::keys::ActivityKeys::new(*id)
+                    .stocks()
+                    .as_bytes(),
+            ),
+            false => 0,
+        };
+        by_shard.entry((address, slot)).or_default().push(i);
     }
     let mut stocks = vec![Default::default(); activities.len()];
-    for (address, positions) in by_shard {
+    // The map is ordered by address: one connection per address, opened when it comes up.
+    let mut opened: Option<(&str, SpinRedis)> = None;
+    for ((address, _), positions) in by_shard {
         let keys: Vec<String> = positions
             .iter()
             .map(|i| flashclaim_core::keys::ActivityKeys::new(activities[*i]).stocks())
             .collect();
-        let reply = SpinRedis::open(address)
-            .and_then(|redis| redis.run(&scripts::STOCKS, &keys, &[]))
+        if opened.as_ref().is_none_or(|(a, _)| *a != address) {
+            let redis = SpinRedis::open(address).map_err(|e| redis_unavailable(context, e))?;
+            opened = Some((address, redis));
+        }
+        let (_, redis) = opened.as_ref().ok_or(ApiError::Internal)?;
+        let reply = redis
+            .run(&scripts::STOCKS, &keys, &[])
             .map_err(|e| redis_unavailable(context, e))?;
         let decoded = flashclaim_core::activity::decode_stocks(&reply, positions.len())?;
         for (i, s) in positions.into_iter().zip(decoded) {

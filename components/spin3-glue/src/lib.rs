@@ -16,11 +16,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use flashclaim_core::client_addr::{ClientAddr, TrustedProxies};
+use flashclaim_core::cluster::{ClusterSeeds, MapAsking, Redirect, SlotMap};
 use flashclaim_core::cors::{self, AllowedOrigins, RequestFacts};
 use flashclaim_core::keys::RedisShards;
 use flashclaim_core::scripts::{self, Arg, RedisFailure, Reply, Script};
 use flashclaim_core::time::Millis;
-use flashclaim_core::topology::{self, Asking, Durability, Endpoint, SentinelGroup};
+use flashclaim_core::topology::{Asking, Durability, Endpoint, SentinelGroup};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::redis::{Connection, Error as RedisError, RedisParameter, RedisResult};
 use spin_sdk::wasip3::http::types::{Fields, Response};
@@ -37,6 +38,9 @@ thread_local! {
     // Kept while it serves; forgotten when it fails as a replaced primary fails, so the
     // next request asks again. With every sentinel down, the instance keeps serving on it.
     static PRIMARY: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    // Shard address (a redis-cluster:// one) -> the slot map a seed last gave, corrected by
+    // every MOVED since; forgotten like PRIMARY, so the next request reads it again.
+    static CLUSTER: RefCell<HashMap<String, SlotMap>> = RefCell::new(HashMap::new());
 }
 
 pub fn now() -> Millis {
@@ -98,12 +102,37 @@ impl Lease {
     /// the endpoint itself, or to the primary of a Sentinel group (`flashclaim_core::
     /// topology`), asked for once and kept until it fails.
     pub async fn take(address: &str) -> Result<Lease, RedisFailure> {
+        Lease::take_for(address, None).await
+    }
+
+    /// [`Lease::take`] for a command on `key`: on a cluster, a connection to the primary
+    /// serving the key's slot, from the map this instance keeps (read from a seed when it
+    /// has none).
+    pub async fn take_for(address: &str, key: Option<&[u8]>) -> Result<Lease, RedisFailure> {
         let endpoint = Endpoint::parse(address).map_err(|e| {
             eprintln!("flashclaim: redis_address: {e}");
             RedisFailure::Unreachable(e)
         })?;
         let url = match &endpoint {
             Endpoint::Plain(url) => url.clone(),
+            Endpoint::Cluster(seeds) => {
+                let known = CLUSTER.with_borrow(|c| {
+                    c.get(address)
+                        .and_then(|map| map.node_for_key(key).map(str::to_string))
+                });
+                let node = match known {
+                    Some(node) => node,
+                    None => {
+                        let map = map_of(seeds).await?;
+                        let node = map.node_for_key(key).map(str::to_string);
+                        CLUSTER.with_borrow_mut(|c| c.insert(address.to_string(), map));
+                        node.ok_or_else(|| {
+                            RedisFailure::Unreachable("no node serves the slot".into())
+                        })?
+                    }
+                };
+                seeds.node_url(&node)
+            }
             Endpoint::Sentinel(group) => match PRIMARY.with_borrow(|p| p.get(address).cloned()) {
                 Some(primary) => primary,
                 None => {
@@ -113,6 +142,11 @@ impl Lease {
                 }
             },
         };
+        Lease::to(address, url, endpoint).await
+    }
+
+    /// An idle connection to `url` (a node of the shard `address`), or a new one.
+    async fn to(address: &str, url: String, endpoint: Endpoint) -> Result<Lease, RedisFailure> {
         let idle = IDLE.with_borrow_mut(|idle| idle.get_mut(&url).and_then(Vec::pop));
         let conn = match idle {
             Some(conn) => conn,
@@ -179,9 +213,27 @@ impl Lease {
         keys: &[String],
         argv: &[Arg],
     ) -> Result<Vec<Reply>, RedisFailure> {
+        self.run_asking(script, keys, argv, false).await
+    }
+
+    /// [`Lease::run`], each command preceded by `ASKING` when `asking` (a cluster's `ASK`
+    /// redirection: the node importing the slot serves only a command so announced).
+    async fn run_asking(
+        &self,
+        script: &Script,
+        keys: &[String],
+        argv: &[Arg],
+        asking: bool,
+    ) -> Result<Vec<Reply>, RedisFailure> {
         let args = scripts::evalsha_args(script, keys, argv);
+        if asking {
+            self.execute("ASKING", &[]).await?;
+        }
         match self.execute("EVALSHA", &args).await {
             Err(RedisFailure::Command(e)) if scripts::is_noscript(&e) => {
+                if asking {
+                    self.execute("ASKING", &[]).await?;
+                }
                 self.execute("EVAL", &scripts::eval_args(script, args))
                     .await
             }
@@ -217,8 +269,34 @@ pub async fn run_confirmed(
     argv: &[Arg],
     succeeded: fn(&[Reply]) -> bool,
 ) -> Result<Vec<Reply>, RedisFailure> {
-    let lease = Lease::take(address).await?;
-    let result = match lease.run(script, keys, argv).await {
+    let mut lease = Lease::take_for(address, keys.first().map(|k| k.as_bytes())).await?;
+    let mut result = lease.run(script, keys, argv).await;
+    // A cluster's redirection proves the script did not run: followed once.
+    let redirect = match (&result, &lease.endpoint) {
+        (Err(RedisFailure::Command(text)), Endpoint::Cluster(seeds)) => {
+            Redirect::parse(text).map(|r| (r, seeds.clone()))
+        }
+        _ => None,
+    };
+    if let Some((redirect, seeds)) = redirect {
+        let (node, asking) = match redirect {
+            Redirect::Moved { slot, node } => {
+                CLUSTER.with_borrow_mut(|c| {
+                    if let Some(map) = c.get_mut(address) {
+                        map.moved(slot, &node);
+                    }
+                });
+                (node, false)
+            }
+            Redirect::Ask { node, .. } => (node, true),
+        };
+        let endpoint = lease.endpoint.clone();
+        // The refusal was a complete answer: the connection stays usable.
+        lease.release();
+        lease = Lease::to(address, seeds.node_url(&node), endpoint).await?;
+        result = lease.run_asking(script, keys, argv, asking).await;
+    }
+    let result = match result {
         Ok(reply) if succeeded(&reply) => lease.confirm().await.map(|()| reply),
         other => other,
     };
@@ -238,7 +316,7 @@ pub async fn run_confirmed(
             } else {
                 IDLE.with_borrow_mut(|idle| idle.remove(&lease.address));
             }
-            if topology::asks_for_new_primary(&e) {
+            if flashclaim_core::cluster::forgets_map(&e) {
                 forget_primary(address);
             }
             Err(e)
@@ -246,9 +324,33 @@ pub async fn run_confirmed(
     }
 }
 
-/// The next request on `address` asks its sentinels again (a plain endpoint: nothing).
+/// The next request on `address` asks its sentinels again, or a cluster's seeds for the
+/// slot map (a plain endpoint: nothing).
 fn forget_primary(address: &str) {
     PRIMARY.with_borrow_mut(|p| p.remove(address));
+    CLUSTER.with_borrow_mut(|c| c.remove(address));
+}
+
+/// The slot map from the first of a cluster's seeds that gives one, each asked once.
+async fn map_of(seeds: &ClusterSeeds) -> Result<SlotMap, RedisFailure> {
+    let mut asking = MapAsking::new(seeds);
+    for seed in seeds.seeds() {
+        let ask = async {
+            let conn = Connection::open(&seeds.node_url(seed))
+                .await
+                .map_err(error_text)?;
+            conn.execute("CLUSTER", SlotMap::ask().iter().map(parameter))
+                .await
+                .map(|reply| reply.into_iter().map(reply_of).collect())
+                .map_err(error_text)
+        };
+        if let Some(map) = asking.answered(seed, ask.await) {
+            return Ok(map);
+        }
+    }
+    let failure = asking.failure();
+    eprintln!("flashclaim: {failure}");
+    Err(failure)
 }
 
 /// The primary the group's sentinels name, each sentinel asked in turn and once.
@@ -333,10 +435,9 @@ pub async fn not_found_on_shard(
 }
 
 async fn shard_marker(address: &str) -> Result<Option<String>, RedisFailure> {
-    let lease = Lease::take(address).await?;
-    let reply = lease
-        .execute("GET", &[Arg::from(flashclaim_core::shards::MARKER)])
-        .await?;
+    let marker = flashclaim_core::shards::MARKER;
+    let lease = Lease::take_for(address, Some(marker.as_bytes())).await?;
+    let reply = lease.execute("GET", &[Arg::from(marker)]).await?;
     lease.release();
     Ok(reply.first().and_then(Reply::as_text).map(str::to_string))
 }

@@ -19,8 +19,10 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+pub mod cluster;
 pub mod edge;
 pub mod sentinel;
+pub mod storm;
 
 /// A local port free just now, for a server a test starts in another process (Spin, nginx,
 /// a private Redis) and so cannot hand a bound listener.
@@ -258,6 +260,16 @@ pub fn manifest() -> PathBuf {
 
 /// Whether the manifest under test has the drain's cron component (spin.wasip3.toml does;
 /// spin.toml, for Spins without the cron plugin, does not).
+/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
+pub fn wasip3_claim() -> bool {
+    let text = std::fs::read_to_string(manifest()).unwrap();
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    doc["component"]["claim"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("_p3.wasm")
+}
+
 pub fn manifest_has_cron() -> bool {
     std::fs::read_to_string(manifest())
         .expect("read the manifest under test")

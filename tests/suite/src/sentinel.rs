@@ -13,16 +13,16 @@ use crate::{free_port, root};
 pub const MASTER: &str = "flashclaim";
 pub const DOWN_AFTER_MS: u64 = 1000;
 
-/// One redis-server (a data node or a sentinel).
-struct Process {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
+/// One redis-server (a data node or a sentinel; a cluster node in `crate::cluster`).
+pub(crate) struct Process {
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) child: Option<Child>,
 }
 
 impl Process {
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
         cmd.args(&self.args)
             .current_dir(&self.dir)
@@ -42,14 +42,14 @@ impl Process {
         );
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         if let Some(child) = &self.child {
             unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }
     }
 
     /// SIGKILL (a frozen process too), and reaped.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -256,30 +256,12 @@ impl SentinelGroup {
     /// The node's `role` line from `INFO replication` (`master` / `slave`), `None` when it
     /// does not answer within 2 s.
     pub async fn role(&self, node: usize) -> Option<String> {
-        let info: String =
-            query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("role:"))
-            .map(|r| r.trim().to_string())
+        role_at(&self.node_url(node)).await
     }
 
     /// Waits (at most `limit`) until `node` is a replica whose link to its primary is up.
     pub async fn wait_until_replica_in_sync(&self, node: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let info: Option<String> =
-                query(&self.node_url(node), redis::cmd("INFO").arg("replication")).await;
-            if let Some(info) = info {
-                if info.contains("role:slave") && info.contains("master_link_status:up") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} did not become an in-sync replica within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_replica_in_sync_at(&self.node_url(node), limit).await
     }
 
     /// SIGKILL, as a crashed host.
@@ -320,8 +302,34 @@ impl Drop for SentinelGroup {
     }
 }
 
+/// The `role` line of a node's `INFO replication` (`master` / `slave`), `None` when it does
+/// not answer within 2 s.
+pub(crate) async fn role_at(url: &str) -> Option<String> {
+    let info: String = query(url, redis::cmd("INFO").arg("replication")).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .map(|r| r.trim().to_string())
+}
+
+/// Waits (at most `limit`) until the node at `url` is a replica whose link to its primary is
+/// up.
+pub(crate) async fn wait_until_replica_in_sync_at(url: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info: Option<String> = query(url, redis::cmd("INFO").arg("replication")).await;
+        if info.is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not become an in-sync replica within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One command on a fresh connection, bounded by 2 s; `None` on any failure.
-async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Option<T> {
+pub(crate) async fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Option<T> {
     let attempt = async {
         let client = redis::Client::open(url).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;

@@ -426,12 +426,18 @@ async fn a_wrong_password_and_an_unknown_user_are_answered_alike() {
     // Both were counted (so neither answer nor counter tells who exists), in Redis.
     let mut redis = app.redis().await;
     let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("fc:login:user:*")
+        .arg("fc:login:{fc:metrics}:user:*")
         .query_async(&mut redis)
         .await
         .unwrap();
     keys.sort();
-    assert_eq!(keys, vec!["fc:login:user:known", "fc:login:user:unknown"]);
+    assert_eq!(
+        keys,
+        vec![
+            "fc:login:{fc:metrics}:user:known",
+            "fc:login:{fc:metrics}:user:unknown"
+        ]
+    );
 }
 
 /// A stand-in for hCaptcha's / Turnstile's `siteverify`: a real HTTP server on a local

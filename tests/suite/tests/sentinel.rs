@@ -4,26 +4,13 @@
 //! of RELIABILITY.md: every acknowledged claim in Postgres exactly once, nobody above a
 //! limit, no code twice, the stock adds up. Figures are printed (`--nocapture`).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::ActivityKeys;
 use flashclaim_tests::sentinel::{SentinelGroup, DOWN_AFTER_MS};
+use flashclaim_tests::storm::{self, *};
 use flashclaim_tests::*;
-
-const CONCURRENCY: usize = 32;
-
-/// One claim as the client saw it (each user claims once, with its own key).
-#[derive(Debug, Clone)]
-struct Seen {
-    user: String,
-    key: String,
-    status: u16,
-    body: serde_json::Value,
-}
 
 async fn app_on(group: &SentinelGroup, extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*")];
@@ -31,196 +18,10 @@ async fn app_on(group: &SentinelGroup, extra: &[(&str, &str)]) -> TestApp {
     TestApp::start_on(&group.address(), &fresh_pg_db().await, &env).await
 }
 
-/// An activity with room for every claim of the storm, two per user allowed: a replay that
-/// claimed again instead of returning the first result would show as a second ticket.
-async fn activity(t: &TestApp) -> i64 {
-    let id = t.create_activity(1_000_000, r#","per_user_limit":2"#).await;
-    t.publish(id).await;
-    id
-}
-
-async fn claim_with_key(t: &TestApp, id: i64, user: &str, key: &str) -> (u16, serde_json::Value) {
-    let (status, body, _) = claim_replayed(t, id, user, key).await;
-    (status, body)
-}
-
-/// A claim with its key; the third value says whether it replayed an earlier claim.
-async fn claim_replayed(
-    t: &TestApp,
-    id: i64,
-    user: &str,
-    key: &str,
-) -> (u16, serde_json::Value, bool) {
-    let auth = bearer(&token(user, None));
-    let headers = [
-        ("content-type", "application/json"),
-        ("authorization", auth.as_str()),
-        ("idempotency-key", key),
-    ];
-    match t
-        .client
-        .send(
-            "POST",
-            &format!("/api/activities/{id}/claims"),
-            &headers,
-            "",
-        )
-        .await
-    {
-        Ok(r) => (
-            r.status,
-            serde_json::from_slice(&r.body).unwrap_or_default(),
-            r.header("idempotent-replayed") == Some("true"),
-        ),
-        Err(e) => panic!("{user}: no answer: {e:#}"),
-    }
-}
-
-/// Claims from `CONCURRENCY` workers, one new user each time, until `stop`.
-async fn storm(t: Arc<TestApp>, id: i64, stop: Arc<AtomicBool>) -> Vec<Seen> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (t, stop, next, seen) = (t.clone(), stop.clone(), next.clone(), seen.clone());
-        workers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::SeqCst) {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                let (user, key) = (format!("ha-{n}"), format!("key-{n}"));
-                let (status, body) = claim_with_key(&t, id, &user, &key).await;
-                seen.lock().unwrap().push(Seen {
-                    user,
-                    key,
-                    status,
-                    body,
-                });
-                if status == 503 {
-                    // A client backs off a little after "try again".
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await.unwrap();
-    }
-    Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
-}
-
-/// Every answer was a clean `201` or `503`, and every `503` said whether anything ran.
-fn assert_clean(seen: &[Seen]) -> (usize, usize, usize) {
-    let (mut acked, mut nothing, mut unknown) = (0, 0, 0);
-    for s in seen {
-        match s.status {
-            201 => acked += 1,
-            503 => {
-                assert_eq!(s.body["code"], "unavailable", "{}: {}", s.user, s.body);
-                match &s.body["claimed"] {
-                    serde_json::Value::Bool(false) => nothing += 1,
-                    serde_json::Value::Null => unknown += 1,
-                    other => panic!("{}: claimed = {other}", s.user),
-                }
-            }
-            other => panic!("{}: answered {other}: {}", s.user, s.body),
-        }
-    }
-    (acked, nothing, unknown)
-}
-
-/// Replays every `503` with its key until it resolves (as the H5 app does); returns how
-/// many of the unknown outcomes (`"claimed": null`) had claimed (the replay returns that
-/// claim) and how many had not (lost with the old primary, or never run: claimed afresh).
-async fn replay_unknowns(t: &TestApp, id: i64, seen: &mut [Seen]) -> (usize, usize) {
-    let (mut survived, mut afresh) = (0, 0);
-    for s in seen.iter_mut().filter(|s| s.status == 503) {
-        let unknown = s.body["claimed"].is_null();
-        for attempt in 0.. {
-            let (status, body, replayed) = claim_replayed(t, id, &s.user, &s.key).await;
-            if status == 201 {
-                assert!(
-                    !replayed || unknown,
-                    "{}: a claim told `claimed: false` had claimed",
-                    s.user
-                );
-                if unknown {
-                    if replayed {
-                        survived += 1;
-                    } else {
-                        afresh += 1;
-                    }
-                }
-                s.status = 201;
-                s.body = body;
-                break;
-            }
-            assert_eq!(status, 503, "{}: {body}", s.user);
-            assert!(attempt < 100, "{}: never resolved: {body}", s.user);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    (survived, afresh)
-}
-
-/// The promise, after a final drain: Postgres holds exactly the acknowledged claims, one
-/// ticket each, nobody above the limit, no code twice, stock taken = tickets issued.
+/// The promise of RELIABILITY.md (`storm::check_promise`), the stock read on the primary.
 async fn check_promise(t: &TestApp, group: &SentinelGroup, id: i64, seen: &[Seen]) -> usize {
-    t.drain_to_empty().await;
-    let acknowledged: HashSet<String> = seen
-        .iter()
-        .filter(|s| s.status == 201)
-        .map(|s| s.body["claim_id"].as_str().unwrap().to_string())
-        .collect();
-    let pg = t.pg().await;
-    let stored: Vec<(String, String)> = pg
-        .query(
-            "SELECT id, user_id FROM claims WHERE activity_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let stored_ids: HashSet<String> = stored.iter().map(|(c, _)| c.clone()).collect();
-    assert_eq!(stored.len(), stored_ids.len(), "a claim stored twice");
-    let lost: Vec<&String> = acknowledged.difference(&stored_ids).collect();
-    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
-    assert_eq!(
-        stored_ids, acknowledged,
-        "Postgres holds exactly the acknowledged claims"
-    );
-    let mut per_user: HashMap<&str, usize> = HashMap::new();
-    for (_, user) in &stored {
-        *per_user.entry(user).or_default() += 1;
-    }
-    assert!(
-        per_user.values().all(|n| *n == 1),
-        "a user claimed once and holds one claim"
-    );
-    let count = |sql: String| async move { t.count(&sql).await };
-    let tickets = count(format!(
-        "SELECT count(*) FROM tickets WHERE activity_id = {id}"
-    ))
-    .await;
-    assert_eq!(tickets as usize, acknowledged.len(), "one ticket per claim");
-    assert_eq!(
-        count(format!(
-            "SELECT count(DISTINCT code) FROM tickets WHERE activity_id = {id}"
-        ))
-        .await,
-        tickets,
-        "no code twice"
-    );
     let primary = group.primary().await.expect("a primary");
-    let mut redis = redis_conn(&group.node_url(primary)).await;
-    let left: i64 = redis::cmd("HGET")
-        .arg(ActivityKeys::new(ActivityId::from_db(id)).stocks())
-        .arg("default")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(1_000_000 - left, tickets, "stock taken = tickets issued");
-    acknowledged.len()
+    storm::check_promise(t, &group.node_url(primary), id, seen).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,34 +133,6 @@ async fn fail_primary(
     }
 }
 
-/// The time from `since` until a claim made after it succeeds, probing every 50 ms with
-/// new users (each with its key); the probes are claims like any other.
-async fn wait_for_claims(t: &TestApp, id: i64, since: Instant) -> (Duration, Vec<Seen>) {
-    let deadline = since + Duration::from_secs(30);
-    let mut probes = Vec::new();
-    loop {
-        let n = PROBES.fetch_add(1, Ordering::SeqCst);
-        let (user, key) = (format!("probe-{n}"), format!("probe-key-{n}"));
-        let (status, body) = claim_with_key(t, id, &user, &key).await;
-        probes.push(Seen {
-            user,
-            key,
-            status,
-            body,
-        });
-        if status == 201 {
-            return (since.elapsed(), probes);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no claim succeeded within 30 s of the failure"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-static PROBES: AtomicUsize = AtomicUsize::new(0);
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_frozen_past_down_after_is_replaced_and_demoted_when_it_wakes_losing_nothing() {
     let mut group = SentinelGroup::start("freeze").await;
@@ -406,16 +179,6 @@ async fn a_primary_frozen_past_down_after_is_replaced_and_demoted_when_it_wakes_
         frozen.first_claim_after < Duration::from_secs(10),
         "claims resumed within 10 s"
     );
-}
-
-/// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
-fn wasip3_claim() -> bool {
-    let text = std::fs::read_to_string(manifest()).unwrap();
-    let doc: toml::Value = toml::from_str(&text).unwrap();
-    doc["component"]["claim"]["source"]
-        .as_str()
-        .unwrap()
-        .ends_with("_p3.wasm")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,28 +272,6 @@ async fn a_misconfigured_group_answers_a_clear_503_at_once_and_never_hangs() {
         ("a password the primary refuses", with_credentials),
         ("no master name at all", address.replace("#flashclaim", "")),
     ] {
-        let t = TestApp::start_on(
-            &redis_address,
-            &fresh_pg_db().await,
-            &[("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*")],
-        )
-        .await;
-        let started = Instant::now();
-        let r = t.claim(1, "someone", "").await;
-        assert_eq!(r.status, 503, "{what}: {}", r.text());
-        assert_eq!(r.json()["code"], "unavailable", "{what}");
-        assert_eq!(r.json()["claimed"], false, "{what}: nothing can have run");
-        let health = t.send("GET", "/healthz", None, "").await;
-        assert_eq!(health.status, 503, "{what}: {}", health.text());
-        assert_eq!(health.json()["redis"], false, "{what}");
-        assert!(
-            !health.text().contains("wrong-password") && !r.text().contains("wrong-password"),
-            "{what}: a secret in an answer"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{what}: took {:?}",
-            started.elapsed()
-        );
+        assert_misconfigured_answers(what, &redis_address).await;
     }
 }
