@@ -518,7 +518,10 @@ fn the_default_manifest_imports_nothing_the_released_spin_lacks() {
 
 #[test]
 fn every_component_stays_small_because_it_is_instantiated_per_request() {
-    const LIMIT: u64 = 600 * 1024;
+    // 600 KiB until the Redis Cluster topology (issue 23): the glue every component links
+    // grew by the slot map and MOVED/ASK handling, and the admin component (operators
+    // only, never on a sale's hot path) came to 632 KB. The claim components are 370-470 KB.
+    const LIMIT: u64 = 640 * 1024;
     let manifest: toml::Value =
         toml::from_str(&std::fs::read_to_string(flashclaim_tests::manifest()).unwrap()).unwrap();
     let components = manifest["component"].as_table().unwrap();
