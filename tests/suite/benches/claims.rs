@@ -2210,7 +2210,7 @@ async fn storm_run(
 /// (`claim_cache_ms` 0: every answer runs the script, as before the cache), each on an
 /// activity of one type and one of three; the runtime floor (trivial WASIp3 route) and the
 /// minimal WASIp3 claim measured before and after, at the same concurrency.
-async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], &'static str) {
+async fn storm(rt: Runtime, stores: Stores) -> Storm {
     let runtime = match rt {
         Runtime::TestHost => "test host",
         _ => "Spin",
@@ -2310,7 +2310,11 @@ async fn storm(rt: Runtime, stores: Stores) -> (Vec<StormRun>, [(f64, f64); 2], 
     (runs, [before, after], runtime)
 }
 
-fn print_storm(storms: &[(Vec<StormRun>, [(f64, f64); 2], &'static str)]) {
+/// One runtime's storm: its runs, (runtime floor, minimal claim) per second before and
+/// after, and the runtime's name.
+type Storm = (Vec<StormRun>, [(f64, f64); 2], &'static str);
+
+fn print_storm(storms: &[Storm]) {
     if storms.is_empty() {
         return;
     }
