@@ -109,13 +109,14 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         count_cached(activity).await;
         return claim::answer(activity, Ok(reply));
     }
-    // Redis from here. A request the instance knows the sale is open for holds it until
-    // it has answered (see `glue::OneAtATime`). One that comes to learn (no fresh snapshot)
-    // does not: at most one per `claim_cache_ms` and instance, and holding them would make
-    // Spin start an instance for each request arriving meanwhile, every one of which would
-    // have to learn again. Answers from the cache above never wait on anything.
+    // Redis from here: the instance takes no other request until this one has answered
+    // (see `glue::OneAtATime`); answers from the cache above never wait on anything. Every
+    // request to Redis holds it, learning ones too: unheld, the requests Spin sent meanwhile
+    // piled into an instance whose learners hung on a frozen primary it still knew, and hung
+    // with them past 30 s (tests/sentinel.rs, SIGSTOP), where held ones go to fresh
+    // instances that ask the sentinels again.
     let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
-    let _one = (!learning).then(glue::OneAtATime::enter);
+    let _one = glue::OneAtATime::enter();
     let command = parsed.command(client, &settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
