@@ -106,7 +106,10 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     // A refusal anyone would get, from what this instance learned: no Redis.
     if let Some(reply) = CACHE.with_borrow_mut(|c| c.answer(activity, parsed.ask(), now, cache_ms))
     {
-        count_cached(activity).await;
+        if CACHE.with_borrow_mut(|c| c.schedule_tally(activity)) {
+            // After the answer, on its own: the instance stays until it has counted.
+            spin_sdk::wasip3::spawn(count_cached(activity));
+        }
         return claim::answer(activity, Ok(reply));
     }
     // Redis from here: the instance takes no other request until this one has answered
@@ -150,9 +153,12 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     }
 }
 
-/// Adds the answers given from the cache to the activity's counters, a batch at a time
+/// Adds the answers given from the cache to the activity's counters, a batch at a time:
+/// those given in the [`claim_cache::TALLY_AFTER_MS`] after the batch's first
 /// (`ClaimCache::take_tally`). Best effort: a batch Redis refuses is lost, never doubled.
 async fn count_cached(activity: ActivityId) {
+    let wait = std::time::Duration::from_millis(claim_cache::TALLY_AFTER_MS);
+    spin_sdk::wasip3::clocks::monotonic_clock::wait_for(wait.as_nanos() as u64).await;
     let Some(counts) = CACHE.with_borrow_mut(|c| c.take_tally(activity)) else {
         return;
     };

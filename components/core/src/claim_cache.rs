@@ -40,9 +40,11 @@ pub const MAX_ACTIVITIES: usize = 32;
 /// The most claimers a snapshot lists (claim.lua's ARGV[20]); past it, requests with an
 /// Idempotency-Key always run the script.
 pub const MAX_CLAIMERS: i64 = 4096;
-/// Answers given from a snapshot are added to the activity's counters (`/metrics`) once
-/// this many have been given, with one `HINCRBY` per outcome and type.
-pub const TALLY_EVERY: i64 = 32;
+/// Answers given from a snapshot are added to the activity's counters (`/metrics`) this
+/// long after the first of a batch, with one `HINCRBY` per outcome and type: by a timer, so
+/// that the last answers before an instance goes idle are counted too (a batch waiting for
+/// a count of answers would wait for ever once the presses stop).
+pub const TALLY_AFTER_MS: u64 = 250;
 
 const MARKER: &[u8] = b"~";
 
@@ -99,6 +101,8 @@ pub struct Ask<'a> {
 pub struct ClaimCache {
     snapshots: HashMap<i64, Snapshot>,
     tally: HashMap<i64, HashMap<String, i64>>,
+    /// Activities whose batch of answers has its count scheduled.
+    scheduled: HashSet<i64>,
 }
 
 impl ClaimCache {
@@ -189,14 +193,18 @@ impl ClaimCache {
         Some(reply)
     }
 
-    /// The counts to add to the activity's metrics hash (`HINCRBY <field> <n>` each), once
-    /// [`TALLY_EVERY`] answers are waiting. They are forgotten when taken: a failed
-    /// `HINCRBY` loses them rather than risk counting them twice.
+    /// Whether the caller must schedule the count of the activity's answers (in
+    /// [`TALLY_AFTER_MS`]): answers wait to be counted and no count is scheduled yet. Once
+    /// true, false until the batch is taken.
+    pub fn schedule_tally(&mut self, activity: ActivityId) -> bool {
+        self.tally.contains_key(&activity.get()) && self.scheduled.insert(activity.get())
+    }
+
+    /// The counts to add to the activity's metrics hash (`HINCRBY <field> <n>` each): every
+    /// answer waiting. They are forgotten when taken (a failed `HINCRBY` loses them rather
+    /// than risk counting them twice), and the next answer starts a new batch.
     pub fn take_tally(&mut self, activity: ActivityId) -> Option<Vec<(String, i64)>> {
-        let waiting = self.tally.get(&activity.get())?;
-        if waiting.values().sum::<i64>() < TALLY_EVERY {
-            return None;
-        }
+        self.scheduled.remove(&activity.get());
         let mut counts: Vec<(String, i64)> =
             self.tally.remove(&activity.get())?.into_iter().collect();
         counts.sort();
@@ -644,25 +652,34 @@ mod tests {
     }
 
     #[test]
-    fn answers_from_the_cache_are_counted_in_batches_by_outcome_and_type() {
+    fn answers_from_the_cache_are_counted_in_batches_each_scheduled_by_its_first_answer() {
         let mut cache = ClaimCache::default();
         sold_out_vip(&mut cache, 3000, &[]);
         let user = UserId::parse("u1").unwrap();
         let vip = request(Some("vip"), 1);
-        for _ in 0..TALLY_EVERY - 1 {
-            cache
-                .answer(id(), ask(&vip, &user, false), Millis(3001), BOUND)
-                .unwrap();
-        }
-        assert_eq!(cache.take_tally(id()), None);
+        assert!(!cache.schedule_tally(id()), "nothing to count yet");
         cache
             .answer(id(), ask(&vip, &user, false), Millis(3001), BOUND)
             .unwrap();
+        assert!(cache.schedule_tally(id()), "the first answer schedules");
+        for _ in 0..40 {
+            cache
+                .answer(id(), ask(&vip, &user, false), Millis(3001), BOUND)
+                .unwrap();
+            assert!(!cache.schedule_tally(id()), "once per batch");
+        }
         assert_eq!(
             cache.take_tally(id()),
-            Some(vec![("answers:sold_out:vip".into(), TALLY_EVERY)])
+            Some(vec![("answers:sold_out:vip".into(), 41)])
         );
         assert_eq!(cache.take_tally(id()), None, "taken once");
+        cache
+            .answer(id(), ask(&vip, &user, false), Millis(3002), BOUND)
+            .unwrap();
+        assert!(
+            cache.schedule_tally(id()),
+            "the next answer starts a new batch"
+        );
     }
 
     #[test]

@@ -99,6 +99,37 @@ async fn until(t: &TestApp, id: i64, prefix: &str, status: u16, code: &str) -> D
     unreachable!()
 }
 
+/// How long until the activity's counters (the hash behind /metrics) hold `n` sold_out
+/// answers; fails past the bound.
+async fn counted_sold_out(t: &TestApp, id: i64, n: i64) -> Duration {
+    let start = Instant::now();
+    loop {
+        let fields: Vec<(String, i64)> = tokio::time::timeout(
+            Duration::from_secs(5),
+            redis::cmd("HGETALL")
+                .arg(format!("fc:{{a:{id}}}:metrics"))
+                .query_async(&mut t.redis().await),
+        )
+        .await
+        .expect("HGETALL within 5 s")
+        .unwrap();
+        let counted: i64 = fields
+            .iter()
+            .filter(|(f, _)| f.starts_with("answers:sold_out:"))
+            .map(|(_, v)| v)
+            .sum();
+        if counted == n {
+            return start.elapsed();
+        }
+        assert!(
+            counted < n && start.elapsed() <= within_bound(),
+            "{counted} sold_out answers counted of {n} after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The bound plus what a loaded CI machine adds to one request.
 fn within_bound() -> Duration {
     Duration::from_millis(DEFAULT_BOUND_MS as u64 + 750)
@@ -132,6 +163,10 @@ async fn after_the_sell_out_the_storm_costs_no_script_and_a_returned_ticket_is_c
     } else {
         assert!(scripts >= 400, "WASIp2 keeps nothing: {scripts}");
     }
+    // Every answer, from the cache or not, is counted for /metrics soon after: the last of
+    // a batch too, with no press after it.
+    let waited = counted_sold_out(&t, id, 400).await;
+    println!("the 400 sold_out answers were counted after {waited:?}");
 
     // A ticket given back is claimable again within the bound.
     let r = t
