@@ -27,7 +27,10 @@
 //! Knobs (environment): `FLASHCLAIM_BENCH_RUNTIMES` (`host,spin`), `FLASHCLAIM_BENCH_LEVELS`
 //! (`64,256`), `FLASHCLAIM_BENCH_REQUESTS` (20000), `FLASHCLAIM_BENCH_VARIANTS` (all; e.g.
 //! `MinimalP2,FlashclaimP2`), `FLASHCLAIM_BENCH_KEEP_BACKTRACE` (set: leave `RUST_BACKTRACE` as
-//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary).
+//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary); the later sections run unless
+//! set to `0`: `FLASHCLAIM_BENCH_FLOOD` (logins), `FLASHCLAIM_BENCH_STORM` (the storm, issue
+//! 21), `FLASHCLAIM_BENCH_SENTINEL` (a Sentinel group's cost), `FLASHCLAIM_BENCH_CLUSTER`
+//! (slot routing's cost on a Redis Cluster, issue 23).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -1189,6 +1192,12 @@ async fn run() {
     for &c in &levels {
         redis_limits.push(redis_benchmark(c, stores).await);
     }
+    let mut routed = Vec::new();
+    if std::env::var("FLASHCLAIM_BENCH_CLUSTER").map_or(true, |v| v != "0") {
+        for &rt in &flood_runtimes(&wanted) {
+            routed.extend(cluster_cost(rt).await);
+        }
+    }
     let mut storms = Vec::new();
     if std::env::var("FLASHCLAIM_BENCH_STORM").map_or(true, |v| v != "0") {
         for &rt in &flood_runtimes(&wanted) {
@@ -1352,6 +1361,7 @@ async fn run() {
         );
     }
     print_sentinel_cost(&ha);
+    print_cluster_cost(&routed);
     print_storm(&storms);
     if !floods.is_empty() {
         println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins answered during the storms of all rounds: 401 (hashed) / 429 (refused before hashing) | target |");
@@ -1710,8 +1720,9 @@ struct HaRow {
     p99_ms: f64,
     /// Commands the primary ran per claim (EVALSHA, EVAL, WAIT).
     primary_cmds: f64,
-    /// `SENTINEL` commands the sentinels answered per claim.
-    sentinel_asks: f64,
+    /// Commands the sentinels answered, or `CLUSTER` / `ASKING` commands the cluster's
+    /// nodes answered, per claim.
+    topology_asks: f64,
     /// Connections opened per claim, primary and sentinels together.
     connections: f64,
 }
@@ -1723,29 +1734,98 @@ struct HaRow {
 /// the WASIp2 claim.
 async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
     use flashclaim_tests::sentinel::SentinelGroup;
+    let group = SentinelGroup::start("bench").await;
+    let primary = group.primary().await.expect("a primary");
+    let plain = group.node_url(primary);
+    let ways = [
+        ("the primary's address, no WAIT", plain, "0"),
+        ("Sentinel group, redis_replicas_ack 0", group.address(), "0"),
+        ("Sentinel group, redis_replicas_ack 1", group.address(), "1"),
+    ];
+    let pg = fresh_pg_db().await;
+    let activity = published(rt, &group.address(), &pg).await;
+    ways_measured(rt, &ways, &pg, activity, group.all_urls()).await
+}
+
+/// The cost of slot routing (issue 23): the same claim on a Redis Cluster (3 primaries + 3
+/// replicas, AOF always) through `redis-cluster://` seeds, beside the same claim sent to
+/// the primary that owns the activity's slot as a plain `redis://` endpoint (no map, no
+/// routing: the floor), each with `redis_replicas_ack` 0 and 1 (the cluster's default).
+async fn cluster_cost(rt: Runtime) -> Vec<HaRow> {
+    use flashclaim_tests::cluster::RedisCluster;
+    let cluster = RedisCluster::start("bench").await;
+    let urls: Vec<String> = (0..6).map(|i| cluster.node_url(i)).collect();
+    // The activity is published through the cluster (its index keys live in other slots);
+    // its own keys all hash to `{a:<id>}`'s slot, so its owner serves its claims alone.
+    let ways = [
+        (
+            "its primary's address (redis://), ack 0",
+            String::new(),
+            "0",
+        ),
+        ("redis-cluster:// seeds, ack 0", cluster.address(), "0"),
+        (
+            "its primary's address (redis://), ack 1",
+            String::new(),
+            "1",
+        ),
+        ("redis-cluster:// seeds, ack 1", cluster.address(), "1"),
+    ];
+    let pg = fresh_pg_db().await;
+    let activity = published(rt, &cluster.address(), &pg).await;
+    let owner = cluster.node_url(cluster.owner_of_activity(activity).await);
+    let ways = ways.map(|(what, address, ack)| {
+        let address = if address.is_empty() {
+            owner.clone()
+        } else {
+            address
+        };
+        (what, address, ack)
+    });
+    ways_measured(rt, &ways, &pg, activity, urls).await
+}
+
+/// An activity with stock that never runs out, created and published through the WASIp2
+/// app on `address`.
+async fn published(rt: Runtime, address: &str, pg: &str) -> i64 {
+    let publisher = TestApp::start_manifest_on_runtime(
+        rt,
+        &root().join("spin.toml"),
+        address,
+        pg,
+        &[("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*")],
+    )
+    .await;
+    let activity = publisher.create_activity(10_000_000, "").await;
+    publisher.publish(activity).await;
+    activity
+}
+
+/// Claims through each of `ways` (what, `redis_address`, `redis_replicas_ack`) to the same
+/// Redis nodes (`urls`, all of them, for the counters), for the WASIp3 and the WASIp2
+/// claim, taking turns as the main levels do; the first way is the floor the others are
+/// read against.
+async fn ways_measured(
+    rt: Runtime,
+    ways: &[(&'static str, String, &'static str)],
+    pg: &str,
+    activity: i64,
+    urls: Vec<String>,
+) -> Vec<HaRow> {
     let runtime = match rt {
         Runtime::TestHost => "test host",
         _ => "Spin",
     };
-    let group = SentinelGroup::start("bench").await;
-    let primary = group.primary().await.expect("a primary");
-    let plain = group.node_url(primary);
-    let pg = fresh_pg_db().await;
     let mut rows = Vec::new();
     for (claim, manifest) in [("WASIp3", "spin.wasip3.toml"), ("WASIp2", "spin.toml")] {
-        let ways: [(&str, String, &str); 3] = [
-            ("the primary's address, no WAIT", plain.clone(), "0"),
-            ("Sentinel group, redis_replicas_ack 0", group.address(), "0"),
-            ("Sentinel group, redis_replicas_ack 1", group.address(), "1"),
-        ];
         let mut apps = Vec::new();
-        for (_, address, ack) in &ways {
+        for (_, address, ack) in ways {
             apps.push(
                 TestApp::start_manifest_on_runtime(
                     rt,
                     &root().join(manifest),
                     address,
-                    &pg,
+                    pg,
                     &[
                         ("SPIN_VARIABLE_REDIS_HOST", "127.0.0.1:*"),
                         ("SPIN_VARIABLE_REDIS_REPLICAS_ACK", ack),
@@ -1754,8 +1834,6 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
                 .await,
             );
         }
-        let activity = apps[0].create_activity(10_000_000, "").await;
-        apps[0].publish(activity).await;
         let mut seq = 0usize;
         let mut requests = |n: usize| -> Vec<Req> {
             (0..n)
@@ -1778,10 +1856,10 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
         let mut counted = vec![(0.0, 0.0, 0.0); ways.len()];
         for _ in 0..ROUNDS {
             for (i, app) in apps.iter().enumerate() {
-                let before = group_counters(&group).await;
+                let before = group_counters(&urls).await;
                 let n = HA_REQUESTS / ROUNDS;
                 let loaded = load(app.client.base_url().to_string(), requests(n), HA_C, 201).await;
-                let after = group_counters(&group).await;
+                let after = group_counters(&urls).await;
                 assert!(
                     loaded.errors.is_empty(),
                     "{claim} {}: {:?}",
@@ -1807,7 +1885,7 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
                 per_sec,
                 p99_ms,
                 primary_cmds: counted[i].0 / claims,
-                sentinel_asks: counted[i].1 / claims,
+                topology_asks: counted[i].1 / claims,
                 connections: counted[i].2 / claims,
             });
         }
@@ -1815,12 +1893,13 @@ async fn sentinel_cost(rt: Runtime) -> Vec<HaRow> {
     rows
 }
 
-/// (EVALSHA + EVAL + WAIT calls on every data node, commands every sentinel processed,
-/// connections received by all of them), from INFO.
-async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i64, i64, i64) {
+/// (EVALSHA + EVAL + WAIT calls on every data node, topology asks: commands every sentinel
+/// processed and `CLUSTER` commands the cluster's nodes answered, connections received by
+/// all of them), from INFO.
+async fn group_counters(urls: &[String]) -> (i64, i64, i64) {
     let (mut cmds, mut asks, mut conns) = (0, 0, 0);
-    for url in group.all_urls() {
-        let mut redis = flashclaim_tests::redis_conn(&url).await;
+    for url in urls {
+        let mut redis = flashclaim_tests::redis_conn(url).await;
         let info: String = redis::cmd("INFO")
             .arg("all")
             .query_async(&mut redis)
@@ -1842,6 +1921,7 @@ async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i
             };
             let calls = |name: &str| calls(name).unwrap_or(0);
             cmds += calls("cmdstat_evalsha") + calls("cmdstat_eval") + calls("cmdstat_wait");
+            asks += calls("cmdstat_cluster") + calls("cmdstat_asking");
             // A sentinel keeps no command statistics: every command it processed (less the
             // one INFO of each count) is an ask.
             if sentinel {
@@ -1858,35 +1938,57 @@ async fn group_counters(group: &flashclaim_tests::sentinel::SentinelGroup) -> (i
 }
 
 fn print_sentinel_cost(rows: &[HaRow]) {
+    print_ways(rows, "sentinel asks", &|r, same| {
+        if !r.reached.ends_with("ack 1") {
+            return String::new();
+        }
+        let ack0 = same
+            .iter()
+            .find(|f| f.reached.ends_with("ack 0") && f.reached.starts_with("Sentinel"))
+            .expect("the ack 0 row");
+        let cost = 1.0 - r.per_sec / ack0.per_sec;
+        format!(
+            "WAIT costs {:.0} % of claims/s (≤ 15 %){}",
+            cost * 100.0,
+            if cost <= 0.15 { " ✓" } else { " ✗" }
+        )
+    });
+}
+
+fn print_cluster_cost(rows: &[HaRow]) {
+    print_ways(rows, "`CLUSTER` / `ASKING` asks", &|r, same| {
+        let Some(ack) = r.reached.strip_prefix("redis-cluster:// seeds, ") else {
+            return String::new();
+        };
+        let plain = same
+            .iter()
+            .find(|f| f.reached.starts_with("its primary's") && f.reached.ends_with(ack))
+            .expect("the plain row of the same ack");
+        let cost = 1.0 - r.per_sec / plain.per_sec;
+        format!(
+            "slot routing costs {:.1} % of claims/s (≤ 5 %){}",
+            cost * 100.0,
+            if cost <= 0.05 { " ✓" } else { " ✗" }
+        )
+    });
+}
+
+/// A table of `ways_measured`'s rows; `target` reads a row against the rows of the same
+/// runtime and claim.
+fn print_ways(rows: &[HaRow], asks: &str, target: &dyn Fn(&HaRow, &[&HaRow]) -> String) {
     if rows.is_empty() {
         return;
     }
-    println!("\n| runtime | claim | Redis reached as | claims/s | p99 ms | claims/s vs the primary's address | commands on the primary per claim | sentinel asks per claim | connections opened per claim | target |");
+    println!("\n| runtime | claim | Redis reached as | claims/s | p99 ms | claims/s vs the first way | commands on the primaries per claim | {asks} per claim | connections opened per claim | target |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let floor = rows
+        let same: Vec<&HaRow> = rows
             .iter()
-            .find(|f| f.runtime == r.runtime && f.claim == r.claim)
-            .expect("the floor row comes first");
-        let ratio = r.per_sec / floor.per_sec;
-        let target = if r.reached.ends_with("ack 1") {
-            let ack0 = rows
-                .iter()
-                .find(|f| {
-                    f.runtime == r.runtime && f.claim == r.claim && f.reached.ends_with("ack 0")
-                })
-                .expect("the ack 0 row");
-            let cost = 1.0 - r.per_sec / ack0.per_sec;
-            format!(
-                "WAIT costs {:.0} % of claims/s (≤ 15 %){}",
-                cost * 100.0,
-                if cost <= 0.15 { " ✓" } else { " ✗" }
-            )
-        } else {
-            String::new()
-        };
+            .filter(|f| f.runtime == r.runtime && f.claim == r.claim)
+            .collect();
+        let ratio = r.per_sec / same[0].per_sec;
         println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} | {target} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.2}× | {:.2} | {:.2} | {:.2} | {} |",
             r.runtime,
             r.claim,
             r.reached,
@@ -1894,8 +1996,9 @@ fn print_sentinel_cost(rows: &[HaRow]) {
             r.p99_ms,
             ratio,
             r.primary_cmds,
-            r.sentinel_asks,
-            r.connections
+            r.topology_asks,
+            r.connections,
+            target(r, &same)
         );
     }
 }
