@@ -123,6 +123,22 @@ impl ClaimCache {
         bound_ms > 0 && self.fresh(activity, now, bound_ms).is_none()
     }
 
+    /// Whether a fresh snapshot might answer some claim of `activity` without Redis: the
+    /// activity or one of its types is closed, outside its window or sold out. When not,
+    /// every claim of it goes to Redis, and the caller holds its instance from the start.
+    pub fn might_answer(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> bool {
+        let Some(s) = self.fresh(activity, now, bound_ms) else {
+            return false;
+        };
+        let now = now.0;
+        let outside = |starts_at: i64, ends_at: i64| now < starts_at || now >= ends_at;
+        s.closed
+            || outside(s.starts_at, s.ends_at)
+            || s.types
+                .iter()
+                .any(|t| t.left <= 0 || outside(t.starts_at, t.ends_at))
+    }
+
     fn fresh(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> Option<&Snapshot> {
         self.snapshots
             .get(&activity.get())
@@ -428,6 +444,44 @@ mod tests {
             None,
             "a clock that went back"
         );
+    }
+
+    #[test]
+    fn an_open_sale_with_stock_in_every_type_is_known_to_need_redis_for_every_claim() {
+        let mut cache = ClaimCache::default();
+        assert!(
+            !cache.might_answer(id(), Millis(3000), BOUND),
+            "nothing known"
+        );
+        let claimed = vec![
+            Reply::Int(1),
+            b("c1"),
+            Reply::Int(2),
+            b("vip"),
+            b("counter"),
+            b("CODE"),
+        ];
+        cache.learn(id(), with_snapshot(claimed.clone(), 3, &[]), Millis(3000));
+        assert!(
+            !cache.might_answer(id(), Millis(3001), BOUND),
+            "open, stock left"
+        );
+        // `std` opens at 2,000: before it, its claims are answered from the snapshot.
+        cache.learn(id(), with_snapshot(claimed, 3, &[]), Millis(1500));
+        assert!(
+            cache.might_answer(id(), Millis(1501), BOUND),
+            "a type not open yet"
+        );
+        sold_out_vip(&mut cache, 3000, &[]);
+        assert!(
+            cache.might_answer(id(), Millis(3001), BOUND),
+            "a type sold out"
+        );
+        assert!(
+            !cache.might_answer(id(), Millis(3000 + BOUND), BOUND),
+            "past the bound nothing is known"
+        );
+        assert!(!cache.might_answer(id(), Millis(3001), 0), "the cache off");
     }
 
     #[test]
