@@ -27,7 +27,8 @@
 //! Knobs (environment): `FLASHCLAIM_BENCH_RUNTIMES` (`host,spin`), `FLASHCLAIM_BENCH_LEVELS`
 //! (`64,256`), `FLASHCLAIM_BENCH_REQUESTS` (20000), `FLASHCLAIM_BENCH_VARIANTS` (all; e.g.
 //! `MinimalP2,FlashclaimP2`), `FLASHCLAIM_BENCH_KEEP_BACKTRACE` (set: leave `RUST_BACKTRACE` as
-//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary); the later sections run unless
+//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary), `FLASHCLAIM_BENCH_CLAIM_CACHE_MS`
+//! (the WASIp3 claim's `claim_cache_ms` in the main levels); the later sections run unless
 //! set to `0`: `FLASHCLAIM_BENCH_FLOOD` (logins), `FLASHCLAIM_BENCH_STORM` (the storm, issue
 //! 21), `FLASHCLAIM_BENCH_SENTINEL` (a Sentinel group's cost), `FLASHCLAIM_BENCH_CLUSTER`
 //! (slot routing's cost on a Redis Cluster, issue 23).
@@ -657,12 +658,19 @@ impl Apps {
         };
         let (redis_url, redis) = fresh_redis_db().await;
         let pg_url = fresh_pg_db().await;
+        // `FLASHCLAIM_BENCH_CLAIM_CACHE_MS`: the WASIp3 claim's `claim_cache_ms` (unset: the
+        // manifest's), to see what the cache costs a claim.
+        let cache_ms = std::env::var("FLASHCLAIM_BENCH_CLAIM_CACHE_MS").ok();
+        let p3_vars: Vec<(&str, &str)> = cache_ms
+            .iter()
+            .map(|ms| ("SPIN_VARIABLE_CLAIM_CACHE_MS", ms.as_str()))
+            .collect();
         let flashclaim_p3 = TestApp::start_manifest_on_runtime(
             runtime,
             &root().join("spin.wasip3.toml"),
             &redis_url,
             &pg_url,
-            &[],
+            &p3_vars,
         )
         .await;
         let flashclaim_p2 = TestApp::start_manifest_on_runtime(
