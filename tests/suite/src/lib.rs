@@ -757,6 +757,26 @@ impl TestApp {
         r.json()
     }
 
+    /// Registers `dora` (with `taken`, a second time too, refused as taken), then logs in
+    /// with a wrong and the right password, asserting each answer: the log-in scripts and
+    /// the global counters they move.
+    pub async fn register_and_log_in(&self, taken: bool) {
+        let correct = r#"{"username":"dora","password":"correct horse"}"#;
+        let wrong = r#"{"username":"dora","password":"wrong horse"}"#;
+        let mut steps = vec![("/api/users", correct, 201)];
+        if taken {
+            steps.push(("/api/users", correct, 409));
+        }
+        steps.extend([
+            ("/api/sessions", wrong, 401),
+            ("/api/sessions", correct, 200),
+        ]);
+        for (path, body, status) in steps {
+            let r = self.send("POST", path, None, body).await;
+            assert_eq!(r.status, status, "{path}: {}", r.text());
+        }
+    }
+
     /// Drains until a run moves nothing and reports no backlog (at most 200 runs, 50 ms
     /// apart: a log that never empties fails the test).
     pub async fn drain_to_empty(&self) {

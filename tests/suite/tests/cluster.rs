@@ -133,19 +133,7 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
     }
 
     // Registration and log-in: the throttle's counters and the global metrics, one script.
-    let correct = r#"{"username":"dora","password":"correct horse"}"#;
-    for (path, body, status) in [
-        ("/api/users", correct, 201),
-        (
-            "/api/sessions",
-            r#"{"username":"dora","password":"wrong horse"}"#,
-            401,
-        ),
-        ("/api/sessions", correct, 200),
-    ] {
-        let r = t.send("POST", path, None, body).await;
-        assert_eq!(r.status, status, "{path}: {}", r.text());
-    }
+    t.register_and_log_in(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

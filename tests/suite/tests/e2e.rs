@@ -1361,20 +1361,7 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
     assert_eq!(statuses, [201, 201, 409]);
     t.drain().await;
     // A registration, a taken name, a wrong and a right password: counted below.
-    let correct = r#"{"username":"dora","password":"correct horse"}"#;
-    for (path, body, status) in [
-        ("/api/users", correct, 201),
-        ("/api/users", correct, 409),
-        (
-            "/api/sessions",
-            r#"{"username":"dora","password":"wrong horse"}"#,
-            401,
-        ),
-        ("/api/sessions", correct, 200),
-    ] {
-        let r = t.send("POST", path, None, body).await;
-        assert_eq!(r.status, status, "{path}: {}", r.text());
-    }
+    t.register_and_log_in(true).await;
 
     for auth in [
         None,
