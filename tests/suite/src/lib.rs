@@ -443,6 +443,9 @@ impl SpinProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(&state_dir);
+        if let Some(n) = max_instance_reuse_count() {
+            cmd.arg("--max-instance-reuse-count").arg(n.to_string());
+        }
         if !components.is_empty() {
             for c in components {
                 cmd.args(["-c", c]);
@@ -498,6 +501,18 @@ impl SpinProcess {
     }
 }
 
+/// `FLASHCLAIM_MAX_INSTANCE_REUSE_COUNT`: the runtime's `--max-instance-reuse-count` (requests
+/// one WASIp3 instance serves; unset: the runtime's default, 128), for measuring what a
+/// longer-lived instance does for the claim cache (BENCHMARKS.md, "The storm").
+pub fn max_instance_reuse_count() -> Option<usize> {
+    std::env::var("FLASHCLAIM_MAX_INSTANCE_REUSE_COUNT")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
 /// What serves the app under test.
 pub enum Backend {
     Host {
@@ -509,11 +524,14 @@ pub enum Backend {
 
 /// `manifest` on the test host, served on a free local port: the backend and its base URL.
 async fn host_backend(manifest: &Path, env: HashMap<String, String>) -> (Backend, String) {
+    let defaults = AppConfig::default();
     let app = App::load(AppConfig {
         manifest: manifest.to_path_buf(),
         env,
         process_env: false,
-        ..AppConfig::default()
+        max_instance_reuse_count: max_instance_reuse_count()
+            .unwrap_or(defaults.max_instance_reuse_count),
+        ..defaults
     })
     .await
     .unwrap_or_else(|e| {
