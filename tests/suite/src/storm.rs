@@ -32,8 +32,25 @@ pub struct Seen {
 /// claimed again instead of returning the first result would show as a second ticket.
 pub async fn activity(t: &TestApp) -> i64 {
     let id = t.create_activity(STOCK, r#","per_user_limit":2"#).await;
-    t.publish(id).await;
-    id
+    // With `redis_replicas_ack` 1 a publish waits up to 200 ms for a replica, which two
+    // storms sharing two cores can exceed: it then answers 503 "retry", as the API says,
+    // and publishing again is safe (it reloads the same activity). An operator retries;
+    // so does the setup, a few times, and fails on anything else.
+    let path = format!("/admin/activities/{id}/publish");
+    for attempt in 1..=5 {
+        let r = t.send("POST", &path, Some(&t.admin), "").await;
+        if r.status == 200 {
+            return id;
+        }
+        assert!(
+            r.status == 503 && attempt < 5,
+            "publish (attempt {attempt}): {} {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    unreachable!("the last attempt returns or fails")
 }
 
 pub async fn claim_with_key(
