@@ -1954,12 +1954,7 @@ fn print_sentinel_cost(rows: &[HaRow]) {
             .iter()
             .find(|f| f.reached.ends_with("ack 0") && f.reached.starts_with("Sentinel"))
             .expect("the ack 0 row");
-        let cost = 1.0 - r.per_sec / ack0.per_sec;
-        format!(
-            "WAIT costs {:.0} % of claims/s (≤ 15 %){}",
-            cost * 100.0,
-            if cost <= 0.15 { " ✓" } else { " ✗" }
-        )
+        cost_mark("WAIT", r, ack0, 0.15)
     });
 }
 
@@ -1972,13 +1967,19 @@ fn print_cluster_cost(rows: &[HaRow]) {
             .iter()
             .find(|f| f.reached.starts_with("its primary's") && f.reached.ends_with(ack))
             .expect("the plain row of the same ack");
-        let cost = 1.0 - r.per_sec / plain.per_sec;
-        format!(
-            "slot routing costs {:.1} % of claims/s (≤ 5 %){}",
-            cost * 100.0,
-            if cost <= 0.05 { " ✓" } else { " ✗" }
-        )
+        cost_mark("slot routing", r, plain, 0.05)
     });
+}
+
+/// What `what` costs `row` in claims/s against `base`, beside the target `limit`.
+fn cost_mark(what: &str, row: &HaRow, base: &HaRow, limit: f64) -> String {
+    let cost = 1.0 - row.per_sec / base.per_sec;
+    format!(
+        "{what} costs {:.1} % of claims/s (≤ {:.0} %){}",
+        cost * 100.0,
+        limit * 100.0,
+        if cost <= limit { " ✓" } else { " ✗" }
+    )
 }
 
 /// A table of `ways_measured`'s rows; `target` reads a row against the rows of the same
