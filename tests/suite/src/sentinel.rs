@@ -205,6 +205,12 @@ impl SentinelGroup {
 
     /// The node the sentinels name as primary now (asking each live one until one answers).
     pub async fn primary(&self) -> Option<usize> {
+        self.primaries_named().await.into_iter().next()
+    }
+
+    /// The primary each live sentinel names now, in order (those that answer).
+    async fn primaries_named(&self) -> Vec<usize> {
+        let mut named = Vec::new();
         for s in 0..self.sentinels.len() {
             if self.sentinels[s].child.is_none() {
                 continue;
@@ -218,18 +224,25 @@ impl SentinelGroup {
                 )
                 .await;
             if let Some(port) = addr.and_then(|a| a.get(1)?.parse::<u16>().ok()) {
-                return self.nodes.iter().position(|n| n.port == port);
+                named.extend(self.nodes.iter().position(|n| n.port == port));
             }
         }
-        None
+        named
     }
 
-    /// Waits (at most `limit`) until the sentinels name a primary other than `old`.
+    /// Waits (at most `limit`) until the failover away from `old` has settled: every live
+    /// sentinel names the same other primary and that node says it is one. (Under load a
+    /// sentinel can name the replica of a failover attempt that another, in a later epoch,
+    /// replaces; the first name heard is then not the primary that stays.)
     pub async fn wait_for_new_primary(&self, old: usize, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(p) = self.primary().await.filter(|p| *p != old) {
-                return p;
+            let named = self.primaries_named().await;
+            if let Some(&p) = named.first().filter(|p| **p != old) {
+                if named.iter().all(|n| *n == p) && self.role(p).await.as_deref() == Some("master")
+                {
+                    return p;
+                }
             }
             assert!(
                 Instant::now() < deadline,
