@@ -49,7 +49,7 @@ test-metrics:
 
 ## Tier 2: the Lua scripts against the real Redis (needs services).
 test-lua:
-	cargo test $(NATIVE) --test lua
+	cargo test $(NATIVE) --test lua --test buckets
 
 ## Tier 3: end to end over HTTP through the test host (needs services and wasm): e2e and
 ## abuse run with spin.wasip3.toml (WASIp3 claim and log-in, the cron drain) and spin.toml

@@ -29,6 +29,10 @@ KEYS[14] metrics  HASH    the activity's counters for /metrics (flashclaim_core:
                           (one HINCRBY for both: each redis.call costs the claim ~6 % of
                           Redis' work), limited:<user|address|activity>. Optional: a caller
                           naming 13 keys counts nothing.
+KEYS[15] bucket   HASH    the stock bucket's own state (activities of several buckets,
+                          flashclaim_core::buckets): dry:<type> (ms until which every bucket
+                          counts as out of the type), in:<move> (stock credited here, once).
+                          Optional: only callers that know the activity's buckets name it.
 
 ARGV[1]  user id
 ARGV[2]  quantity (integer >= 1)
@@ -53,6 +57,16 @@ ARGV[19] 1: a refusal that does not depend on the user (-3, -4, -8) carries a sn
          the activity for the caller's cache (flashclaim_core::claim_cache); optional
 ARGV[20] the most claimers the snapshot may list (more: it lists none and says -1)
 ARGV[21] the length of KEYS[4] the caller already holds the claimers for (-1: none)
+ARGV[22] the user's bucket hash (flashclaim_core::buckets::user_hash): an activity of n > 1
+         stock buckets is claimed only in the bucket numbered hash % n, the user's home,
+         which holds all that is the user's; elsewhere, or without it, the answer is
+         { -16, n } and nothing changes (optional for activities of one bucket)
+ARGV[23] empty: a first attempt. Else the same claim again after the caller borrowed stock
+         for it from other buckets (lua/lend.lua): the loans, `<move>:<amount>` comma
+         separated ('-': none were found), are credited to the type first, each at most
+         once (KEYS[15]), and the rate limits are not counted again
+ARGV[24] how long a home bucket that borrowed and still falls short answers sold_out
+         without asking the other buckets again, ms (with KEYS[15])
 
 Every answer but { -1 } is counted in KEYS[14] (an unknown activity is not: its id would be
 a label nobody published). Returns a flat array (Spin flattens nested replies):
@@ -72,6 +86,11 @@ a label nobody published). Returns a flat array (Spin flattens nested replies):
   { -10, limit, type }           quantity exceeds the type's per-user limit or the activity's
   { -14, types }                 no type named and the activity has several (types: comma list)
   { -15, types }                 no type of that key in this activity
+  { -16, n }                     not the user's home bucket of the activity's n (nothing
+                                 changed; ARGV[22] picks the home)
+  { -17, type, left }            the home bucket has too little of the type left: borrow
+                                 from the others and claim again (ARGV[23]); only for
+                                 several buckets, and counted as nothing yet
 
 With ARGV[19] = 1, the replies 1, -3, -4 and -8 are followed by '~' and the snapshot (a
 claim brings it too, so that the caller knows the sale is open; codes never hold '~'):
@@ -84,7 +103,7 @@ Nothing else asks for it: it costs a few commands, once per cache entry of a cal
 
 local meta, stocks, seq, claimed, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local log, idem, deny, rate, pools, pass = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local flood, client, metrics = KEYS[12], KEYS[13], KEYS[14]
+local flood, client, metrics, bucket_state = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 
 local user = ARGV[1]
 local quantity = tonumber(ARGV[2])
@@ -125,8 +144,13 @@ local function with_snapshot(reply, claimers)
     fields[m[i]] = m[i + 1]
   end
   local listed = {}
+  local several = tonumber(fields['buckets'] or '1') > 1
   for t in string.gmatch(fields['types'] or '', '[^,]+') do
     local left = tonumber(redis.call('HGET', stocks, t) or '0')
+    -- One bucket's empty is not the activity's: sold out only once the others were asked.
+    if several and left <= 0 and tonumber(redis.call('HGET', bucket_state, 'dry:' .. t) or '0') <= tonumber(ARGV[3]) then
+      left = 1
+    end
     if fields[t .. ':kind'] == 'codes' then
       local ends = redis.call('HMGET', pools, t .. ':head', t .. ':tail')
       left = math.min(left, tonumber(ends[2] or '0') - tonumber(ends[1] or '0'))
@@ -142,7 +166,8 @@ local function with_snapshot(reply, claimers)
   -- leaves the fields), so a caller holding the list for this length keeps it.
   local length = redis.call('HLEN', claimed)
   reply[#reply + 1] = length
-  if not claimers then
+  -- This bucket's claimers are only the users homed here.
+  if not claimers or several then
     reply[#reply + 1] = -1
     return reply
   end
@@ -196,14 +221,22 @@ if use_idem then
   end
 end
 
-local m = redis.call('HMGET', meta, 'status', 'starts_at', 'ends_at', 'per_user_limit', 'require_pass', 'id', 'types')
+local m = redis.call('HMGET', meta, 'status', 'starts_at', 'ends_at', 'per_user_limit', 'require_pass', 'id', 'types', 'buckets', 'bucket')
 local status, starts_at, ends_at = m[1], tonumber(m[2]), tonumber(m[3])
 local activity_limit, require_pass, activity_id, types = tonumber(m[4]) or 0, m[5] == '1', m[6], m[7] or ''
+local buckets, bucket = tonumber(m[8]) or 1, tonumber(m[9]) or 0
+local retry = (ARGV[23] or '') ~= ''
 
 if status ~= 'published' and status ~= 'closed' then
   return { -1 }
 end
 report_unanswered()
+if buckets > 1 then
+  local hash = tonumber(ARGV[22] or '')
+  if not hash or hash % buckets ~= bucket or not bucket_state then
+    return { -16, buckets }
+  end
+end
 if status == 'closed' or now >= ends_at then
   return refusal('ended', '', { -4 })
 end
@@ -225,6 +258,14 @@ end
 
 local tm = redis.call('HMGET', meta, ty .. ':starts_at', ty .. ':ends_at', ty .. ':limit', ty .. ':kind')
 local type_starts, type_ends, limit, kind = tonumber(tm[1]), tonumber(tm[2]), tonumber(tm[3]), tm[4]
+-- Stock lent for this claim is this bucket's from now on, whatever the answer.
+if retry and buckets > 1 then
+  for move, amount in string.gmatch(ARGV[23], '([^:,]+):(%d+)') do
+    if redis.call('HSETNX', bucket_state, 'in:' .. move, amount) == 1 then
+      redis.call('HINCRBY', stocks, ty, amount)
+    end
+  end
+end
 if now >= type_ends then
   return refusal('ended', ty, { -4, ty })
 end
@@ -274,12 +315,16 @@ local function bucket_empty(key, rate, window, burst)
   return nil
 end
 
--- Checked in this order, each only when the one before let the attempt through.
-local wait, limited_by = over_limit(rate, tonumber(ARGV[8]), ARGV[9]), 'user'
-if not wait then
+-- Checked in this order, each only when the one before let the attempt through; a claim
+-- again after borrowing was counted the first time.
+local wait, limited_by = nil, nil
+if not retry then
+  wait, limited_by = over_limit(rate, tonumber(ARGV[8]), ARGV[9]), 'user'
+end
+if not wait and not retry then
   wait, limited_by = bucket_empty(client, tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])), 'address'
 end
-if not wait then
+if not wait and not retry then
   wait, limited_by = over_limit(flood, tonumber(ARGV[10]), ARGV[11]), 'activity'
 end
 if wait then
@@ -305,6 +350,15 @@ if activity_limit > 0 and tonumber(held[2] or '0') + quantity > activity_limit t
 end
 local left = tonumber(redis.call('HGET', stocks, ty) or '0')
 if left < quantity then
+  if buckets > 1 then
+    local dry = 'dry:' .. ty
+    if retry then
+      -- The others were asked and had too little: they are not asked again for a while.
+      redis.call('HSET', bucket_state, dry, now + tonumber(ARGV[24]))
+    elseif tonumber(redis.call('HGET', bucket_state, dry) or '0') <= now then
+      return { -17, ty, left }
+    end
+  end
   return refusal('sold_out', ty, { -8, ty })
 end
 local head_field, tail_field = ty .. ':head', ty .. ':tail'

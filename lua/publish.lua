@@ -18,7 +18,10 @@ ARGV[5]  require_pass: 1 | 0
 ARGV[6]  stock_total (sum over the types; the claim passes are counted from it)
 ARGV[7]  status: published | closed
 ARGV[8]  consumer group of the drain
-ARGV[9..] per type, in the activity's order, 7 values each:
+ARGV[9]  stock buckets of the activity (flashclaim_core::buckets; 1: the activity is one)
+ARGV[10] which bucket these keys are (0 .. ARGV[9] - 1); the stocks and stock_total below
+         are this bucket's share
+ARGV[11..] per type, in the activity's order, 7 values each:
          key, starts_at ms, ends_at ms (the type's window, the activity's when it has none),
          per-user limit, kind (counter | codes), stock_total, stock to set when none is
          loaded (stock_total less the type's tickets Postgres already holds, so a reload
@@ -34,9 +37,10 @@ local keys = {}
 local settings = {
   'id', ARGV[1], 'starts_at', ARGV[2], 'ends_at', ARGV[3], 'per_user_limit', ARGV[4],
   'require_pass', ARGV[5], 'stock_total', ARGV[6], 'status', ARGV[7],
+  'buckets', ARGV[9], 'bucket', ARGV[10],
 }
 local loaded, stock_left = 0, 0
-for i = 9, #ARGV, 7 do
+for i = 11, #ARGV, 7 do
   local ty = ARGV[i]
   keys[#keys + 1] = ty
   for _, pair in ipairs({
@@ -46,7 +50,7 @@ for i = 9, #ARGV, 7 do
     settings[#settings + 1] = ty .. ':' .. pair[1]
     settings[#settings + 1] = pair[2]
   end
-  if redis.call('HSETNX', stocks, ty, ARGV[i + 6]) == 1 and i == 9 then
+  if redis.call('HSETNX', stocks, ty, ARGV[i + 6]) == 1 and i == 11 then
     loaded = 1
   end
   stock_left = stock_left + tonumber(redis.call('HGET', stocks, ty))

@@ -18,6 +18,8 @@ const SCRIPTS: &[&str] = &[
     "login",
     "metrics",
     "tally",
+    "lend",
+    "credit",
 ];
 
 fn main() {

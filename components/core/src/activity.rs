@@ -276,7 +276,18 @@ impl Activity {
     /// The publish script's KEYS and ARGV for this activity; `already_issued(key)` is the
     /// count of the type's live tickets Postgres holds (0 on a first publish).
     pub fn publish_command(&self, already_issued: impl Fn(&str) -> i64) -> (Vec<String>, Vec<Arg>) {
-        let k = ActivityKeys::new(self.id);
+        self.publish_bucket_command((0, 1), already_issued)
+    }
+
+    /// The publish script for bucket `b` of `n` stock buckets (`crate::buckets`): the same
+    /// settings, and the bucket's share of each type's stock.
+    pub fn publish_bucket_command(
+        &self,
+        (b, n): (i64, i64),
+        already_issued: impl Fn(&str) -> i64,
+    ) -> (Vec<String>, Vec<Arg>) {
+        use crate::buckets::share;
+        let k = ActivityKeys::in_bucket(self.id, b, n);
         let keys = vec![k.meta(), k.stocks(), k.log(), k.view()];
         let mut argv = vec![
             Arg::Int(self.id.get()),
@@ -284,9 +295,16 @@ impl Activity {
             Arg::Int(self.ends_at.0),
             Arg::Int(self.per_user_limit.unwrap_or(0)),
             Arg::Int(i64::from(self.require_pass)),
-            Arg::Int(self.stock_total()),
+            Arg::Int(
+                self.ticket_types
+                    .iter()
+                    .map(|t| share(t.stock_total, n, b))
+                    .sum(),
+            ),
             Arg::from(self.status.as_str()),
             Arg::from(DRAIN_GROUP),
+            Arg::Int(n),
+            Arg::Int(b),
         ];
         for t in &self.ticket_types {
             let (opens, closes) = t.window(self.starts_at, self.ends_at);
@@ -296,8 +314,12 @@ impl Activity {
                 Arg::Int(closes.0),
                 Arg::Int(t.per_user_limit),
                 Arg::from(t.kind.as_str()),
-                Arg::Int(t.stock_total),
-                Arg::Int((t.stock_total - already_issued(t.key.as_str())).max(0)),
+                Arg::Int(share(t.stock_total, n, b)),
+                Arg::Int(share(
+                    (t.stock_total - already_issued(t.key.as_str())).max(0),
+                    n,
+                    b,
+                )),
             ]);
         }
         (keys, argv)
@@ -563,8 +585,13 @@ mod tests {
         let (keys, argv) = a.publish_command(|key| if key == "std" { 20 } else { 0 });
         assert_eq!(keys[1], "fc:{a:7}:stocks");
         assert_eq!(argv[3], Arg::Int(3));
-        assert_eq!(argv.len(), 8 + 2 * 7);
-        let std = &argv[15..22];
+        assert_eq!(argv.len(), 10 + 2 * 7);
+        assert_eq!(
+            argv[8..10],
+            [Arg::Int(1), Arg::Int(0)],
+            "one bucket, bucket 0"
+        );
+        let std = &argv[17..24];
         assert_eq!(std[0], Arg::from("std"));
         assert_eq!(
             std[1],
@@ -573,6 +600,11 @@ mod tests {
         );
         assert_eq!(std[2], Arg::Int(a.ends_at.0), "the activity's close");
         assert_eq!(std[6], Arg::Int(480), "its stock less what Postgres holds");
+        let (keys, argv) =
+            a.publish_bucket_command((2, 3), |key| if key == "std" { 20 } else { 0 });
+        assert_ne!(keys[1], "fc:{a:7}:stocks", "bucket 2's own tag");
+        assert_eq!(argv[8..10], [Arg::Int(3), Arg::Int(2)]);
+        assert_eq!(argv[17 + 6], Arg::Int(160), "a third of what is left");
     }
 
     #[test]

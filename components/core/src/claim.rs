@@ -238,8 +238,9 @@ impl ClaimCommand {
     /// Answers given without the script since this instance last reached Redis for the
     /// activity (see [`Unreported`]): ARGV[17..18] of claim.lua, added to its counters.
     pub fn with_unreported(mut self, (unavailable, unknown): (i64, i64)) -> Self {
-        self.argv.truncate(16);
-        self.argv.extend([Arg::Int(unavailable), Arg::Int(unknown)]);
+        let end = self.argv.len().min(18);
+        self.argv
+            .splice(16..end, [Arg::Int(unavailable), Arg::Int(unknown)]);
         self
     }
 
@@ -249,8 +250,59 @@ impl ClaimCommand {
         if self.argv.len() < 18 {
             self = self.with_unreported((0, 0));
         }
-        self.argv.truncate(18);
-        self.argv.extend(args);
+        let end = self.argv.len().min(21);
+        self.argv.splice(18..end, args);
+        self
+    }
+}
+
+impl ClaimCommand {
+    /// The claim in bucket `b` of an activity of `n` stock buckets (`crate::buckets`): the
+    /// same keys under that bucket's tag, and the user's hash (ARGV[22]), by which the
+    /// script checks it is the user's home bucket, or says which `n` it has (`{ -16, n }`).
+    /// `credits`: `None` for a first attempt; else the claim again after borrowing, with
+    /// the stock lent to this bucket for it (ARGV[23], `<move>:<amount>` each), credited
+    /// first, once. Last of the builders: the others keep ARGV[22..24] but do not add them.
+    pub fn in_bucket(
+        mut self,
+        activity: ActivityId,
+        user: &UserId,
+        (b, n): (i64, i64),
+        credits: Option<&[(String, i64)]>,
+    ) -> Self {
+        let from = ActivityKeys::new(activity).meta();
+        let from = &from[..from.len() - "meta".len()];
+        let to = ActivityKeys::in_bucket(activity, b, n).meta();
+        let to = &to[..to.len() - "meta".len()];
+        for key in &mut self.keys {
+            if let Some(rest) = key.strip_prefix(from) {
+                *key = format!("{to}{rest}");
+            }
+        }
+        self.keys.truncate(14);
+        self.keys
+            .push(ActivityKeys::in_bucket(activity, b, n).bucket());
+        if self.argv.len() < 18 {
+            self = self.with_unreported((0, 0));
+        }
+        if self.argv.len() < 21 {
+            self.argv.truncate(18);
+            self.argv.extend([Arg::Int(0), Arg::Int(0), Arg::Int(-1)]);
+        }
+        self.argv.truncate(21);
+        self.argv
+            .push(Arg::Int(i64::from(crate::buckets::user_hash(user))));
+        let again = match credits {
+            None => String::new(),
+            Some([]) => "-".to_string(),
+            Some(loans) => loans
+                .iter()
+                .map(|(m, a)| format!("{m}:{a}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        self.argv.push(Arg::from(again));
+        self.argv.push(Arg::Int(crate::buckets::DRY_MS));
         self
     }
 }

@@ -26,6 +26,14 @@ impl ActivityKeys {
         }
     }
 
+    /// The keys of bucket `b` of an activity of `n` stock buckets (`crate::buckets`):
+    /// bucket 0 is [`ActivityKeys::new`].
+    pub fn in_bucket(id: ActivityId, b: i64, n: i64) -> Self {
+        ActivityKeys {
+            prefix: format!("fc:{{{}}}", crate::buckets::tag(id, b, n)),
+        }
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.prefix)
     }
@@ -92,6 +100,12 @@ impl ActivityKeys {
     /// scripts that already run: `answers:<outcome>:<type>`, `claimed:<type>`, ...
     pub fn metrics(&self) -> String {
         self.key("metrics")
+    }
+    /// A stock bucket's own state (lua/lend.lua, lua/claim.lua): `dry:<type>`, until when
+    /// every bucket was seen without the type's stock; `out:<move>`, stock lent and not yet
+    /// known credited; `in:<move>`, stock credited here.
+    pub fn bucket(&self) -> String {
+        self.key("bucket")
     }
     /// Held by the one reader rebuilding the cached view (stampede protection).
     pub fn view_lock(&self) -> String {

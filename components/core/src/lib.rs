@@ -8,6 +8,7 @@
 pub mod activity;
 pub mod admin;
 pub mod auth;
+pub mod buckets;
 pub mod captcha;
 pub mod claim;
 pub mod claim_cache;
