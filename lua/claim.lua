@@ -88,9 +88,9 @@ a label nobody published). Returns a flat array (Spin flattens nested replies):
   { -15, types }                 no type of that key in this activity
   { -16, n }                     not the user's home bucket of the activity's n (nothing
                                  changed; ARGV[22] picks the home)
-  { -17, type, left }            the home bucket has too little of the type left: borrow
-                                 from the others and claim again (ARGV[23]); only for
-                                 several buckets, and counted as nothing yet
+  { -17, type, left, n }         the home bucket has too little of the type left: borrow
+                                 from the others of the n and claim again (ARGV[23]); only
+                                 for several buckets, and counted as nothing yet
 
 With ARGV[19] = 1, the replies 1, -3, -4 and -8 are followed by '~' and the snapshot (a
 claim brings it too, so that the caller knows the sale is open; codes never hold '~'):
@@ -356,7 +356,7 @@ if left < quantity then
       -- The others were asked and had too little: they are not asked again for a while.
       redis.call('HSET', bucket_state, dry, now + tonumber(ARGV[24]))
     elseif tonumber(redis.call('HGET', bucket_state, dry) or '0') <= now then
-      return { -17, ty, left }
+      return { -17, ty, left, buckets }
     end
   end
   return refusal('sold_out', ty, { -8, ty })
@@ -393,10 +393,16 @@ if kind == 'codes' then
 else
   local last = redis.call('INCRBY', seq, quantity)
   local i = 0
+  -- Bucket b > 0 of several numbers its tickets on its own: its codes end in -<b>, so
+  -- that a code alone finds the bucket holding its ticket (flashclaim_core::buckets).
+  local suffix = ''
+  if bucket > 0 then
+    suffix = '-' .. bucket
+  end
   for prefix in string.gmatch(ARGV[5], '[^,]+') do
     i = i + 1
     if i > quantity then break end
-    codes[i] = prefix .. '-' .. (last - quantity + i)
+    codes[i] = prefix .. '-' .. (last - quantity + i) .. suffix
   end
 end
 

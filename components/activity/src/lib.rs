@@ -18,7 +18,7 @@ use flashclaim_core::cors;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::Principal;
 use flashclaim_core::keys::ActivityKeys;
-use flashclaim_core::scripts::{Arg, RedisCommands, Reply, VIEW};
+use flashclaim_core::scripts::{Arg, RedisCommands, Reply, STOCKS, VIEW};
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -76,12 +76,54 @@ fn get_activity(id: &str, caller: Option<Principal>) -> Result<serde_json::Value
     let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "activity")?;
     let user = caller.as_ref().map(|c| c.user.as_str());
-    if let Some(view) = cached(&redis, &keys, user)? {
+    let view = match cached(&redis, &keys, user)? {
+        Some(view) => view,
+        None => {
+            let rebuilt = rebuild(&redis, id, &keys)?;
+            // The rebuilt view, now cached, with the live stocks and what the caller holds.
+            cached(&redis, &keys, user)?.unwrap_or(rebuilt)
+        }
+    };
+    in_buckets(&redis, id, user, view).map_err(|e| glue::redis_unavailable("activity", e))
+}
+
+/// An activity of several stock buckets (`flashclaim_core::buckets`): view.lua read bucket
+/// 0; the others' stocks are added (one stocks.lua per bucket: each is its own slot), and
+/// what the caller holds is read from their home bucket.
+fn in_buckets(
+    redis: &SpinRedis,
+    id: ActivityId,
+    user: Option<&str>,
+    mut view: serde_json::Value,
+) -> Result<serde_json::Value, flashclaim_core::scripts::RedisFailure> {
+    let n = view["stock_buckets"].as_i64().unwrap_or(1);
+    if n <= 1 {
         return Ok(view);
     }
-    let rebuilt = rebuild(&redis, id, &keys)?;
-    // The rebuilt view, now cached, with the live stocks and what the caller holds.
-    Ok(cached(&redis, &keys, user)?.unwrap_or(rebuilt))
+    let mut others = Vec::new();
+    for b in 1..n {
+        let key = ActivityKeys::in_bucket(id, b, n).stocks();
+        let reply = redis.run(&STOCKS, &[key], &[])?;
+        others.extend(activity::decode_stocks(&reply, 1).unwrap_or_default());
+    }
+    activity::add_bucket_stocks(&mut view, &others);
+    let Some(user) = user.and_then(flashclaim_core::ids::UserId::parse) else {
+        return Ok(view);
+    };
+    let home = flashclaim_core::buckets::home(&user, n);
+    if home != 0 {
+        let mut hmget = vec![
+            Arg::from(ActivityKeys::in_bucket(id, home, n).claimed()),
+            Arg::from(user.as_str()),
+        ];
+        for t in view["ticket_types"].as_array().into_iter().flatten() {
+            let key = t["key"].as_str().unwrap_or_default();
+            hmget.push(Arg::from(format!("{}|{key}", user.as_str())));
+        }
+        let held = redis.execute("HMGET", &hmget)?;
+        activity::lay_held_over(&mut view, &held);
+    }
+    Ok(view)
 }
 
 /// The cached view with each type's live stock and, for a caller, what they hold (one

@@ -43,7 +43,10 @@ pub fn list(query: &str) -> Result<serde_json::Value, ApiError> {
         .ok_or(ApiError::Internal)?;
     let ids = items
         .iter()
-        .map(|item| item["id"].as_i64().map(ActivityId::from_db))
+        .map(|item| {
+            let n = item["stock_buckets"].as_i64().unwrap_or(1);
+            item["id"].as_i64().map(|id| (ActivityId::from_db(id), n))
+        })
         .collect::<Option<Vec<_>>>()
         .ok_or(ApiError::Internal)?;
     for (item, stocks) in items

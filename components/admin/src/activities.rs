@@ -26,14 +26,18 @@ pub fn create(req: &Request) -> Result<HttpResponse, ApiError> {
         .query(
             &format!(
                 "WITH a AS (INSERT INTO activities \
-                   (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass) \
+                   (name, description, image_url, starts_at, ends_at, stock_total, per_user_limit, kind, require_pass, stock_buckets) \
                  VALUES ($1, $2, $3, to_timestamp($4::int8 / 1000.0), to_timestamp($5::int8 / 1000.0), \
-                         $6::int8, $7::int8, $8, $9) \
+                         $6::int8, $7::int8, $8, $9, $18::int8) \
                  RETURNING id), \
                  t AS (INSERT INTO ticket_types {TYPE_COLUMNS} SELECT a.id, {TYPE_VALUES} FROM a, {TYPE_ROWS}) \
                  SELECT id FROM a"
             ),
-            &definition_params(&created),
+            &[
+                definition_params(&created),
+                vec![ParameterValue::Int64(created.stock_buckets)],
+            ]
+            .concat(),
         )
         .map_err(|e| glue::pg_internal("create activity", e))?;
     let id = rows
@@ -110,6 +114,7 @@ pub fn update(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let mut params = definition_params(&changed);
     params.push(ParameterValue::Int64(id.get()));
     params.push(glue::str_param(current.status.as_str()));
+    params.push(ParameterValue::Int64(changed.stock_buckets));
     // One statement: the activity, types left out removed, the others written over. The
     // status guard makes a concurrent publish win: then this update changes nothing.
     let updated = pg
@@ -118,7 +123,7 @@ pub fn update(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
                 "WITH a AS (UPDATE activities SET name = $1, description = $2, image_url = $3, \
                    starts_at = to_timestamp($4::int8 / 1000.0), ends_at = to_timestamp($5::int8 / 1000.0), \
                    stock_total = $6::int8, per_user_limit = $7::int8, kind = $8, require_pass = $9, \
-                   updated_at = now() \
+                   stock_buckets = $20::int8, updated_at = now() \
                  WHERE id = $18 AND status = $19 RETURNING id), \
                  gone AS (DELETE FROM ticket_types WHERE activity_id IN (SELECT id FROM a) \
                    AND key <> ALL($10::text[])), \
@@ -153,7 +158,7 @@ pub fn update(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     redis
         .execute("DEL", &[Arg::from(ActivityKeys::new(id).view())])
         .map_err(|e| glue::redis_unavailable("update activity", e))?;
-    let stocks = glue::type_stocks(&[id], "update activity")?;
+    let stocks = glue::type_stocks(&[(id, changed.stock_buckets)], "update activity")?;
     let stock = stocks.first().cloned().unwrap_or_default();
     Ok(HttpResponse::json(
         200,
@@ -211,7 +216,7 @@ pub fn publish(id: &str) -> Result<HttpResponse, ApiError> {
 
 /// The activity with each type's stock as Redis holds it now.
 fn live_view(activity: &Activity) -> Result<HttpResponse, ApiError> {
-    let stocks = glue::type_stocks(&[activity.id], "load activity")?;
+    let stocks = glue::type_stocks(&[(activity.id, activity.stock_buckets)], "load activity")?;
     let stock = stocks.first().cloned().unwrap_or_default();
     Ok(HttpResponse::json(
         200,
@@ -267,9 +272,15 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError>
         .and_then(|r| glue::text(&r[0]))
         .and_then(|json| serde_json::from_str::<TypeStocks>(&json).ok())
         .ok_or(ApiError::Internal)?;
-    let (keys, argv) = activity.publish_command(|key| issued.get(key).copied().unwrap_or(0));
-    let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
-    let (loaded, _) = activity::decode_publish(&reply)?;
+    // Every stock bucket (flashclaim_core::buckets); bucket 0 says whether this is a load.
+    let n = activity.stock_buckets;
+    let mut loaded = false;
+    for b in (0..n).rev() {
+        let (keys, argv) =
+            activity.publish_bucket_command((b, n), |key| issued.get(key).copied().unwrap_or(0));
+        let reply = redis.run(&PUBLISH, &keys, &argv).map_err(unavailable)?;
+        loaded = activity::decode_publish(&reply)?.0;
+    }
     if loaded && issued.values().any(|n| *n > 0) {
         // One row of arrays (glue::list_rows): returns since the count may have left none.
         let rows = pg
@@ -283,7 +294,7 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError>
             )
             .map_err(|e| glue::pg_internal("load issued tickets", e))?;
         let rows = glue::list_rows(rows, "load issued tickets")?;
-        restore_issued(&redis, activity.id, &rows).map_err(unavailable)?;
+        restore_issued(&redis, activity.id, n, &rows).map_err(unavailable)?;
     }
     // Indexed before the blacklist is read: a user blacklisted meanwhile is either read
     // here or finds this activity in the index (operations::blacklist).
@@ -297,17 +308,20 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError>
     let denied = pg
         .query("SELECT array_agg(user_id) FROM blacklist", &[])
         .map_err(|e| glue::pg_internal("load blacklist", e))?;
-    let keys = ActivityKeys::new(activity.id);
-    let mut sadd = vec![Arg::from(keys.deny())];
-    sadd.extend(
-        glue::list_rows(denied, "load blacklist")?
-            .iter()
-            .filter_map(|r| glue::text(&r[0]))
-            .map(Arg::from),
-    );
-    if sadd.len() > 1 {
+    let denied: Vec<Arg> = glue::list_rows(denied, "load blacklist")?
+        .iter()
+        .filter_map(|r| glue::text(&r[0]))
+        .map(Arg::from)
+        .collect();
+    for b in 0..n {
+        if denied.is_empty() {
+            break;
+        }
+        let deny = ActivityKeys::in_bucket(activity.id, b, n).deny();
+        let sadd = [vec![Arg::from(deny)], denied.clone()].concat();
         redis.execute("SADD", &sadd).map_err(unavailable)?;
     }
+    let keys = ActivityKeys::new(activity.id);
     for pooled in activity
         .ticket_types
         .iter()
@@ -344,17 +358,20 @@ fn load_into_redis(pg: &Connection, activity: &Activity) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Puts drained tickets back into a freshly loaded activity: the users' counts, over the
-/// activity and per type, and the ticket records (so returns, redeems and ticket reads
-/// keep working).
+/// Puts drained tickets back into a freshly loaded activity of `n` stock buckets: the
+/// users' counts, over the activity and per type, in each user's home bucket, and the
+/// ticket records in the bucket each code names (so returns, redeems and ticket reads keep
+/// working).
 fn restore_issued(
     redis: &SpinRedis,
     id: ActivityId,
+    n: i64,
     rows: &[Vec<spin_sdk::pg4::DbValue>],
 ) -> Result<(), flashclaim_core::scripts::RedisFailure> {
-    let keys = ActivityKeys::new(id);
-    let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
-    let mut records = vec![Arg::from(keys.tickets())];
+    use flashclaim_core::buckets;
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<(i64, String), i64> = Default::default();
+    let mut records: BTreeMap<i64, Vec<Arg>> = Default::default();
     for row in rows {
         let (Some(code), Some(user), Some(claim_id), Some(status), Some(at), Some(ticket_type)) = (
             glue::text(&row[0]),
@@ -366,8 +383,12 @@ fn restore_issued(
         ) else {
             continue;
         };
-        *counts.entry(user.clone()).or_default() += 1;
-        *counts.entry(format!("{user}|{ticket_type}")).or_default() += 1;
+        let home = flashclaim_core::ids::UserId::parse(&user).map_or(0, |u| buckets::home(&u, n));
+        *counts.entry((home, user.clone())).or_default() += 1;
+        *counts
+            .entry((home, format!("{user}|{ticket_type}")))
+            .or_default() += 1;
+        let fields = records.entry(buckets::code_bucket(&code, n)).or_default();
         let record = TicketRecord {
             user,
             claim_id,
@@ -375,16 +396,24 @@ fn restore_issued(
             claimed_at: Millis(at),
             ticket_type,
         };
-        records.push(Arg::from(code));
-        records.push(Arg::from(record.to_text()));
+        fields.push(Arg::from(code));
+        fields.push(Arg::from(record.to_text()));
     }
-    let mut hset = vec![Arg::from(keys.claimed())];
-    for (field, n) in counts {
+    let mut hsets: BTreeMap<i64, Vec<Arg>> = Default::default();
+    for ((home, field), count) in counts {
+        let hset = hsets
+            .entry(home)
+            .or_insert_with(|| vec![Arg::from(ActivityKeys::in_bucket(id, home, n).claimed())]);
         hset.push(Arg::from(field));
-        hset.push(Arg::Int(n));
+        hset.push(Arg::Int(count));
     }
-    redis.execute("HSET", &hset)?;
-    redis.execute("HSET", &records)?;
+    for hset in hsets.into_values() {
+        redis.execute("HSET", &hset)?;
+    }
+    for (b, fields) in records {
+        let tickets = Arg::from(ActivityKeys::in_bucket(id, b, n).tickets());
+        redis.execute("HSET", &[vec![tickets], fields].concat())?;
+    }
     Ok(())
 }
 

@@ -70,13 +70,13 @@ pub fn activity(id: &str) -> Result<HttpResponse, ApiError> {
 /// The stock Redis holds for each ticket type of each published or closed activity (one
 /// EVALSHA per endpoint, glue::type_stocks); none for drafts.
 fn live_stocks(activities: &[Activity]) -> Result<Vec<TypeStocks>, ApiError> {
-    let loaded: Vec<(usize, ActivityId)> = activities
+    let loaded: Vec<(usize, (ActivityId, i64))> = activities
         .iter()
         .enumerate()
         .filter(|(_, a)| a.status != Status::Draft)
-        .map(|(i, a)| (i, a.id))
+        .map(|(i, a)| (i, (a.id, a.stock_buckets)))
         .collect();
-    let ids: Vec<ActivityId> = loaded.iter().map(|(_, id)| *id).collect();
+    let ids: Vec<(ActivityId, i64)> = loaded.iter().map(|(_, id)| *id).collect();
     let mut stocks = vec![TypeStocks::default(); activities.len()];
     for ((i, _), s) in loaded
         .iter()

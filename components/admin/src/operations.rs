@@ -2,7 +2,7 @@
 
 use flashclaim_core::admin;
 use flashclaim_core::ids::{ActivityId, TicketRef, UserId};
-use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX};
+use flashclaim_core::keys::ACTIVITY_INDEX;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, REDEEM};
 use flashclaim_core::ticket::{self, TicketRecord};
 use flashclaim_core::{ApiError, HttpResponse};
@@ -63,15 +63,12 @@ fn apply_to_deny_sets(command: &str, user: &UserId) -> Result<usize, ApiError> {
             .filter_map(Reply::as_text)
             .filter_map(|t| ActivityId::parse(t).ok())
         {
-            redis
-                .execute(
-                    command,
-                    &[
-                        Arg::from(ActivityKeys::new(id).deny()),
-                        Arg::from(user.as_str()),
-                    ],
-                )
-                .map_err(unavailable)?;
+            // Every stock bucket checks its own copy (flashclaim_core::buckets).
+            for keys in glue::bucket_keys(&redis, id).map_err(unavailable)? {
+                redis
+                    .execute(command, &[Arg::from(keys.deny()), Arg::from(user.as_str())])
+                    .map_err(unavailable)?;
+            }
             touched += 1;
         }
         redis.confirm().map_err(unavailable)?;
@@ -86,7 +83,8 @@ pub fn redeem(req: &Request, code: &str) -> Result<HttpResponse, ApiError> {
     let proof = ticket::parse_redeem(req.body())?;
     let secret = glue::var("ticket_secret")?;
     let redis = glue::redis_for(ticket.activity, "redeem")?;
-    let keys = ActivityKeys::new(ticket.activity);
+    let keys =
+        glue::ticket_keys(&redis, &ticket).map_err(|e| glue::redis_unavailable("redeem", e))?;
     let record = redis
         .execute(
             "HGET",
@@ -106,7 +104,7 @@ pub fn redeem(req: &Request, code: &str) -> Result<HttpResponse, ApiError> {
         &record.user,
     )?;
     let now = glue::now();
-    let (keys, argv) = ticket::redeem_command(&ticket, now);
+    let (keys, argv) = ticket::redeem_command(&ticket, &keys, now);
     let reply = redis
         .run_confirmed(&REDEEM, &keys, &argv, scripts::status_is_success)
         .map_err(|e| glue::redis_unavailable("redeem", e))?;

@@ -24,7 +24,33 @@ struct LiveCounters {
     passes: i64,
 }
 
+/// The live counters of every stock bucket of the activity (`flashclaim_core::buckets`;
+/// one for most), summed: the operator sees one activity.
 fn live_counters(
+    redis: &SpinRedis,
+    buckets: &[ActivityKeys],
+    activity: &Activity,
+) -> Result<LiveCounters, ApiError> {
+    let mut sum = LiveCounters {
+        stocks: TypeStocks::new(),
+        pools: TypeStocks::new(),
+        backlog: 0,
+        passes: 0,
+    };
+    for keys in buckets {
+        let one = bucket_counters(redis, keys, activity)?;
+        for (into, from) in [(&mut sum.stocks, one.stocks), (&mut sum.pools, one.pools)] {
+            for (key, n) in from {
+                *into.entry(key).or_default() += n;
+            }
+        }
+        sum.backlog += one.backlog;
+        sum.passes += one.passes;
+    }
+    Ok(sum)
+}
+
+fn bucket_counters(
     redis: &SpinRedis,
     keys: &ActivityKeys,
     activity: &Activity,
@@ -74,11 +100,9 @@ pub fn stats(id: &str) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let pg = glue::pg_open()?;
     let activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    let live = live_counters(
-        &glue::redis_for(id, "stats")?,
-        &ActivityKeys::new(id),
-        &activity,
-    )?;
+    let redis = glue::redis_for(id, "stats")?;
+    let buckets = glue::bucket_keys(&redis, id).map_err(|e| glue::redis_unavailable("stats", e))?;
+    let live = live_counters(&redis, &buckets, &activity)?;
     // One row whatever the tickets: the counts per type as one JSON object.
     let counts = pg
         .query(
@@ -198,12 +222,18 @@ pub fn reconcile(id: &str) -> Result<HttpResponse, ApiError> {
     let id = ActivityId::parse(id)?;
     let pg = glue::pg_open()?;
     let activity = glue::load_activity(&pg, id)?.ok_or(ApiError::NotFound)?;
-    let keys = ActivityKeys::new(id);
     let redis = glue::redis_for(id, "reconcile")?;
-    let live = live_counters(&redis, &keys, &activity)?;
-    let pairs = redis
-        .execute("HGETALL", &[Arg::from(keys.tickets())])
-        .map_err(|e| glue::redis_unavailable("reconcile", e))?;
+    let unavailable = |e| glue::redis_unavailable("reconcile", e);
+    let buckets = glue::bucket_keys(&redis, id).map_err(unavailable)?;
+    let live = live_counters(&redis, &buckets, &activity)?;
+    let mut pairs = Vec::new();
+    for keys in &buckets {
+        pairs.extend(
+            redis
+                .execute("HGETALL", &[Arg::from(keys.tickets())])
+                .map_err(unavailable)?,
+        );
+    }
     let redis_tickets: Vec<(String, TicketRecord)> = pairs
         .chunks(2)
         .filter_map(|p| {

@@ -11,11 +11,12 @@
 
 use std::cell::RefCell;
 
+use flashclaim_core::buckets::{BucketedClaim, Buckets, Next};
 use flashclaim_core::claim::{self, ClaimSettings, Unreported};
 use flashclaim_core::claim_cache::{self, ClaimCache};
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::ActivityKeys;
-use flashclaim_core::scripts::{self, Arg, CLAIM};
+use flashclaim_core::scripts::{self, Arg};
 use flashclaim_core::{ApiError, HttpResponse};
 use flashclaim_spin3 as glue;
 use spin_sdk::http::{Method, Request};
@@ -30,6 +31,9 @@ thread_local! {
     /// Refusals anyone would get, answered from what the instance's claims learned
     /// (`flashclaim_core::claim_cache`), for at most `claim_cache_ms`.
     static CACHE: RefCell<ClaimCache> = RefCell::new(ClaimCache::default());
+    /// The stock buckets of the activities this instance claimed on, once a script said
+    /// them (`flashclaim_core::buckets`; fixed once published): a claim goes home at once.
+    static BUCKETS: RefCell<Buckets> = RefCell::new(Buckets::default());
     /// The settings, parsed once: Spin's variables do not change while an instance lives.
     static SETTINGS: RefCell<Option<(ClaimSettings, i64)>> = const { RefCell::new(None) };
 }
@@ -140,16 +144,28 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     if learning {
         command = command.with_snapshot(CACHE.with_borrow(|c| c.snapshot_args(activity)));
     }
-    let reply = glue::run_confirmed(
-        shards.for_activity(activity),
-        &CLAIM,
-        &command.keys,
-        &command.argv,
-        scripts::status_is_success,
-    )
-    .await
-    .map(|reply| CACHE.with_borrow_mut(|c| c.learn(activity, reply, now)))
-    .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
+    let known = BUCKETS.with_borrow(|b| b.get(activity));
+    let (mut steps, mut call) = BucketedClaim::start(command, now, known);
+    let reply = loop {
+        let reply = glue::run_confirmed(
+            shards.for_activity(activity),
+            call.script,
+            &call.keys,
+            &call.argv,
+            scripts::status_is_success,
+        )
+        .await;
+        match steps.next(reply) {
+            Next::Run(next) => call = next,
+            Next::Done(reply) => break reply,
+        }
+    };
+    if let Some(n) = steps.buckets() {
+        BUCKETS.with_borrow_mut(|b| b.remember(activity, n));
+    }
+    let reply = reply
+        .map(|reply| CACHE.with_borrow_mut(|c| c.learn(activity, reply, now)))
+        .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
     UNREPORTED.with_borrow_mut(|u| u.settle(activity, taken, reply.as_ref().err()));
 
     // encode

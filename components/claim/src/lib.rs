@@ -3,12 +3,15 @@
 //!
 //! The hot path is exactly one Redis connection and one EVALSHA; every check and every
 //! effect (stock, per-user and global rate, tickets, claim log, idempotency) happens in
-//! claim.lua.
+//! claim.lua. An activity of several stock buckets takes one more script for most users
+//! (bucket 0 names the home bucket: this instance keeps nothing to remember it by), and a
+//! few more when the home runs short (`flashclaim_core::buckets`).
 
 use flashclaim_spin as glue;
 
+use flashclaim_core::buckets::{BucketedClaim, Next};
 use flashclaim_core::claim::{self, ClaimSettings};
-use flashclaim_core::scripts::{self, CLAIM};
+use flashclaim_core::scripts;
 use flashclaim_core::{ApiError, HttpResponse};
 use spin_sdk::http::{Method, Request, Response};
 
@@ -54,16 +57,23 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
         prepared => prepared?,
     };
 
-    // apply: one connection, one script
+    // apply: one connection, one script (more only for stock buckets)
     let shards = glue::redis_shards()?;
     let reply = SpinRedis::open(shards.for_activity(activity))
         .and_then(|redis| {
-            redis.run_confirmed(
-                &CLAIM,
-                &command.keys,
-                &command.argv,
-                scripts::status_is_success,
-            )
+            let (mut steps, mut call) = BucketedClaim::start(command, glue::now(), None);
+            loop {
+                let reply = redis.run_confirmed(
+                    call.script,
+                    &call.keys,
+                    &call.argv,
+                    scripts::status_is_success,
+                );
+                match steps.next(reply) {
+                    Next::Run(next) => call = next,
+                    Next::Done(reply) => return reply,
+                }
+            }
         })
         .inspect_err(|e| eprintln!("flashclaim: claim: {e}"));
 

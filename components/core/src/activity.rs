@@ -80,6 +80,8 @@ pub struct NewActivity {
     pub per_user_limit: Option<i64>,
     pub require_pass: bool,
     pub ticket_types: Vec<TicketType>,
+    /// Redis Cluster slots one activity's stock is spread over (`crate::buckets`).
+    pub stock_buckets: i64,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +104,8 @@ struct NewActivityBody {
     require_pass: Option<bool>,
     #[serde(default)]
     ticket_types: Option<serde_json::Value>,
+    #[serde(default)]
+    stock_buckets: Option<i64>,
 }
 
 impl NewActivity {
@@ -177,6 +181,26 @@ impl NewActivity {
                 )
             }
         };
+        let stock_buckets = b.stock_buckets.unwrap_or(1);
+        if !(1..=crate::buckets::MAX_BUCKETS).contains(&stock_buckets) {
+            return Err(ApiError::invalid(format!(
+                "stock_buckets must be between 1 and {}",
+                crate::buckets::MAX_BUCKETS
+            )));
+        }
+        let require_pass = b.require_pass.unwrap_or(false);
+        // A pool's codes and the passes are not split over buckets (yet): refused, not
+        // half served.
+        if stock_buckets > 1 && ticket_types.iter().any(|t| t.kind != Kind::Counter) {
+            return Err(ApiError::invalid(
+                "stock_buckets above 1 needs every ticket type of kind counter",
+            ));
+        }
+        if stock_buckets > 1 && require_pass {
+            return Err(ApiError::invalid(
+                "stock_buckets above 1 cannot be combined with require_pass",
+            ));
+        }
         Ok(NewActivity {
             name,
             description,
@@ -184,8 +208,9 @@ impl NewActivity {
             starts_at,
             ends_at,
             per_user_limit,
-            require_pass: b.require_pass.unwrap_or(false),
+            require_pass,
             ticket_types,
+            stock_buckets,
         })
     }
 
@@ -202,6 +227,7 @@ impl NewActivity {
             per_user_limit: self.per_user_limit,
             require_pass: self.require_pass,
             ticket_types: self.ticket_types,
+            stock_buckets: self.stock_buckets,
         }
     }
 }
@@ -221,6 +247,8 @@ pub struct Activity {
     pub require_pass: bool,
     /// 1-20, in the operator's order.
     pub ticket_types: Vec<TicketType>,
+    /// 1 ..= `buckets::MAX_BUCKETS`: how many Redis Cluster slots the stock is spread over.
+    pub stock_buckets: i64,
 }
 
 impl Activity {
@@ -264,6 +292,7 @@ impl Activity {
             "per_user_limit": self.per_user_limit,
             "kind": self.kind_label(),
             "require_pass": self.require_pass,
+            "stock_buckets": self.stock_buckets,
             "ticket_types": types,
         })
     }
@@ -366,6 +395,36 @@ pub fn lay_stocks_over(view: &mut serde_json::Value, stocks: &TypeStocks) {
         }
     }
     view["stock_left"] = left.into();
+}
+
+/// The other stock buckets' stocks (`crate::buckets`) added to a live view of bucket 0.
+pub fn add_bucket_stocks(view: &mut serde_json::Value, others: &[TypeStocks]) {
+    let mut sums = TypeStocks::new();
+    if let Some(types) = view["ticket_types"].as_array() {
+        for t in types {
+            if let (Some(key), Some(left)) = (t["key"].as_str(), t["stock_left"].as_i64()) {
+                sums.insert(key.to_string(), left);
+            }
+        }
+    }
+    for stocks in others {
+        for (key, left) in stocks {
+            *sums.entry(key.clone()).or_default() += left;
+        }
+    }
+    lay_stocks_over(view, &sums);
+}
+
+/// What the caller holds as the home bucket's `HMGET claimed user user|<type>...` read it
+/// (the types in the view's order), laid over a live view.
+pub fn lay_held_over(view: &mut serde_json::Value, held: &[Reply]) {
+    let count = |i: usize| held.get(i).and_then(Reply::as_int).unwrap_or(0);
+    view["my_claimed"] = count(0).into();
+    if let Some(types) = view["ticket_types"].as_array_mut() {
+        for (i, t) in types.iter_mut().enumerate() {
+            t["my_claimed"] = count(1 + i).into();
+        }
+    }
 }
 
 /// view.lua's reply as the page a client reads: the cached view with each type's live
@@ -608,6 +667,33 @@ mod tests {
     }
 
     #[test]
+    fn stock_buckets_default_to_one_and_more_need_counter_types_without_passes() {
+        let with = |extra: &str| {
+            NewActivity::parse(
+                format!(
+                    r#"{{"name":"x","starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z","stock_total":9{extra}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        assert_eq!(with("").unwrap().stock_buckets, 1);
+        assert_eq!(with(r#","stock_buckets":3"#).unwrap().stock_buckets, 3);
+        for refused in [
+            r#","stock_buckets":0"#,
+            r#","stock_buckets":17"#,
+            r#","stock_buckets":"3""#,
+            r#","stock_buckets":3,"kind":"codes""#,
+            r#","stock_buckets":3,"require_pass":true"#,
+        ] {
+            assert_eq!(
+                with(refused).unwrap_err().code(),
+                "invalid_request",
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn activity_is_refused_when_it_ends_before_it_starts() {
         let b = br#"{"name":"x","starts_at":"2026-01-02T00:00:00Z","ends_at":"2026-01-01T00:00:00Z","stock_total":1}"#;
         assert_eq!(NewActivity::parse(b).unwrap_err().code(), "invalid_request");
@@ -644,6 +730,7 @@ mod tests {
             per_user_limit: Some(1),
             require_pass: false,
             ticket_types: vec![TicketType::default_for("n", 10, 1, Kind::Counter)],
+            stock_buckets: 1,
         };
         let v = a.view_with(|_| Some(7));
         assert_eq!(v["starts_at"], "1970-01-01T00:00:00Z");

@@ -15,7 +15,7 @@ use crate::ticket_type::{fixed_fields_differ, TicketType, DEFAULT_TYPE};
 /// else decides who gets what, so it is fixed once claims can start. `ticket_types` may be
 /// sent after publish too, but only its types' names and descriptions may change.
 const DISPLAY_FIELDS: [&str; 4] = ["name", "description", "image_url", "ticket_types"];
-const ALL_FIELDS: [&str; 10] = [
+const ALL_FIELDS: [&str; 11] = [
     "name",
     "description",
     "image_url",
@@ -26,6 +26,7 @@ const ALL_FIELDS: [&str; 10] = [
     "kind",
     "require_pass",
     "ticket_types",
+    "stock_buckets",
 ];
 
 /// `PATCH /admin/activities/{id}`: the activity after the change, validated exactly like a
@@ -59,6 +60,7 @@ pub fn apply_patch(current: &Activity, body: &[u8]) -> Result<Activity, ApiError
         "starts_at": current.starts_at,
         "ends_at": current.ends_at,
         "require_pass": current.require_pass,
+        "stock_buckets": current.stock_buckets,
     });
     let single_default = match current.ticket_types.as_slice() {
         [only] if only.key.as_str() == DEFAULT_TYPE => Some(only),
@@ -316,6 +318,7 @@ mod tests {
             per_user_limit: Some(1),
             require_pass: false,
             ticket_types: vec![TicketType::default_for("n", 10, 1, Kind::Counter)],
+            stock_buckets: 1,
         }
     }
 

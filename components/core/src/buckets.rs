@@ -74,6 +74,25 @@ pub fn share(total: i64, n: i64, b: i64) -> i64 {
     total / n + i64::from(b < total % n)
 }
 
+/// The bucket holding the ticket of `code` on an activity of `n` buckets: claim.lua ends
+/// the codes of bucket b > 0 in `-<b>` (a counter code is `<prefix>-<number>` otherwise).
+pub fn code_bucket(code: &str, n: i64) -> i64 {
+    if n <= 1 {
+        return 0;
+    }
+    let mut parts = code.rsplitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(b), Some(_), Some(_)) => b.parse().ok().filter(|b| (1..n).contains(b)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Whether a code may lie in a bucket other than 0, so that finding it needs the
+/// activity's bucket count (one read, which codes of bucket 0 never pay).
+pub fn code_may_be_bucketed(code: &str) -> bool {
+    code.matches('-').count() >= 2
+}
+
 /// The buckets a home bucket asks for stock, in order: the next ones round the ring, so
 /// that homes borrowing at once start at different lenders.
 pub fn lenders(home: i64, n: i64) -> impl Iterator<Item = i64> {
@@ -84,6 +103,26 @@ pub fn lenders(home: i64, n: i64) -> impl Iterator<Item = i64> {
 /// asking the others again (claim.lua's ARGV[24]): the bound within which a ticket returned
 /// to another bucket reaches the users homed here, as `claim_cache_ms` bounds an instance.
 pub const DRY_MS: i64 = 1000;
+
+/// The bucket counts a reused WASIp3 instance learned, a few activities at most (a sale is
+/// one or two): an id made up by a client is never learned, only what a script said.
+#[derive(Debug, Default)]
+pub struct Buckets(std::collections::HashMap<i64, i64>);
+
+impl Buckets {
+    const MAX: usize = 64;
+
+    pub fn get(&self, activity: ActivityId) -> Option<i64> {
+        self.0.get(&activity.get()).copied()
+    }
+
+    pub fn remember(&mut self, activity: ActivityId, n: i64) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(activity.get(), n);
+    }
+}
 
 /// One script a caller runs for a claim on an activity that may have stock buckets.
 #[derive(Debug, Clone)]
@@ -126,12 +165,8 @@ enum Stage {
 /// An activity of one bucket takes exactly the one claim script it always did.
 #[derive(Debug)]
 pub struct BucketedClaim {
-    activity: ActivityId,
-    user: UserId,
     command: ClaimCommand,
-    quantity: i64,
     now: Millis,
-    claim_id: String,
     n: Option<i64>,
     loans: Vec<(String, i64)>,
     stage: Stage,
@@ -140,23 +175,10 @@ pub struct BucketedClaim {
 impl BucketedClaim {
     /// The claim and its first script; `known` is the activity's bucket count when the
     /// caller remembers it (a reused WASIp3 instance), saving the hop through bucket 0.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        activity: ActivityId,
-        user: &UserId,
-        command: ClaimCommand,
-        quantity: i64,
-        now: Millis,
-        claim_id: &str,
-        known: Option<i64>,
-    ) -> (Self, Call) {
+    pub fn start(command: ClaimCommand, now: Millis, known: Option<i64>) -> (Self, Call) {
         let claim = BucketedClaim {
-            activity,
-            user: user.clone(),
             command,
-            quantity,
             now,
-            claim_id: claim_id.to_string(),
             n: known.filter(|n| *n > 1),
             loans: Vec::new(),
             stage: Stage::Claim { redirected: false },
@@ -172,7 +194,7 @@ impl BucketedClaim {
 
     fn home(&self) -> (i64, i64) {
         let n = self.n.unwrap_or(1);
-        (home(&self.user, n), n)
+        (home(&self.command.user, n), n)
     }
 
     fn claim_call(&self, credits: Option<&[(String, i64)]>) -> Call {
@@ -181,7 +203,7 @@ impl BucketedClaim {
             // The first script already counted these (claim.lua, ARGV[17..18]).
             command = command.with_unreported((0, 0));
         }
-        let command = command.in_bucket(self.activity, &self.user, self.home(), credits);
+        let command = command.in_bucket(self.home(), credits);
         Call {
             script: &CLAIM,
             keys: command.keys,
@@ -191,14 +213,14 @@ impl BucketedClaim {
 
     fn lend_call(&self, lender: i64, ty: &str, want: i64) -> Call {
         let (home, n) = self.home();
-        let k = ActivityKeys::in_bucket(self.activity, lender, n);
+        let k = ActivityKeys::in_bucket(self.command.activity, lender, n);
         Call {
             script: &LEND,
             keys: vec![k.meta(), k.stocks(), k.bucket()],
             argv: vec![
                 Arg::from(ty),
                 Arg::Int(want),
-                Arg::from(format!("{}.{lender}", self.claim_id)),
+                Arg::from(format!("{}.{lender}", self.command.claim_id)),
                 Arg::Int(home),
                 Arg::Int(self.now.0),
             ],
@@ -229,12 +251,15 @@ impl BucketedClaim {
             (Stage::Claim { .. }, Ok(r)) if status(&r) == Some(-17) => {
                 let ty = r.get(1).and_then(Reply::as_text).map(str::to_string);
                 let left = r.get(2).and_then(Reply::as_int);
-                let (Some(ty), Some(left)) = (ty, left) else {
+                // A user homed in bucket 0 learns the count here, with no redirection.
+                let n = r.get(3).and_then(Reply::as_int).filter(|n| *n > 1);
+                let (Some(ty), Some(left), Some(n)) = (ty, left, n) else {
                     return Next::Done(Ok(r));
                 };
+                self.n = Some(n);
                 let (home, n) = self.home();
                 let lenders: Vec<i64> = lenders(home, n).collect();
-                let want = self.quantity - left;
+                let want = self.command.quantity - left;
                 let call = self.lend_call(lenders[0], &ty, want);
                 self.stage = Stage::Lend {
                     ty,
@@ -258,7 +283,7 @@ impl BucketedClaim {
                 match reply.as_deref().map(|r| r.first().and_then(Reply::as_int)) {
                     Ok(Some(lent)) if lent > 0 => {
                         self.loans
-                            .push((format!("{}.{}", self.claim_id, lenders[at]), lent));
+                            .push((format!("{}.{}", self.command.claim_id, lenders[at]), lent));
                         want -= lent;
                     }
                     Ok(_) => {}
@@ -294,6 +319,45 @@ impl BucketedClaim {
             (_, reply) => Next::Done(reply),
         }
     }
+}
+
+/// A loan lend.lua recorded in a bucket (`out:<move>`) that its claim may never have
+/// credited: the drain credits it (credit.lua, at most once) and closes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenLoan {
+    pub field: String,
+    pub move_id: String,
+    pub home: i64,
+    pub ticket_type: String,
+    pub amount: i64,
+}
+
+/// A loan is left to its claim this long: the claim credits it within its request.
+pub const REPAIR_AFTER_MS: i64 = 5_000;
+
+/// The loans of one bucket's state hash (HGETALL, field and value in turn) old enough for
+/// the drain to settle at `now`.
+pub fn due_loans(state: &[Reply], now: Millis) -> Vec<OpenLoan> {
+    state
+        .chunks(2)
+        .filter_map(|pair| {
+            let field = pair.first()?.as_text()?;
+            let move_id = field.strip_prefix("out:")?;
+            let value = pair.get(1)?.as_text()?;
+            let mut parts = value.split('|');
+            let home = parts.next()?.parse().ok()?;
+            let ticket_type = parts.next()?.to_string();
+            let amount = parts.next()?.parse().ok()?;
+            let at: i64 = parts.next()?.parse().ok()?;
+            (now.0 - at >= REPAIR_AFTER_MS).then(|| OpenLoan {
+                field: field.to_string(),
+                move_id: move_id.to_string(),
+                home,
+                ticket_type,
+                amount,
+            })
+        })
+        .collect()
 }
 
 fn status(reply: &[Reply]) -> Option<i64> {
@@ -360,6 +424,42 @@ mod tests {
             counts[home(&user, 3) as usize] += 1;
         }
         assert!(counts.iter().all(|c| *c > 900), "{counts:?}");
+    }
+
+    #[test]
+    fn a_code_names_its_bucket_by_its_suffix() {
+        assert_eq!(code_bucket("ABCDEFGH-17", 3), 0);
+        assert_eq!(code_bucket("ABCDEFGH-17-2", 3), 2);
+        assert_eq!(code_bucket("ABCDEFGH-17-2", 1), 0, "one bucket: always 0");
+        assert_eq!(code_bucket("A-B-9", 3), 0, "not a bucket of this activity");
+        assert!(code_may_be_bucketed("ABCDEFGH-17-2"));
+        assert!(!code_may_be_bucketed("ABCDEFGH-17"));
+    }
+
+    #[test]
+    fn loans_are_settled_by_the_drain_only_once_their_claim_had_its_time() {
+        let text = |t: &str| Reply::Bytes(t.as_bytes().to_vec());
+        let state = [
+            text("out:c1.2"),
+            text("0|std|3|1000"),
+            text("dry:std"),
+            text("9000"),
+            text("in:c0.1"),
+            text("2"),
+            text("out:c2.2"),
+            text("1|std|1|4000"),
+        ];
+        let due = due_loans(&state, Millis(1000 + REPAIR_AFTER_MS));
+        assert_eq!(
+            due,
+            [OpenLoan {
+                field: "out:c1.2".into(),
+                move_id: "c1.2".into(),
+                home: 0,
+                ticket_type: "std".into(),
+                amount: 3,
+            }]
+        );
     }
 
     #[test]

@@ -145,6 +145,12 @@ impl AddressLimit {
 pub struct ClaimCommand {
     pub keys: Vec<String>,
     pub argv: Vec<Arg>,
+    /// Whose claim, of how many, under which id: what claiming in stock buckets needs
+    /// besides the script's arguments (`crate::buckets::BucketedClaim`).
+    pub activity: ActivityId,
+    pub user: UserId,
+    pub quantity: i64,
+    pub claim_id: String,
 }
 
 /// Crockford base32: unambiguous when read aloud or typed from a printed ticket.
@@ -205,7 +211,14 @@ impl ClaimCommand {
             Arg::Int(global_rate.window_ms),
             Arg::from(request.ticket_type.as_ref().map_or("", TypeKey::as_str)),
         ];
-        let mut command = ClaimCommand { keys, argv };
+        let mut command = ClaimCommand {
+            keys,
+            argv,
+            activity,
+            user: user.clone(),
+            quantity: request.quantity,
+            claim_id: claim_id.to_string(),
+        };
         command.set_client(activity, "", AddressLimit::OFF);
         command
     }
@@ -263,13 +276,8 @@ impl ClaimCommand {
     /// `credits`: `None` for a first attempt; else the claim again after borrowing, with
     /// the stock lent to this bucket for it (ARGV[23], `<move>:<amount>` each), credited
     /// first, once. Last of the builders: the others keep ARGV[22..24] but do not add them.
-    pub fn in_bucket(
-        mut self,
-        activity: ActivityId,
-        user: &UserId,
-        (b, n): (i64, i64),
-        credits: Option<&[(String, i64)]>,
-    ) -> Self {
+    pub fn in_bucket(mut self, (b, n): (i64, i64), credits: Option<&[(String, i64)]>) -> Self {
+        let activity = self.activity;
         let from = ActivityKeys::new(activity).meta();
         let from = &from[..from.len() - "meta".len()];
         let to = ActivityKeys::in_bucket(activity, b, n).meta();
@@ -291,7 +299,7 @@ impl ClaimCommand {
         }
         self.argv.truncate(21);
         self.argv
-            .push(Arg::Int(i64::from(crate::buckets::user_hash(user))));
+            .push(Arg::Int(i64::from(crate::buckets::user_hash(&self.user))));
         let again = match credits {
             None => String::new(),
             Some([]) => "-".to_string(),

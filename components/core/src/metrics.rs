@@ -257,6 +257,31 @@ impl ActivityReading {
         })
     }
 
+    /// Adds another stock bucket's reading of the same activity (`crate::buckets`): one
+    /// activity on `/metrics`, its stocks, counters, passes and logs summed, its oldest
+    /// entry the oldest of any bucket. The settings are every bucket's alike.
+    pub fn merge(&mut self, other: ActivityReading) {
+        fn add(into: &mut Vec<(String, i64)>, from: Vec<(String, i64)>) {
+            for (key, value) in from {
+                match into.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => *v += value,
+                    None => into.push((key, value)),
+                }
+            }
+        }
+        self.passes += other.passes;
+        self.backlog += other.backlog;
+        let millis = |e: &Option<String>| e.as_deref().and_then(crate::drain::entry_millis);
+        if other.oldest_entry.is_some()
+            && (self.oldest_entry.is_none()
+                || millis(&other.oldest_entry) < millis(&self.oldest_entry))
+        {
+            self.oldest_entry = other.oldest_entry;
+        }
+        add(&mut self.stocks, other.stocks);
+        add(&mut self.counters, other.counters);
+    }
+
     /// Whether the activity is still shown: loaded, and not ended longer than the retention.
     pub fn shown(&self, now_ms: i64) -> bool {
         matches!(self.status.as_str(), "published" | "closed")
@@ -518,6 +543,28 @@ pub fn registration_outcome<T>(answer: &Result<T, ApiError>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_buckets_of_one_activity_read_as_one() {
+        let reading = |left: i64, sold: i64, oldest: Option<&str>| super::ActivityReading {
+            id: 9,
+            status: "published".into(),
+            ends_at_ms: 5,
+            types: vec!["std".into()],
+            passes: 1,
+            backlog: 2,
+            oldest_entry: oldest.map(str::to_string),
+            stocks: vec![("std".into(), left)],
+            counters: vec![("answers:sold_out:std".into(), sold)],
+        };
+        let mut one = reading(3, 10, Some("2000-0"));
+        one.merge(reading(4, 5, Some("1000-3")));
+        one.merge(reading(0, 1, None));
+        assert_eq!(one.stocks, [("std".to_string(), 7)]);
+        assert_eq!(one.counters, [("answers:sold_out:std".to_string(), 16)]);
+        assert_eq!((one.passes, one.backlog), (3, 6));
+        assert_eq!(one.oldest_entry.as_deref(), Some("1000-3"));
+    }
+
     use super::*;
 
     fn b(s: &str) -> Reply {

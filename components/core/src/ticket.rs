@@ -173,9 +173,14 @@ impl TicketView {
     }
 }
 
-/// return.lua's KEYS and ARGV.
-pub fn return_command(ticket: &TicketRef, user: &str, now: Millis) -> (Vec<String>, Vec<Arg>) {
-    let k = ActivityKeys::new(ticket.activity);
+/// return.lua's KEYS and ARGV, in the stock bucket `k` holding the ticket
+/// (`crate::buckets::code_bucket`; `ActivityKeys::new` for most activities).
+pub fn return_command(
+    ticket: &TicketRef,
+    k: &ActivityKeys,
+    user: &str,
+    now: Millis,
+) -> (Vec<String>, Vec<Arg>) {
     (
         vec![
             k.meta(),
@@ -194,9 +199,12 @@ pub fn return_command(ticket: &TicketRef, user: &str, now: Millis) -> (Vec<Strin
     )
 }
 
-/// redeem.lua's KEYS and ARGV.
-pub fn redeem_command(ticket: &TicketRef, now: Millis) -> (Vec<String>, Vec<Arg>) {
-    let k = ActivityKeys::new(ticket.activity);
+/// redeem.lua's KEYS and ARGV, in the stock bucket `k` holding the ticket.
+pub fn redeem_command(
+    ticket: &TicketRef,
+    k: &ActivityKeys,
+    now: Millis,
+) -> (Vec<String>, Vec<Arg>) {
     (
         vec![k.tickets(), k.log(), k.metrics()],
         vec![

@@ -38,6 +38,7 @@ fn draft() -> Activity {
         per_user_limit: Some(1),
         require_pass: false,
         ticket_types: vec![TicketType::default_for("n", 10, 1, Kind::Counter)],
+        stock_buckets: 1,
     }
 }
 

@@ -11,7 +11,7 @@ use flashclaim_core::drain::{self, Batch, Changes, DrainReport, GroupHealth, Hea
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX, DRAIN_GROUP};
 use flashclaim_core::log;
-use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, DRAIN_ACK, DRAIN_READ};
+use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, CREDIT, DRAIN_ACK, DRAIN_READ};
 use flashclaim_core::shards::label;
 use flashclaim_core::topology;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -114,31 +114,36 @@ fn health() -> Health {
             .filter_map(Reply::as_text)
             .filter_map(|t| ActivityId::parse(t).ok())
         {
-            let log = ActivityKeys::new(id).log();
-            let len = redis.execute("XLEN", &[Arg::from(log.as_str())]);
-            let first = redis.execute(
-                "XRANGE",
-                &[
-                    Arg::from(log.as_str()),
-                    Arg::from("-"),
-                    Arg::from("+"),
-                    Arg::from("COUNT"),
-                    Arg::Int(1),
-                ],
-            );
-            let (Ok(len), Ok(first)) = (len, first) else {
+            let Ok(buckets) = glue::bucket_keys(&redis, id) else {
                 health.redis = false;
                 continue;
             };
-            health.backlog += len.first().and_then(Reply::as_int).unwrap_or(0);
-            if let Some(at) = first
-                .first()
-                .and_then(Reply::as_text)
-                .and_then(drain::entry_millis)
-            {
-                let age = now - at;
-                health.oldest_entry_age_ms =
-                    Some(health.oldest_entry_age_ms.map_or(age, |a| a.max(age)));
+            for log in buckets.iter().map(ActivityKeys::log) {
+                let len = redis.execute("XLEN", &[Arg::from(log.as_str())]);
+                let first = redis.execute(
+                    "XRANGE",
+                    &[
+                        Arg::from(log.as_str()),
+                        Arg::from("-"),
+                        Arg::from("+"),
+                        Arg::from("COUNT"),
+                        Arg::Int(1),
+                    ],
+                );
+                let (Ok(len), Ok(first)) = (len, first) else {
+                    health.redis = false;
+                    continue;
+                };
+                health.backlog += len.first().and_then(Reply::as_int).unwrap_or(0);
+                if let Some(at) = first
+                    .first()
+                    .and_then(Reply::as_text)
+                    .and_then(drain::entry_millis)
+                {
+                    let age = now - at;
+                    health.oldest_entry_age_ms =
+                        Some(health.oldest_entry_age_ms.map_or(age, |a| a.max(age)));
+                }
             }
         }
     }
@@ -225,6 +230,8 @@ struct Run {
     bound: i64,
 }
 
+/// Every stock bucket's log of the activity (`flashclaim_core::buckets`), then the loans
+/// between its buckets that their claims left open.
 fn drain_activity(
     redis: &SpinRedis,
     pg: &pg4::Connection,
@@ -232,7 +239,54 @@ fn drain_activity(
     run: &Run,
     report: &mut DrainReport,
 ) -> Result<(), String> {
-    let log = vec![ActivityKeys::new(id).log()];
+    let buckets = glue::bucket_keys(redis, id).map_err(|e| e.to_string())?;
+    for keys in &buckets {
+        drain_log(redis, pg, id, keys.log(), run, report)?;
+    }
+    if buckets.len() > 1 {
+        settle_loans(redis, &buckets).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Credits each loan whose claim did not (credit.lua: at most once, whoever else does),
+/// then closes it.
+fn settle_loans(
+    redis: &SpinRedis,
+    buckets: &[ActivityKeys],
+) -> Result<(), flashclaim_core::scripts::RedisFailure> {
+    let now = glue::now();
+    for lender in buckets {
+        let state = redis.execute("HGETALL", &[Arg::from(lender.bucket())])?;
+        for loan in flashclaim_core::buckets::due_loans(&state, now) {
+            let Some(home) = usize::try_from(loan.home).ok().and_then(|h| buckets.get(h)) else {
+                continue;
+            };
+            redis.run_confirmed(
+                &CREDIT,
+                &[home.stocks(), home.bucket()],
+                &[
+                    Arg::from(loan.move_id.as_str()),
+                    Arg::from(loan.ticket_type.as_str()),
+                    Arg::Int(loan.amount),
+                ],
+                scripts::status_is_success,
+            )?;
+            redis.execute("HDEL", &[Arg::from(lender.bucket()), Arg::from(loan.field)])?;
+        }
+    }
+    Ok(())
+}
+
+fn drain_log(
+    redis: &SpinRedis,
+    pg: &pg4::Connection,
+    id: ActivityId,
+    log: String,
+    run: &Run,
+    report: &mut DrainReport,
+) -> Result<(), String> {
+    let log = vec![log];
     loop {
         if !drain::may_take_another_batch(run.started, glue::now().0, run.bound) {
             // Past the bound: what is left waits for the next call, and is said.

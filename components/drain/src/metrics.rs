@@ -4,7 +4,7 @@
 
 use flashclaim_core::drain::DrainReport;
 use flashclaim_core::ids::ActivityId;
-use flashclaim_core::keys::{ActivityKeys, ACTIVITY_INDEX};
+use flashclaim_core::keys::ACTIVITY_INDEX;
 use flashclaim_core::metrics::{self, ActivityReading, Scrape, ShardReading};
 use flashclaim_core::scripts::{Arg, RedisCommands, Reply, METRICS, TALLY};
 use flashclaim_core::{ApiError, HttpResponse};
@@ -75,10 +75,18 @@ fn read_shard(redis: &SpinRedis) -> ShardReading {
         .filter_map(Reply::as_text)
         .filter_map(|t| ActivityId::parse(t).ok())
         .filter_map(|id| {
-            let k = ActivityKeys::new(id);
-            let keys = [k.meta(), k.stocks(), k.metrics(), k.passes(), k.log()];
-            let reply = redis.run(&METRICS, &keys, &[]).ok()?;
-            ActivityReading::decode(id.get(), &reply)
+            // Every stock bucket of it, read as one activity (flashclaim_core::buckets).
+            let mut one: Option<ActivityReading> = None;
+            for k in glue::bucket_keys(redis, id).ok()? {
+                let keys = [k.meta(), k.stocks(), k.metrics(), k.passes(), k.log()];
+                let reply = redis.run(&METRICS, &keys, &[]).ok()?;
+                let reading = ActivityReading::decode(id.get(), &reply)?;
+                match one.as_mut() {
+                    Some(one) => one.merge(reading),
+                    None => one = Some(reading),
+                }
+            }
+            one
         })
         .collect();
     ShardReading {

@@ -551,6 +551,48 @@ pub fn redis_for(
         .map_err(|e| redis_unavailable(context, e))
 }
 
+/// How many stock buckets `activity` has in Redis (`flashclaim_core::buckets`; 1 for an
+/// activity created without, or one Redis does not hold): bucket 0's copy of its settings.
+pub fn stock_buckets(
+    redis: &SpinRedis,
+    activity: flashclaim_core::ids::ActivityId,
+) -> Result<i64, RedisFailure> {
+    let meta = flashclaim_core::keys::ActivityKeys::new(activity).meta();
+    let reply = redis.execute("HGET", &[Arg::from(meta), Arg::from("buckets")])?;
+    Ok(reply
+        .first()
+        .and_then(Reply::as_int)
+        .filter(|n| *n > 1)
+        .unwrap_or(1))
+}
+
+/// The keys of the stock bucket holding `ticket` (`flashclaim_core::buckets::code_bucket`):
+/// only a code that may name a bucket pays a read of the activity's bucket count.
+pub fn ticket_keys(
+    redis: &SpinRedis,
+    ticket: &flashclaim_core::ids::TicketRef,
+) -> Result<flashclaim_core::keys::ActivityKeys, RedisFailure> {
+    use flashclaim_core::buckets;
+    use flashclaim_core::keys::ActivityKeys;
+    if !buckets::code_may_be_bucketed(&ticket.code) {
+        return Ok(ActivityKeys::new(ticket.activity));
+    }
+    let n = stock_buckets(redis, ticket.activity)?;
+    let b = buckets::code_bucket(&ticket.code, n);
+    Ok(ActivityKeys::in_bucket(ticket.activity, b, n))
+}
+
+/// The keys of every stock bucket of `activity` (one for most activities).
+pub fn bucket_keys(
+    redis: &SpinRedis,
+    activity: flashclaim_core::ids::ActivityId,
+) -> Result<Vec<flashclaim_core::keys::ActivityKeys>, RedisFailure> {
+    let n = stock_buckets(redis, activity)?;
+    Ok((0..n)
+        .map(|b| flashclaim_core::keys::ActivityKeys::in_bucket(activity, b, n))
+        .collect())
+}
+
 /// Why the shard of `activity` answered "no such activity": a changed endpoint list or a
 /// shard that lost its data is refused (`503`, logged) instead of answered `404`. Only
 /// this rare answer pays for it (see `flashclaim_core::shards`).
@@ -776,7 +818,8 @@ pub const ACTIVITY_COLUMNS: &str = concat!(
     "id, name, description, image_url, \
      (extract(epoch FROM starts_at) * 1000)::int8, (extract(epoch FROM ends_at) * 1000)::int8, \
      status, stock_total, per_user_limit, kind, require_pass, ",
-    types_json!()
+    types_json!(),
+    ", stock_buckets"
 );
 
 /// [`ACTIVITY_COLUMNS`] aggregated into one row of arrays ordered by id, for lists read
@@ -790,7 +833,7 @@ pub const ACTIVITY_ARRAYS: &str = concat!(
      array_agg(per_user_limit ORDER BY id), array_agg(kind ORDER BY id), \
      array_agg(require_pass::int4 ORDER BY id), array_agg(",
     types_json!(),
-    " ORDER BY id)"
+    " ORDER BY id), array_agg(stock_buckets ORDER BY id)"
 );
 
 pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activity> {
@@ -807,38 +850,40 @@ pub fn activity_row(row: &[DbValue]) -> Option<flashclaim_core::activity::Activi
         per_user_limit: int(row.get(8)?),
         require_pass: boolean(row.get(10)?)?,
         ticket_types: TicketType::list_from_db(&text(row.get(11)?)?).filter(|t| !t.is_empty())?,
+        stock_buckets: int(row.get(12)?)?,
     })
 }
 
-/// The live stock of each ticket type of `activities` (drafts and activities Redis does
-/// not hold: none), one EVALSHA of stocks.lua per Redis endpoint holding any of them.
+/// The live stock of each ticket type of `activities` (each with its stock buckets;
+/// drafts and activities Redis does not hold: none), one EVALSHA of stocks.lua per Redis
+/// endpoint holding any of them (per slot on a cluster), every bucket's stock summed.
 pub fn type_stocks(
-    activities: &[flashclaim_core::ids::ActivityId],
+    activities: &[(flashclaim_core::ids::ActivityId, i64)],
     context: &str,
 ) -> Result<Vec<flashclaim_core::activity::TypeStocks>, ApiError> {
+    use flashclaim_core::keys::ActivityKeys;
     let shards = redis_shards()?;
-    let mut by_shard: std::collections::BTreeMap<(&str, u16), Vec<usize>> = Default::default();
-    for (i, id) in activities.iter().enumerate() {
+    // (address, slot) -> (activity position, its bucket's stocks key)
+    let mut by_shard: std::collections::BTreeMap<(&str, u16), Vec<(usize, String)>> =
+        Default::default();
+    for (i, (id, n)) in activities.iter().enumerate() {
         let address = shards.for_activity(*id);
-        // One script may only touch one slot of a cluster: one call per activity there.
-        let slot = match address.starts_with(cluster::CLUSTER_SCHEME) {
-            true => cluster::key_slot(
-                flashclaim_core::keys::ActivityKeys::new(*id)
-                    .stocks()
-                    .as_bytes(),
-            ),
-            false => 0,
-        };
-        by_shard.entry((address, slot)).or_default().push(i);
+        for b in 0..(*n).max(1) {
+            let key = ActivityKeys::in_bucket(*id, b, *n).stocks();
+            // One script may only touch one slot of a cluster: one call per slot there.
+            let slot = match address.starts_with(cluster::CLUSTER_SCHEME) {
+                true => cluster::key_slot(key.as_bytes()),
+                false => 0,
+            };
+            by_shard.entry((address, slot)).or_default().push((i, key));
+        }
     }
-    let mut stocks = vec![Default::default(); activities.len()];
+    let mut stocks: Vec<flashclaim_core::activity::TypeStocks> =
+        vec![Default::default(); activities.len()];
     // The map is ordered by address: one connection per address, opened when it comes up.
     let mut opened: Option<(&str, SpinRedis)> = None;
-    for ((address, _), positions) in by_shard {
-        let keys: Vec<String> = positions
-            .iter()
-            .map(|i| flashclaim_core::keys::ActivityKeys::new(activities[*i]).stocks())
-            .collect();
+    for ((address, _), entries) in by_shard {
+        let keys: Vec<String> = entries.iter().map(|(_, k)| k.clone()).collect();
         if opened.as_ref().is_none_or(|(a, _)| *a != address) {
             let redis = SpinRedis::open(address).map_err(|e| redis_unavailable(context, e))?;
             opened = Some((address, redis));
@@ -847,9 +892,11 @@ pub fn type_stocks(
         let reply = redis
             .run(&scripts::STOCKS, &keys, &[])
             .map_err(|e| redis_unavailable(context, e))?;
-        let decoded = flashclaim_core::activity::decode_stocks(&reply, positions.len())?;
-        for (i, s) in positions.into_iter().zip(decoded) {
-            stocks[i] = s;
+        let decoded = flashclaim_core::activity::decode_stocks(&reply, entries.len())?;
+        for ((i, _), bucket) in entries.into_iter().zip(decoded) {
+            for (ty, left) in bucket {
+                *stocks[i].entry(ty).or_default() += left;
+            }
         }
     }
     Ok(stocks)

@@ -11,7 +11,6 @@ use flashclaim_spin as glue;
 use flashclaim_core::cors::Caching;
 use flashclaim_core::ids::{ActivityId, TicketRef};
 use flashclaim_core::jwt::Principal;
-use flashclaim_core::keys::ActivityKeys;
 use flashclaim_core::scripts::{self, Arg, RedisCommands, Reply, RETURN};
 use flashclaim_core::ticket::{self, TicketRecord, TicketView};
 use flashclaim_core::time::Millis;
@@ -69,13 +68,12 @@ fn qr_image(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
 fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord, bool), ApiError> {
     let ticket = TicketRef::parse(code)?;
     let redis = glue::redis_for(ticket.activity, "ticket")?;
+    let keys =
+        glue::ticket_keys(&redis, &ticket).map_err(|e| glue::redis_unavailable("ticket", e))?;
     let reply = redis
         .execute(
             "HGET",
-            &[
-                Arg::from(ActivityKeys::new(ticket.activity).tickets()),
-                Arg::from(ticket.code.as_str()),
-            ],
+            &[Arg::from(keys.tickets()), Arg::from(ticket.code.as_str())],
         )
         .map_err(|e| glue::redis_unavailable("ticket", e))?;
     let record = reply
@@ -87,7 +85,7 @@ fn find_ticket(code: &str) -> Result<(TicketRef, TicketRecord, bool), ApiError> 
         .execute(
             "HGET",
             &[
-                Arg::from(ActivityKeys::new(ticket.activity).meta()),
+                Arg::from(keys.meta()),
                 Arg::from(format!("{}:kind", record.ticket_type)),
             ],
         )
@@ -111,10 +109,13 @@ fn get_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> 
 /// The owner gives a ticket back before the activity ends; anyone else gets 404.
 fn return_ticket(caller: &Principal, code: &str) -> Result<HttpResponse, ApiError> {
     let ticket = TicketRef::parse(code)?;
-    let (keys, argv) = ticket::return_command(&ticket, caller.user.as_str(), glue::now());
-    let reply = glue::redis_for(ticket.activity, "return ticket")?
+    let unavailable = |e| glue::redis_unavailable("return ticket", e);
+    let redis = glue::redis_for(ticket.activity, "return ticket")?;
+    let bucket = glue::ticket_keys(&redis, &ticket).map_err(unavailable)?;
+    let (keys, argv) = ticket::return_command(&ticket, &bucket, caller.user.as_str(), glue::now());
+    let reply = redis
         .run_confirmed(&RETURN, &keys, &argv, scripts::status_is_success)
-        .map_err(|e| glue::redis_unavailable("return ticket", e))?;
+        .map_err(unavailable)?;
     let stock_left = ticket::decode_ticket_change(&reply)?.and_then(Reply::as_int);
     // return.lua: { 1, stock_left, type, kind }; stock_left is the type's.
     let ticket_type = reply.get(2).and_then(Reply::as_text);

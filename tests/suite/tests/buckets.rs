@@ -109,15 +109,7 @@ impl Lab {
             RateLimit::OFF,
             RateLimit::OFF,
         );
-        let (mut steps, mut call) = BucketedClaim::start(
-            self.activity.id,
-            &user,
-            command,
-            quantity,
-            Millis(now),
-            &claim_id,
-            known,
-        );
+        let (mut steps, mut call) = BucketedClaim::start(command, Millis(now), known);
         loop {
             *self.runs.entry(call.script.name).or_default() += 1;
             let reply = run_script(&self.redis, call.script, &call.keys, &call.argv);
@@ -179,9 +171,9 @@ async fn the_stock_is_split_over_the_buckets_and_a_claim_runs_in_its_users_home(
         2,
         "bucket 0's redirection, then the home"
     );
-    // One that knows goes home at once.
-    claimed(lab.claim(user, "std", 1, NOW, Some(N)).0);
-    assert_eq!(lab.runs("claim"), 3);
+    let second = claimed(lab.claim(user, "std", 1, NOW, Some(N)).0);
+    assert!(second.codes[0].ends_with("-2"), "a code names its bucket");
+    assert_eq!(lab.runs("claim"), 3, "one that knows goes home at once");
     assert_eq!(
         lab.int("HGET", &[lab.bucket(2).claimed(), user.clone()]),
         2,
@@ -200,6 +192,14 @@ async fn an_empty_home_borrows_from_the_others_and_the_stock_is_given_out_exactl
         let c = claimed(lab.claim(user, "std", 1, NOW, Some(N)).0);
         assert!(codes.insert(c.codes[0].clone()), "a code given twice");
     }
+    // A caller that knows nothing borrows too: a user of bucket 0 is never redirected,
+    // and learns the bucket count from the home's shortfall.
+    let zero = &homed(0, 1)[0];
+    assert_eq!(
+        lab.claim(zero, "std", 1, NOW, None),
+        (Err(of("std", ApiError::SoldOut)), Some(N)),
+        "bucket 0 asked the others"
+    );
     assert_eq!(lab.stocks("std"), [0, 0, 0]);
     assert_eq!(
         lab.claim(&users[10], "std", 1, NOW, Some(N)).0,

@@ -295,3 +295,145 @@ async fn a_misconfigured_cluster_answers_a_clear_503_at_once_and_never_hangs() {
         assert_misconfigured_answers(what, &redis_address).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_hot_activity_in_three_stock_buckets_on_three_primaries_gives_every_ticket_once_within_every_limit(
+) {
+    use flashclaim_core::buckets;
+    let cluster = RedisCluster::start("buckets").await;
+    let t = Arc::new(app_on(&cluster).await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let body = format!(
+        r#"{{"name":"Hot","starts_at":"{}","ends_at":"{}","per_user_limit":3,"stock_buckets":3,
+            "ticket_types":[{{"key":"std","name":"Standard","stock_total":31,"per_user_limit":2}},
+                            {{"key":"vip","name":"VIP","stock_total":10,"per_user_limit":2}}]}}"#,
+        flashclaim_core::time::Millis(now - 60_000),
+        flashclaim_core::time::Millis(now + 3_600_000),
+    );
+    let created = t
+        .send("POST", "/admin/activities", Some(&t.admin), &body)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["stock_buckets"], 3, "{}", created.text());
+    let id = created.json()["id"].as_i64().unwrap();
+    let published = t.publish(id).await;
+    assert_eq!(published.json()["stock_left"], 41, "{}", published.text());
+    let mut owners = HashSet::new();
+    for b in 0..3 {
+        let tag = buckets::tag(flashclaim_core::ids::ActivityId::from_db(id), b, 3);
+        owners.insert(cluster.owner(key_slot(tag.as_bytes())).await.unwrap());
+    }
+    assert_eq!(owners.len(), 3, "one bucket per primary: {owners:?}");
+
+    // 60 people press at once, each for 2 std then 2 vip, then once more each: 160 tickets
+    // wanted of 41, and the activity's limit of 3 cuts the vip of those who got 2 std.
+    let mut presses = Vec::new();
+    for u in 0..60 {
+        let t = t.clone();
+        presses.push(tokio::spawn(async move {
+            let user = format!("hot-{u}");
+            let mut got = Vec::new();
+            for body in [
+                r#"{"quantity":2,"ticket_type":"std"}"#,
+                r#"{"quantity":2,"ticket_type":"vip"}"#,
+                r#"{"quantity":1,"ticket_type":"std"}"#,
+                r#"{"quantity":1,"ticket_type":"vip"}"#,
+            ] {
+                let r = t.claim(id, &user, body).await;
+                match r.status {
+                    201 => {
+                        for ticket in r.json()["tickets"].as_array().unwrap() {
+                            let ty = r.json()["ticket_type"].as_str().unwrap().to_string();
+                            got.push((ty, ticket["code"].as_str().unwrap().to_string()));
+                        }
+                    }
+                    409 => {}
+                    other => panic!("{user}: {other} {}", r.text()),
+                }
+            }
+            (user, got)
+        }));
+    }
+    let mut codes = HashSet::new();
+    let (mut std, mut vip) = (0, 0);
+    let mut holder = None;
+    for press in presses {
+        let (user, got) = press.await.unwrap();
+        let of = |ty: &str| got.iter().filter(|(t, _)| t == ty).count();
+        assert!(
+            of("std") <= 2 && of("vip") <= 2 && got.len() <= 3,
+            "{user}: {got:?}"
+        );
+        std += of("std");
+        vip += of("vip");
+        for (_, code) in &got {
+            assert!(codes.insert(code.clone()), "{code} given twice");
+            if holder.is_none() && code.ends_with("-2") {
+                let ty = got.iter().find(|(_, c)| c == code).unwrap().0.clone();
+                holder = Some((user.clone(), code.clone(), ty));
+            }
+        }
+    }
+    assert_eq!((std, vip), (31, 10), "every ticket given, none twice");
+    let detail = t.detail(id, None).await;
+    assert_eq!(detail.json()["stock_left"], 0, "{}", detail.text());
+    problem(
+        &t.claim(id, "late", r#"{"ticket_type":"std"}"#).await,
+        409,
+        "sold_out",
+    );
+
+    // Everything reaches Postgres, from every bucket's log, and the operator sees one
+    // activity.
+    t.drain_to_empty().await;
+    assert_eq!(t.count("SELECT count(*) FROM tickets").await, 41);
+    assert_eq!(
+        t.count(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM tickets \
+             GROUP BY user_id) AS per_user"
+        )
+        .await,
+        3
+    );
+    let reconcile = t
+        .as_admin("GET", &format!("/admin/activities/{id}/reconcile"), "")
+        .await
+        .json();
+    assert_eq!(reconcile["ok"], true, "{reconcile}");
+    let stats = t
+        .as_admin("GET", &format!("/admin/activities/{id}/stats"), "")
+        .await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+
+    // A ticket of bucket 2 is found, shown to its owner and given back there; after the
+    // bound within which an empty home does not ask again, anyone can claim it.
+    let (owner, code, ty) = holder.expect("a ticket of bucket 2");
+    let mine = t
+        .as_user(&owner, "GET", &format!("/api/tickets/{code}"), "")
+        .await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    let detail = t.detail(id, Some(&owner)).await.json();
+    assert!(detail["my_claimed"].as_i64().unwrap() >= 1, "{detail}");
+    let back = t
+        .as_user(&owner, "DELETE", &format!("/api/tickets/{code}"), "")
+        .await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 1);
+    tokio::time::sleep(Duration::from_millis(
+        (buckets::DRY_MS + flashclaim_core::claim_cache::MAX_BOUND_MS + 200) as u64,
+    ))
+    .await;
+    let again = t
+        .claim(id, "second", &format!(r#"{{"ticket_type":"{ty}"}}"#))
+        .await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    t.drain_to_empty().await;
+    assert_eq!(
+        t.count("SELECT count(*) FROM tickets WHERE status = 'returned'")
+            .await,
+        1
+    );
+}

@@ -46,6 +46,7 @@ fn activity(stock: i64, limit: i64) -> Activity {
         per_user_limit: Some(limit),
         require_pass: false,
         ticket_types: vec![TicketType::default_for("lab", stock, limit, Kind::Counter)],
+        stock_buckets: 1,
     }
 }
 
@@ -464,7 +465,8 @@ fn give_back(lab: &Lab, code: &str, user: &str, now: i64) -> Result<Option<Reply
         activity: lab.activity.id,
         code: code.to_string(),
     };
-    let (keys, argv) = ticket::return_command(&t, user, Millis(now));
+    let (keys, argv) =
+        ticket::return_command(&t, &ActivityKeys::new(t.activity), user, Millis(now));
     let reply = run_script(&lab.redis, &RETURN, &keys, &argv).unwrap();
     ticket::decode_ticket_change(&reply).map(|r| r.cloned())
 }
@@ -528,7 +530,8 @@ async fn a_ticket_is_redeemed_once() {
         code: code.clone(),
     };
     let redeem = || {
-        let (keys, argv) = ticket::redeem_command(&t, Millis(START + 30));
+        let (keys, argv) =
+            ticket::redeem_command(&t, &ActivityKeys::new(t.activity), Millis(START + 30));
         let reply = run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
         ticket::decode_ticket_change(&reply).map(|r| r.cloned())
     };
@@ -545,7 +548,11 @@ async fn a_ticket_is_redeemed_once() {
         activity: lab.activity.id,
         code: "NOPE".into(),
     };
-    let (keys, argv) = ticket::redeem_command(&missing, Millis(START));
+    let (keys, argv) = ticket::redeem_command(
+        &missing,
+        &ActivityKeys::new(missing.activity),
+        Millis(START),
+    );
     let reply = run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
     assert_eq!(
         ticket::decode_ticket_change(&reply),
@@ -1232,7 +1239,8 @@ async fn returns_redemptions_and_refused_passes_are_counted_per_type() {
         activity: lab.activity.id,
         code,
     };
-    let (keys, argv) = ticket::redeem_command(&t, Millis(START + 30));
+    let (keys, argv) =
+        ticket::redeem_command(&t, &ActivityKeys::new(t.activity), Millis(START + 30));
     run_script(&lab.redis, &REDEEM, &keys, &argv).unwrap();
     per_address(&mut lab, "addr");
     let refused = (0..10)
