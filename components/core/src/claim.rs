@@ -276,6 +276,7 @@ impl ClaimCommand {
     /// `credits`: `None` for a first attempt; else the claim again after borrowing, with
     /// the stock lent to this bucket for it (ARGV[23], `<move>:<amount>` each), credited
     /// first, once. Last of the builders: the others keep ARGV[22..24] but do not add them.
+    /// Applied once: it divides the activity's and the address's limits among the buckets.
     pub fn in_bucket(mut self, (b, n): (i64, i64), credits: Option<&[(String, i64)]>) -> Self {
         let activity = self.activity;
         let from = ActivityKeys::new(activity).meta();
@@ -290,6 +291,17 @@ impl ClaimCommand {
         self.keys.truncate(14);
         self.keys
             .push(ActivityKeys::in_bucket(activity, b, n).bucket());
+        // The limits over the activity and over an address count in each bucket: each
+        // gets its part, so that together they allow what the deployment set.
+        if n > 1 {
+            for i in [9, 12, 14] {
+                if let Some(Arg::Int(x)) = self.argv.get_mut(i) {
+                    if *x > 0 {
+                        *x = (*x + n - 1) / n;
+                    }
+                }
+            }
+        }
         if self.argv.len() < 18 {
             self = self.with_unreported((0, 0));
         }
@@ -858,6 +870,53 @@ mod tests {
             RateLimit::OFF,
             RateLimit::OFF,
         )
+    }
+
+    #[test]
+    fn a_claim_in_a_stock_bucket_moves_every_key_there_and_shares_the_activity_wide_limits() {
+        let id = ActivityId::parse("7").unwrap();
+        let limit = AddressLimit::parse("10/1000/20").unwrap();
+        let command = ClaimCommand::new(
+            id,
+            &UserId::parse("u1").unwrap(),
+            ClaimRequest::parse(b"{}").unwrap(),
+            None,
+            Millis(1),
+            "c",
+            &["P".into()],
+            RateLimit::OFF,
+            RateLimit::parse("90/1000").unwrap(),
+        )
+        .with_client(id, "abc", limit)
+        .with_snapshot([Arg::Int(1), Arg::Int(5), Arg::Int(-1)]);
+        let home = command.clone().in_bucket((2, 3), None);
+        let tag = crate::buckets::tag(id, 2, 3);
+        assert_eq!(home.keys.len(), 15);
+        assert!(
+            home.keys
+                .iter()
+                .all(|k| k.starts_with(&format!("fc:{{{tag}}}:"))),
+            "{:?}",
+            home.keys
+        );
+        assert_eq!(
+            home.argv[18],
+            Arg::Int(1),
+            "the snapshot is still asked for"
+        );
+        assert_eq!(home.argv[22], Arg::from(""), "a first attempt");
+        assert_eq!(
+            (&home.argv[9], &home.argv[12], &home.argv[14]),
+            (&Arg::Int(30), &Arg::Int(4), &Arg::Int(7)),
+            "a third of 90 per activity, of 10 (20 burst) per address, rounded up"
+        );
+        let loans = [("c.0".to_string(), 2), ("c.1".to_string(), 1)];
+        let again = command.clone().in_bucket((2, 3), Some(&loans));
+        assert_eq!(again.argv[22], Arg::from("c.0:2,c.1:1"));
+        assert_eq!(
+            command.in_bucket((2, 3), Some(&[])).argv[22],
+            Arg::from("-")
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use flashclaim_core::activity::MAX_ACTIVITY_BODY;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::{b64url_encode, sign, Claims};
 use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
-use flashclaim_core::scripts::{run_script, Arg, DRAIN_READ};
+use flashclaim_core::scripts::{run_script, Arg, RedisCommands, DRAIN_READ};
 use flashclaim_tests::{bearer, fresh_pg_db, problem, token, NativeRedis, TestApp, JWT_SECRET};
 use tokio::sync::Semaphore;
 
@@ -1441,4 +1441,77 @@ async fn metrics_are_read_with_the_metrics_token_or_as_an_operator_and_count_the
 
     let r = t.send("GET", "/metrics", Some(&t.admin), "").await;
     assert_eq!(r.status, 200, "an operator reads them too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loan_between_stock_buckets_left_open_by_a_claim_that_died_is_credited_once_by_the_drain()
+{
+    use flashclaim_core::buckets;
+    use flashclaim_core::scripts::{CREDIT, LEND};
+    // Stock buckets work on one Redis too (every bucket on it): 9 tickets, 3 per bucket.
+    let t = TestApp::start().await;
+    let id = t.create_activity(9, r#","stock_buckets":3"#).await;
+    t.publish(id).await;
+    let activity = ActivityId::from_db(id);
+    let (lender, home) = (
+        ActivityKeys::in_bucket(activity, 2, 3),
+        ActivityKeys::in_bucket(activity, 1, 3),
+    );
+    // A claim homed in bucket 1 borrowed 2 from bucket 2, long enough ago, then died
+    // before its claim script ran.
+    let redis = NativeRedis::new(t.redis().await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = now - buckets::REPAIR_AFTER_MS - 1;
+    let lent = run_script(
+        &redis,
+        &LEND,
+        &[lender.meta(), lender.stocks(), lender.bucket()],
+        &[
+            Arg::from("default"),
+            Arg::Int(2),
+            Arg::from("died.2"),
+            Arg::Int(1),
+            Arg::Int(at),
+        ],
+    )
+    .unwrap();
+    assert_eq!(lent[0].as_int(), Some(2));
+    let stock = |keys: &ActivityKeys| {
+        redis
+            .execute("HGET", &[Arg::from(keys.stocks()), Arg::from("default")])
+            .unwrap()[0]
+            .as_int()
+            .unwrap()
+    };
+    assert_eq!((stock(&lender), stock(&home)), (1, 3));
+    assert_eq!(
+        t.detail(id, None).await.json()["stock_left"],
+        7,
+        "2 in flight"
+    );
+
+    t.drain().await;
+    assert_eq!(
+        (stock(&lender), stock(&home)),
+        (1, 5),
+        "credited to the home"
+    );
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 9);
+    let open = redis
+        .execute("HGETALL", &[Arg::from(lender.bucket())])
+        .unwrap();
+    assert!(open.is_empty(), "the loan is closed: {open:?}");
+    // Crediting again (the claim's reply was only late) changes nothing.
+    let again = run_script(
+        &redis,
+        &CREDIT,
+        &[home.stocks(), home.bucket()],
+        &[Arg::from("died.2"), Arg::from("default"), Arg::Int(2)],
+    )
+    .unwrap();
+    assert_eq!(again[0].as_int(), Some(0));
+    assert_eq!(stock(&home), 5);
 }
