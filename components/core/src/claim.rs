@@ -859,6 +859,11 @@ mod tests {
 
     /// One ticket of the only type for `u1`, no limits, no client address.
     fn plain_command(id: ActivityId) -> ClaimCommand {
+        limited_command(id, RateLimit::OFF)
+    }
+
+    /// [`plain_command`] with a limit over the whole activity.
+    fn limited_command(id: ActivityId, global_rate: RateLimit) -> ClaimCommand {
         ClaimCommand::new(
             id,
             &UserId::parse("u1").unwrap(),
@@ -868,7 +873,7 @@ mod tests {
             "c",
             &["P".into()],
             RateLimit::OFF,
-            RateLimit::OFF,
+            global_rate,
         )
     }
 
@@ -876,19 +881,9 @@ mod tests {
     fn a_claim_in_a_stock_bucket_moves_every_key_there_and_shares_the_activity_wide_limits() {
         let id = ActivityId::parse("7").unwrap();
         let limit = AddressLimit::parse("10/1000/20").unwrap();
-        let command = ClaimCommand::new(
-            id,
-            &UserId::parse("u1").unwrap(),
-            ClaimRequest::parse(b"{}").unwrap(),
-            None,
-            Millis(1),
-            "c",
-            &["P".into()],
-            RateLimit::OFF,
-            RateLimit::parse("90/1000").unwrap(),
-        )
-        .with_client(id, "abc", limit)
-        .with_snapshot([Arg::Int(1), Arg::Int(5), Arg::Int(-1)]);
+        let command = limited_command(id, RateLimit::parse("90/1000").unwrap())
+            .with_client(id, "abc", limit)
+            .with_snapshot([Arg::Int(1), Arg::Int(5), Arg::Int(-1)]);
         let home = command.clone().in_bucket((2, 3), None);
         let tag = crate::buckets::tag(id, 2, 3);
         assert_eq!(home.keys.len(), 15);

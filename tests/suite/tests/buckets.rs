@@ -9,9 +9,10 @@ use flashclaim_core::activity::{Activity, NewActivity, Status};
 use flashclaim_core::buckets::{self, BucketedClaim, Next};
 use flashclaim_core::claim::{self, ClaimCommand, ClaimOutcome, ClaimRequest, RateLimit};
 use flashclaim_core::error::LimitScope;
-use flashclaim_core::ids::{ActivityId, UserId};
+use flashclaim_core::ids::{ActivityId, TicketRef, UserId};
 use flashclaim_core::keys::ActivityKeys;
 use flashclaim_core::scripts::{run_script, Arg, RedisCommands, Reply, CREDIT, PUBLISH, RETURN};
+use flashclaim_core::ticket;
 use flashclaim_core::ticket_type::TypeKey;
 use flashclaim_core::time::Millis;
 use flashclaim_core::ApiError;
@@ -290,27 +291,9 @@ async fn a_ticket_returned_to_another_bucket_reaches_an_empty_home_after_the_dry
     );
     // The first ticket goes back to its home, bucket 0 ...
     let first = first.unwrap();
-    let code = first.codes[0].clone();
-    let k = lab.bucket(0);
-    let keys = vec![
-        k.meta(),
-        k.stocks(),
-        k.claimed(),
-        k.tickets(),
-        k.log(),
-        k.pools(),
-    ];
-    let reply = run_script(
-        &lab.redis,
-        &RETURN,
-        &keys,
-        &[
-            Arg::from(code.as_str()),
-            Arg::from(zeros[0].as_str()),
-            Arg::Int(NOW + 1),
-        ],
-    )
-    .unwrap();
+    let ticket = TicketRef::parse(&format!("9-{}", first.codes[0])).unwrap();
+    let (keys, argv) = ticket::return_command(&ticket, &lab.bucket(0), &zeros[0], Millis(NOW + 1));
+    let reply = run_script(&lab.redis, &RETURN, &keys, &argv).unwrap();
     assert_eq!(reply[0], Reply::Int(1));
     // ... where bucket 1's users, dry for DRY_MS, find it only once that has passed.
     let lends_before = lab.runs("lend");
