@@ -31,7 +31,14 @@
 //! (the WASIp3 claim's `claim_cache_ms` in the main levels); the later sections run unless
 //! set to `0`: `FLASHCLAIM_BENCH_FLOOD` (logins), `FLASHCLAIM_BENCH_STORM` (the storm, issue
 //! 21), `FLASHCLAIM_BENCH_SENTINEL` (a Sentinel group's cost), `FLASHCLAIM_BENCH_CLUSTER`
-//! (slot routing's cost on a Redis Cluster, issue 23).
+//! (slot routing's cost on a Redis Cluster, issue 23), `FLASHCLAIM_BENCH_BUCKETS` (one hot
+//! activity's Redis-side capacity in stock buckets on several primaries, issue 23; with
+//! `FLASHCLAIM_BENCH_BUCKET_CLAIMS` (60000 per configuration) and
+//! `FLASHCLAIM_BENCH_BUCKET_CONFIGS` (`1x1,2x2,3x3,1x3,3x1`: buckets x primaries)).
+//! `FLASHCLAIM_BENCH_ONLY` (e.g. `buckets`, or `cluster,storm`) runs only the sections it
+//! names, of `levels` (the levels and drains above), `redis` (redis-benchmark), `flood`,
+//! `cluster`, `storm`, `sentinel`, `buckets`; the shared stores (`scripts/services.sh`) are
+//! only used when one of the first six runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -45,6 +52,7 @@ use flashclaim_core::ids::{ActivityId, UserId};
 use flashclaim_core::scripts::{run_script, Arg, CLAIM, PUBLISH};
 use flashclaim_core::ticket_type::TicketType;
 use flashclaim_core::time::Millis;
+use flashclaim_tests::bucket_capacity::{HotActivity, NodeUse, CONNECTIONS, IN_FLIGHT, STOCK};
 use flashclaim_tests::edge::{nginx_binary, start_nginx};
 use flashclaim_tests::{
     bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, write_manifest_copy,
@@ -68,6 +76,28 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The sections `FLASHCLAIM_BENCH_ONLY` may name.
+const SECTIONS: [&str; 7] = [
+    "levels", "redis", "flood", "cluster", "storm", "sentinel", "buckets",
+];
+
+/// Whether the section `name` runs: named by `FLASHCLAIM_BENCH_ONLY` when that is set, and
+/// not switched off by its own knob (`knob=0`).
+fn section(name: &str, knob: Option<&str>) -> bool {
+    debug_assert!(SECTIONS.contains(&name));
+    let named = std::env::var("FLASHCLAIM_BENCH_ONLY").map_or(true, |only| {
+        let list: Vec<&str> = only.split(',').map(str::trim).collect();
+        for n in &list {
+            assert!(
+                SECTIONS.contains(n),
+                "FLASHCLAIM_BENCH_ONLY: {n:?} is none of {SECTIONS:?}"
+            );
+        }
+        list.contains(&name)
+    });
+    named && knob.is_none_or(|k| std::env::var(k).map_or(true, |v| v != "0"))
 }
 
 fn requests_per_level() -> usize {
@@ -432,6 +462,15 @@ fn machine_busy() -> u64 {
         .filter_map(|v| v.parse().ok())
         .collect();
     [0, 1, 2, 5, 6].iter().filter_map(|i| f.get(*i)).sum()
+}
+
+/// CPU ticks the hypervisor gave other guests while this one wanted to run (steal).
+fn machine_steal() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Minor page faults of a process so far: a fresh WASIp2 instance pays one for every page
@@ -994,6 +1033,7 @@ async fn redis_benchmark(concurrency: usize, stores: Stores) -> RedisBench {
             100,
             Kind::Counter,
         )],
+        stock_buckets: 1,
     };
     let (keys, argv) = activity.publish_command(|_| 0);
     run_script(&native, &PUBLISH, &keys, &argv).unwrap();
@@ -1155,7 +1195,18 @@ fn main() {
 }
 
 async fn run() {
-    let stores = store_pids().await;
+    // Every section but the bucket capacity's uses the shared Redis and Postgres.
+    let uses_services = section("levels", None)
+        || section("redis", None)
+        || section("flood", Some("FLASHCLAIM_BENCH_FLOOD"))
+        || section("cluster", Some("FLASHCLAIM_BENCH_CLUSTER"))
+        || section("storm", Some("FLASHCLAIM_BENCH_STORM"))
+        || section("sentinel", Some("FLASHCLAIM_BENCH_SENTINEL"));
+    let stores = if uses_services {
+        store_pids().await
+    } else {
+        Stores::default()
+    };
     let mut runtimes = Vec::new();
     let wanted = std::env::var("FLASHCLAIM_BENCH_RUNTIMES").unwrap_or_else(|_| "host,spin".into());
     let flood_runtimes = |wanted: &str| -> Vec<Runtime> {
@@ -1168,10 +1219,11 @@ async fn run() {
         }
         out
     };
-    if wanted.split(',').any(|r| r.trim() == "host") {
+    let run_levels = section("levels", None);
+    if run_levels && wanted.split(',').any(|r| r.trim() == "host") {
         runtimes.push(Runtime::TestHost);
     }
-    if wanted.split(',').any(|r| r.trim() == "spin") {
+    if run_levels && wanted.split(',').any(|r| r.trim() == "spin") {
         if spin_binary().is_some() {
             runtimes.push(Runtime::Spin);
         } else {
@@ -1191,53 +1243,136 @@ async fn run() {
         eprintln!("bench: {} ({:?}) done", apps.name, apps.runtime);
     }
     let mut floods = Vec::new();
-    if std::env::var("FLASHCLAIM_BENCH_FLOOD").map_or(true, |v| v != "0") {
+    if section("flood", Some("FLASHCLAIM_BENCH_FLOOD")) {
         for &rt in &flood_runtimes(&wanted) {
             floods.push(login_flood(rt).await);
         }
     }
     let mut redis_limits = Vec::new();
-    for &c in &levels {
-        redis_limits.push(redis_benchmark(c, stores).await);
+    if section("redis", None) {
+        for &c in &levels {
+            redis_limits.push(redis_benchmark(c, stores).await);
+        }
     }
     let mut routed = Vec::new();
-    if std::env::var("FLASHCLAIM_BENCH_CLUSTER").map_or(true, |v| v != "0") {
+    if section("cluster", Some("FLASHCLAIM_BENCH_CLUSTER")) {
         for &rt in &flood_runtimes(&wanted) {
             routed.extend(cluster_cost(rt).await);
         }
     }
     let mut storms = Vec::new();
-    if std::env::var("FLASHCLAIM_BENCH_STORM").map_or(true, |v| v != "0") {
+    if section("storm", Some("FLASHCLAIM_BENCH_STORM")) {
         for &rt in &flood_runtimes(&wanted) {
             storms.push(storm(rt, stores).await);
         }
     }
     let mut ha = Vec::new();
-    if std::env::var("FLASHCLAIM_BENCH_SENTINEL").map_or(true, |v| v != "0") {
+    if section("sentinel", Some("FLASHCLAIM_BENCH_SENTINEL")) {
         for &rt in &flood_runtimes(&wanted) {
             ha.extend(sentinel_cost(rt).await);
         }
     }
+    let capacity = if section("buckets", Some("FLASHCLAIM_BENCH_BUCKETS")) {
+        bucket_capacity().await
+    } else {
+        Vec::new()
+    };
 
     // The report: markdown, pasted into BENCHMARKS.md as it is.
-    let pg_version = {
+    let pg_version = if uses_services {
         let pg = flashclaim_tests::pg_conn(&services().pg_url("postgres")).await;
         let row = pg.query_one("SHOW server_version", &[]).await.unwrap();
-        row.get::<_, String>(0)
+        format!("; PostgreSQL {}", row.get::<_, String>(0))
+    } else {
+        String::new()
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "\n## flashclaim benchmark, {} ({cpus} CPUs; {}; PostgreSQL {pg_version}; load average at start {started_load:.2})\n",
+        "\n## flashclaim benchmark, {} ({cpus} CPUs; {}{pg_version}; load average at start {started_load:.2})\n",
         Millis(now_ms()),
         versions()
     );
+    if !measured.is_empty() || !redis_limits.is_empty() {
+        print_levels(&measured, &redis_limits, &levels, &drains);
+    }
+    print_sentinel_cost(&ha);
+    print_cluster_cost(&routed);
+    print_storm(&storms);
+    print_bucket_capacity(&capacity);
+    if !floods.is_empty() {
+        println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins answered during the storms of all rounds: 401 (hashed) / 429 (refused before hashing) | target |");
+        println!("|---|---|---|---|---|---|---|");
+        for f in &floods {
+            for (what, m, logins) in [
+                ("alone", &f.alone, None),
+                (
+                    "beside 16 connections guessing for the whole storm, throttle on (default)",
+                    &f.connections,
+                    Some(f.connections_logins),
+                ),
+                (
+                    "beside 2,000 guesses paced over the storm, each on its own connection, throttle on",
+                    &f.paced,
+                    Some(f.paced_logins),
+                ),
+                (
+                    "beside 16 connections guessing for the whole storm, throttle off",
+                    &f.unthrottled,
+                    Some(f.unthrottled_logins),
+                ),
+            ] {
+                let ratio = m.1 / f.alone.1;
+                let target = match what {
+                    w if w.contains("throttle on") => {
+                        if ratio <= 1.2 {
+                            "≤ 1.2× ✓"
+                        } else {
+                            "≤ 1.2× ✗"
+                        }
+                    }
+                    _ => "",
+                };
+                println!(
+                    "| {} | {what} | {:.0} | {:.1} | {ratio:.2}× | {} | {target} |",
+                    f.runtime,
+                    m.0,
+                    m.1,
+                    logins.map_or("–".to_string(), |(a, b)| format!("{a} / {b}")),
+                );
+            }
+            if let Some((alone, paced, (hashed, refused, by_edge))) = f.edge {
+                let ratio = paced.1 / alone.1;
+                println!(
+                    "| {} | through nginx (deploy/spin-up/nginx.conf: log-ins limited per address): alone | {:.0} | {:.1} | 1.00× | – |  |",
+                    f.runtime, alone.0, alone.1
+                );
+                println!(
+                    "| {} | through nginx: beside 2,000 paced guesses, throttle on | {:.0} | {:.1} | {ratio:.2}× | {hashed} / {refused} (and {by_edge} refused by nginx) | {} |",
+                    f.runtime,
+                    paced.0,
+                    paced.1,
+                    if ratio <= 1.2 { "≤ 1.2× ✓" } else { "≤ 1.2× ✗" }
+                );
+            }
+        }
+    }
+}
+
+/// The main levels' tables: each variant at each level beside redis-benchmark, the ratios,
+/// and the drains.
+fn print_levels(
+    measured: &[Level],
+    redis_limits: &[RedisBench],
+    levels: &[usize],
+    drains: &[Drain],
+) {
     println!(
         "{} requests per level, each from a different user, keep-alive HTTP/1.1, a fresh activity per level.\n",
         requests_per_level()
     );
     println!("| runtime | c | what | req/s | p50 ms | p99 ms | non-2xx | Redis conns / 1k req | CPU µs / req: runtime, client, Redis | other CPU | load | canary ms | re-runs |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for l in &measured {
+    for l in measured {
         println!(
             "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0}, {:.0}, {:.0} | {:.0}% | {:.2} | {:.1} | {} |",
             l.runtime,
@@ -1262,7 +1397,7 @@ async fn run() {
             l.reruns
         );
     }
-    for r in &redis_limits {
+    for r in redis_limits {
         println!(
             "| Redis alone | {} | redis-benchmark, the claim's EVALSHA | {:.0} | {:.1} | {:.1} | – | – | – | {:.0}% | – | – | – |",
             r.concurrency, r.per_sec, r.p50_ms, r.p99_ms, r.other_cpu
@@ -1279,7 +1414,7 @@ async fn run() {
     let mut names: Vec<&str> = measured.iter().map(|l| l.runtime).collect();
     names.dedup();
     for rt in names {
-        for &c in &levels {
+        for &c in levels {
             let redis = redis_limits.iter().find(|r| r.concurrency == c);
             let ratio = |a: Variant, b: Variant, target: &str, ok: &dyn Fn(f64, f64) -> bool| {
                 if let (Some(a), Some(b)) = (find(rt, c, a), find(rt, c, b)) {
@@ -1367,66 +1502,6 @@ async fn run() {
             d.temp_rate,
             100.0 * d.rate / d.bulk_rate
         );
-    }
-    print_sentinel_cost(&ha);
-    print_cluster_cost(&routed);
-    print_storm(&storms);
-    if !floods.is_empty() {
-        println!("\n| runtime | claim storm (c={FLOOD_STORM_C}, {FLOOD_STORM} claims) | claims/s | p99 ms | p99 / alone | bad logins answered during the storms of all rounds: 401 (hashed) / 429 (refused before hashing) | target |");
-        println!("|---|---|---|---|---|---|---|");
-        for f in &floods {
-            for (what, m, logins) in [
-                ("alone", &f.alone, None),
-                (
-                    "beside 16 connections guessing for the whole storm, throttle on (default)",
-                    &f.connections,
-                    Some(f.connections_logins),
-                ),
-                (
-                    "beside 2,000 guesses paced over the storm, each on its own connection, throttle on",
-                    &f.paced,
-                    Some(f.paced_logins),
-                ),
-                (
-                    "beside 16 connections guessing for the whole storm, throttle off",
-                    &f.unthrottled,
-                    Some(f.unthrottled_logins),
-                ),
-            ] {
-                let ratio = m.1 / f.alone.1;
-                let target = match what {
-                    w if w.contains("throttle on") => {
-                        if ratio <= 1.2 {
-                            "≤ 1.2× ✓"
-                        } else {
-                            "≤ 1.2× ✗"
-                        }
-                    }
-                    _ => "",
-                };
-                println!(
-                    "| {} | {what} | {:.0} | {:.1} | {ratio:.2}× | {} | {target} |",
-                    f.runtime,
-                    m.0,
-                    m.1,
-                    logins.map_or("–".to_string(), |(a, b)| format!("{a} / {b}")),
-                );
-            }
-            if let Some((alone, paced, (hashed, refused, by_edge))) = f.edge {
-                let ratio = paced.1 / alone.1;
-                println!(
-                    "| {} | through nginx (deploy/spin-up/nginx.conf: log-ins limited per address): alone | {:.0} | {:.1} | 1.00× | – |  |",
-                    f.runtime, alone.0, alone.1
-                );
-                println!(
-                    "| {} | through nginx: beside 2,000 paced guesses, throttle on | {:.0} | {:.1} | {ratio:.2}× | {hashed} / {refused} (and {by_edge} refused by nginx) | {} |",
-                    f.runtime,
-                    paced.0,
-                    paced.1,
-                    if ratio <= 1.2 { "≤ 1.2× ✓" } else { "≤ 1.2× ✗" }
-                );
-            }
-        }
     }
 }
 
@@ -2009,6 +2084,259 @@ fn print_ways(rows: &[HaRow], asks: &str, target: &dyn Fn(&HaRow, &[&HaRow]) -> 
             r.connections,
             target(r, &same)
         );
+    }
+}
+
+// ---- One hot activity in stock buckets on several primaries (issue 23) -----------------
+
+/// Claims measured per configuration (`FLASHCLAIM_BENCH_BUCKET_CLAIMS`), in [`ROUNDS`].
+fn bucket_claims() -> usize {
+    env_or("FLASHCLAIM_BENCH_BUCKET_CLAIMS", 60_000)
+}
+
+/// The (buckets, primaries) configurations (`FLASHCLAIM_BENCH_BUCKET_CONFIGS`, e.g.
+/// `1x1,3x3`): one bucket on one primary (the base), k on k, and the controls one bucket
+/// on three primaries and three buckets on one.
+fn bucket_configs() -> Vec<(i64, usize)> {
+    std::env::var("FLASHCLAIM_BENCH_BUCKET_CONFIGS")
+        .unwrap_or_else(|_| "1x1,2x2,3x3,1x3,3x1".into())
+        .split(',')
+        .map(|c| {
+            let (b, p) = c
+                .trim()
+                .split_once('x')
+                .and_then(|(b, p)| Some((b.parse().ok()?, p.parse().ok()?)))
+                .filter(|(b, p): &(i64, usize)| (1..=16).contains(b) && *p >= 1)
+                .unwrap_or_else(|| {
+                    panic!("FLASHCLAIM_BENCH_BUCKET_CONFIGS: {c:?} is not <buckets>x<primaries>")
+                });
+            (b, p)
+        })
+        .collect()
+}
+
+/// Claims per configuration before any is measured (new connections, Redis' first
+/// allocations).
+const BUCKET_WARM_UP: usize = 2_000;
+
+/// One configuration's rounds, added up.
+struct CapacityRow {
+    buckets: i64,
+    primaries: usize,
+    /// The node serving each bucket.
+    owners: Vec<usize>,
+    claims: u64,
+    wall: f64,
+    client_cpu: f64,
+    /// Other processes' CPU, percent of one core × seconds.
+    other: f64,
+    /// CPU stolen by the hypervisor, ticks.
+    steal: u64,
+    /// By node, over all rounds.
+    nodes: Vec<NodeUse>,
+    /// Each round's capacity.
+    rounds: Vec<f64>,
+    /// By node: what each used with its claims sent to it alone, and those claims.
+    alone: Vec<NodeUse>,
+    alone_claims: u64,
+    check: Result<String, String>,
+}
+
+impl CapacityRow {
+    /// The node whose main thread worked most.
+    fn busiest(&self) -> (usize, NodeUse) {
+        self.nodes
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu))
+            .expect("a node")
+    }
+
+    /// Claims per CPU second of the busiest primary: the claims/s the activity sustains
+    /// with a core per primary.
+    fn capacity(&self) -> f64 {
+        self.claims as f64 / self.busiest().1.cpu
+    }
+
+    /// The capacity with each primary's CPU as it was when it alone was busy.
+    fn capacity_alone(&self) -> f64 {
+        let busiest = self.alone.iter().map(|n| n.cpu).fold(0.0, f64::max);
+        self.alone_claims as f64 / busiest
+    }
+
+    /// Primaries serving a bucket.
+    fn serving(&self) -> usize {
+        self.owners
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// One hot activity's Redis-side capacity in B stock buckets on P primaries
+/// (`flashclaim_tests::bucket_capacity`): every configuration's cluster started, published
+/// and warmed up, then the configurations take turns, a [`ROUNDS`]th of the claims at a
+/// time sent to every primary at once, then half as many to one primary at a time, so
+/// that a slow spell of the shared machine falls on all of them alike; each
+/// configuration's buckets are read back after.
+async fn bucket_capacity() -> Vec<CapacityRow> {
+    let configs = bucket_configs();
+    let mut hot = Vec::new();
+    let mut rows = Vec::new();
+    for (i, &(buckets, primaries)) in configs.iter().enumerate() {
+        let mut h = HotActivity::start(buckets, primaries, 880_001 + i as i64).await;
+        eprintln!(
+            "bench: {buckets} bucket(s) on {primaries} primar(y/ies): bucket → node {:?}",
+            h.owners
+        );
+        h.run(BUCKET_WARM_UP).await;
+        rows.push(CapacityRow {
+            buckets,
+            primaries,
+            owners: h.owners.clone(),
+            claims: 0,
+            wall: 0.0,
+            client_cpu: 0.0,
+            other: 0.0,
+            steal: 0,
+            nodes: vec![NodeUse::default(); primaries],
+            rounds: Vec::new(),
+            alone: vec![NodeUse::default(); primaries],
+            alone_claims: 0,
+            check: Ok(String::new()),
+        });
+        hot.push(h);
+    }
+    let per_round = bucket_claims().div_ceil(ROUNDS);
+    for round in 1..=ROUNDS {
+        for (h, row) in hot.iter_mut().zip(rows.iter_mut()) {
+            let meter = CpuMeter::start(Stores::default());
+            let steal = machine_steal();
+            let run = h.run(per_round).await;
+            let other = meter.other_pct();
+            row.steal += machine_steal().saturating_sub(steal);
+            let busiest = run.nodes.iter().map(|n| n.cpu).fold(0.0, f64::max);
+            row.claims += run.claims;
+            row.wall += run.wall.as_secs_f64();
+            row.client_cpu += run.client_cpu;
+            row.other += other * run.wall.as_secs_f64();
+            for (sum, n) in row.nodes.iter_mut().zip(&run.nodes) {
+                *sum += *n;
+            }
+            row.rounds.push(run.claims as f64 / busiest);
+            eprintln!(
+                "bench: {}x{} round {round}: {:.0} claims/s, busiest primary {:.1} µs CPU / claim, capacity {:.0}/s, other CPU {other:.0}%",
+                row.buckets,
+                row.primaries,
+                run.claims as f64 / run.wall.as_secs_f64(),
+                busiest * 1e6 / run.claims as f64,
+                run.claims as f64 / busiest
+            );
+            // Then each primary alone busy: on a machine with fewer cores than primaries
+            // (and the client), what a primary's work costs when it shares no core.
+            for (node, run) in h.run_one_primary_at_a_time(per_round / 2).await {
+                row.alone[node] += run.nodes[node];
+                row.alone_claims += run.claims;
+            }
+        }
+    }
+    for (h, row) in hot.iter().zip(rows.iter_mut()) {
+        row.check = h.check().await;
+    }
+    rows
+}
+
+fn print_bucket_capacity(rows: &[CapacityRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let base = rows.iter().find(|r| r.buckets == 1 && r.primaries == 1);
+    println!(
+        "\nOne hot activity, stock {STOCK} split into B stock buckets on a Redis Cluster of P primaries (no replicas, AOF always), per-user limit 1, no rate limits: claim.lua's EVALSHA sent by the native client to the primary of each claim's home bucket, every claim a new user, {CONNECTIONS} connections per primary serving a bucket with {IN_FLIGHT} claims in flight on each; {} claims per configuration, the configurations taking turns in {ROUNDS} rounds (after {BUCKET_WARM_UP} warm-up claims each), each round followed by half as many claims sent to one primary at a time ({} in all). Capacity = claims / CPU seconds of the busiest primary's main thread (`INFO cpu`): the claims/s the activity sustains with a core per primary; \"together\": every primary driven at once (on this machine's cores, shared with the client), \"alone\": each primary's CPU for its claims while it alone was busy. k = primaries serving a bucket.\n",
+        rows[0].claims,
+        rows[0].alone_claims
+    );
+    println!("| B buckets | P primaries | bucket → primary | claims/s (wall, this machine) | scripts per primary | main-thread CPU µs / script per primary, together | … alone | EVALSHA µs / call (wall time inside Redis), busiest, together | busiest primary's main thread busy | Redis CPU µs / claim, all primaries | client CPU µs / claim | other CPU, steal | capacity, together (claims/s) | rounds | capacity, alone | capacity / (k · capacity(1,1)): together, alone | target | checked |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let scripts: u64 = r.nodes.iter().map(|n| n.scripts).sum();
+        let per_node = |nodes: &[NodeUse], f: &dyn Fn(&NodeUse) -> String| {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("n{i} {}", f(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let per_script = |n: &NodeUse| {
+            if n.scripts == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1}", n.cpu * 1e6 / n.scripts as f64)
+            }
+        };
+        let (_, busiest) = r.busiest();
+        let k = r.serving() as f64;
+        let (ratio, target) = match base {
+            Some(base) => {
+                let ratio = r.capacity() / (k * base.capacity());
+                let alone = r.capacity_alone() / (k * base.capacity_alone());
+                let target = if r.buckets as usize == r.primaries && r.primaries > 1 {
+                    let mark = |r: f64| if r >= 0.8 { "✓" } else { "✗" };
+                    format!("≥ 0.8: {} {}", mark(ratio), mark(alone))
+                } else {
+                    "control".to_string()
+                };
+                (format!("{ratio:.2}, {alone:.2} (k = {k})"), target)
+            }
+            None => ("–".to_string(), String::new()),
+        };
+        let (lo, hi) = r
+            .rounds
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+        println!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} % | {:.1} | {:.1} | {:.0}%, {:.0}% | **{:.0}** | {:.0}–{:.0} | {:.0} | {ratio} | {target} | {} |",
+            r.buckets,
+            r.primaries,
+            r.owners
+                .iter()
+                .enumerate()
+                .map(|(b, n)| format!("b{b}→n{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.claims as f64 / r.wall,
+            per_node(&r.nodes, &|n| format!(
+                "{:.0} %",
+                100.0 * n.scripts as f64 / scripts.max(1) as f64
+            )),
+            per_node(&r.nodes, &per_script),
+            per_node(&r.alone, &per_script),
+            busiest.script_usec as f64 / busiest.scripts.max(1) as f64,
+            100.0 * busiest.cpu / r.wall,
+            r.nodes.iter().map(|n| n.cpu).sum::<f64>() * 1e6 / r.claims as f64,
+            r.client_cpu * 1e6 / r.claims as f64,
+            r.other / r.wall,
+            r.steal as f64 / clock_ticks() / r.wall * 100.0,
+            r.capacity(),
+            lo,
+            hi,
+            r.capacity_alone(),
+            match &r.check {
+                Ok(_) => "✓".to_string(),
+                Err(e) => format!("✗ {e}"),
+            }
+        );
+    }
+    for r in rows {
+        match &r.check {
+            Ok(what) => eprintln!("bench: {}x{} checked: {what}", r.buckets, r.primaries),
+            Err(e) => panic!(
+                "{} buckets on {} primaries: the buckets do not add up: {e}",
+                r.buckets, r.primaries
+            ),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A Redis Cluster of real processes for the cluster tier: three primaries and three
 //! replicas (`redis-server --cluster-enabled yes`, AOF `appendfsync always`,
 //! `cluster-node-timeout` [`NODE_TIMEOUT_MS`]) joined by `redis-cli --cluster create
-//! --cluster-replicas 1`, in a directory of their own. Nodes are killed (SIGKILL) and
+//! --cluster-replicas 1`, in a directory of their own; or, for the benchmark, primaries
+//! only ([`RedisCluster::start_primaries`]). Nodes are killed (SIGKILL) and
 //! restarted on their data, slots moved between primaries while they serve (`CLUSTER
 //! SETSLOT … IMPORTING / MIGRATING`, `MIGRATE`, `SETSLOT … NODE`), and primaries added.
 //! Every call to a node is bounded (2 s, `sentinel::query`); every process dies with the
@@ -37,16 +38,106 @@ impl RedisCluster {
     /// Six nodes joined into three primaries with a replica each; waits (at most 60 s)
     /// until every node says `cluster_state:ok` and knows all six.
     pub async fn start(name: &str) -> RedisCluster {
+        RedisCluster::create(name, 3, 1).await
+    }
+
+    /// `primaries` nodes (1 or more), every one a primary serving an equal range of the
+    /// slots, and no replica (the benchmark measures what each primary's CPU does; a
+    /// replica would take CPU of its own). Waits (at most 60 s) as [`RedisCluster::start`]
+    /// does.
+    pub async fn start_primaries(name: &str, primaries: usize) -> RedisCluster {
+        RedisCluster::create(name, primaries, 0).await
+    }
+
+    /// `primaries × (1 + replicas)` nodes joined by `redis-cli --cluster create
+    /// --cluster-replicas <replicas>`; it refuses fewer than three primaries, so one or two
+    /// (no replicas) get the same equal split of the slots by hand ([`even_ranges`]).
+    async fn create(name: &str, primaries: usize, replicas: usize) -> RedisCluster {
+        assert!(primaries >= 1, "a cluster needs a primary");
         let dir = root().join(format!(".data/cluster/{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for _ in 0..6 {
+        let total = primaries * (1 + replicas);
+        for _ in 0..total {
             cluster.spawn_node().await;
         }
-        let addresses: Vec<String> = cluster
+        if primaries < 3 {
+            assert_eq!(replicas, 0, "fewer than three primaries: no replicas");
+            cluster.assign_by_hand(primaries).await;
+        } else {
+            cluster.create_with_redis_cli(replicas).await;
+        }
+        cluster.wait_ok(total, Duration::from_secs(60)).await;
+        cluster
+    }
+
+    /// Each node serves its range of [`even_ranges`] (`CLUSTER ADDSLOTSRANGE`), has its own
+    /// config epoch, and meets node 0: what `redis-cli --cluster create` does.
+    async fn assign_by_hand(&self, primaries: usize) {
+        let ok = |what: String, r: Option<String>| assert_eq!(r.as_deref(), Some("OK"), "{what}");
+        for (i, (first, last)) in even_ranges(primaries).into_iter().enumerate() {
+            let url = self.node_url(i);
+            ok(
+                format!("CLUSTER ADDSLOTSRANGE {first} {last} on node {i}"),
+                query(
+                    &url,
+                    redis::cmd("CLUSTER")
+                        .arg("ADDSLOTSRANGE")
+                        .arg(first)
+                        .arg(last),
+                )
+                .await,
+            );
+            ok(
+                format!("CLUSTER SET-CONFIG-EPOCH on node {i}"),
+                query(
+                    &url,
+                    redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1),
+                )
+                .await,
+            );
+        }
+        // A node learns its own address when another meets it: a lone one is told it, so
+        // that its `CLUSTER NODES` names it as a met one does (`127.0.0.1:<port>`).
+        if primaries == 1 {
+            ok(
+                "CONFIG SET cluster-announce-ip".into(),
+                query(
+                    &self.node_url(0),
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("cluster-announce-ip")
+                        .arg("127.0.0.1"),
+                )
+                .await,
+            );
+            let me = format!("127.0.0.1:{}@", self.nodes[0].port);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.nodes_text(0).await.is_some_and(|t| t.contains(&me)) {
+                assert!(Instant::now() < deadline, "node 0 did not take its address");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for i in 1..primaries {
+            ok(
+                format!("CLUSTER MEET from node {i}"),
+                query(
+                    &self.node_url(i),
+                    redis::cmd("CLUSTER")
+                        .arg("MEET")
+                        .arg("127.0.0.1")
+                        .arg(self.nodes[0].port),
+                )
+                .await,
+            );
+        }
+    }
+
+    async fn create_with_redis_cli(&self, replicas: usize) {
+        let addresses: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -55,7 +146,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -69,8 +160,6 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.wait_ok(6, Duration::from_secs(60)).await;
-        cluster
     }
 
     /// A new empty node of the cluster's kind, started and answering (not yet met).
@@ -159,9 +248,9 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `redis_address` for the cluster: its first three nodes as seeds.
+    /// `redis_address` for the cluster: its first three nodes (or fewer) as seeds.
     pub fn address(&self) -> String {
-        let seeds: Vec<String> = self.nodes[..3]
+        let seeds: Vec<String> = self.nodes[..self.nodes.len().min(3)]
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
@@ -421,6 +510,26 @@ impl RedisCluster {
         )
         .await
     }
+}
+
+/// The slot ranges (first, last) `redis-cli --cluster create` gives `primaries` primaries,
+/// in order: 16384 / primaries slots each, rounded as it rounds them.
+pub fn even_ranges(primaries: usize) -> Vec<(u16, u16)> {
+    let slots = flashclaim_core::cluster::SLOTS;
+    let per_node = f64::from(slots) / primaries as f64;
+    let (mut first, mut cursor) = (0u16, 0.0f64);
+    (0..primaries)
+        .map(|i| {
+            let mut last = (cursor + per_node - 1.0).round() as u16;
+            if last >= slots || i == primaries - 1 {
+                last = slots - 1;
+            }
+            let range = (first, last.max(first));
+            first = range.1 + 1;
+            cursor += per_node;
+            range
+        })
+        .collect()
 }
 
 impl Drop for RedisCluster {

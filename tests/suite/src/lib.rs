@@ -19,6 +19,7 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+pub mod bucket_capacity;
 pub mod cluster;
 pub mod edge;
 pub mod sentinel;
@@ -202,6 +203,14 @@ impl RedisCommands for NativeRedis {
             })
             .collect())
     }
+}
+
+/// The wall clock in ms since the epoch, as the app reads it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 pub fn token(user: &str, role: Option<&str>) -> String {
@@ -720,10 +729,7 @@ impl TestApp {
 
     /// Creates an activity as the operator; `overrides` are extra JSON fields.
     pub async fn create_activity(&self, stock: i64, overrides: &str) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        let now = now_ms();
         let body = format!(
             r#"{{"name":"Free ride","starts_at":"{}","ends_at":"{}","stock_total":{stock}{overrides}}}"#,
             flashclaim_core::time::Millis(now - 60_000),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flashclaim_core::claim_cache::DEFAULT_BOUND_MS;
 use flashclaim_core::time::Millis;
-use flashclaim_tests::{bearer, problem, token, TestApp};
+use flashclaim_tests::{bearer, now_ms, problem, token, TestApp};
 use tokio::sync::Semaphore;
 
 /// The tests of this file take turns: each counts the scripts Redis runs, server-wide.
@@ -71,13 +71,6 @@ async fn storm(t: &Arc<TestApp>, id: i64, prefix: &str, users: usize) -> Vec<(u1
     }
     println!("{users} presses in {:?}", start.elapsed());
     answers
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Presses by new users every 20 ms until one is answered `status`; how long that took.

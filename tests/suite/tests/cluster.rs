@@ -302,10 +302,7 @@ async fn one_hot_activity_in_three_stock_buckets_on_three_primaries_gives_every_
     use flashclaim_core::buckets;
     let cluster = RedisCluster::start("buckets").await;
     let t = Arc::new(app_on(&cluster).await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let body = format!(
         r#"{{"name":"Hot","starts_at":"{}","ends_at":"{}","per_user_limit":3,"stock_buckets":3,
             "ticket_types":[{{"key":"std","name":"Standard","stock_total":31,"per_user_limit":2}},

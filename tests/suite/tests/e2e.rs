@@ -1460,11 +1460,7 @@ async fn a_loan_between_stock_buckets_left_open_by_a_claim_that_died_is_credited
     // A claim homed in bucket 1 borrowed 2 from bucket 2, long enough ago, then died
     // before its claim script ran.
     let redis = NativeRedis::new(t.redis().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let at = now - buckets::REPAIR_AFTER_MS - 1;
+    let at = flashclaim_tests::now_ms() - buckets::REPAIR_AFTER_MS - 1;
     let lent = run_script(
         &redis,
         &LEND,
