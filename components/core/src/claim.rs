@@ -279,13 +279,17 @@ impl ClaimCommand {
     /// Applied once: it divides the activity's and the address's limits among the buckets.
     pub fn in_bucket(mut self, (b, n): (i64, i64), credits: Option<&[(String, i64)]>) -> Self {
         let activity = self.activity;
-        let from = ActivityKeys::new(activity).meta();
-        let from = &from[..from.len() - "meta".len()];
-        let to = ActivityKeys::in_bucket(activity, b, n).meta();
-        let to = &to[..to.len() - "meta".len()];
-        for key in &mut self.keys {
-            if let Some(rest) = key.strip_prefix(from) {
-                *key = format!("{to}{rest}");
+        // Bucket 0 has the activity's own tag: every claim of an activity of one bucket
+        // keeps its keys as built.
+        if b != 0 {
+            let from = ActivityKeys::new(activity).meta();
+            let from = &from[..from.len() - "meta".len()];
+            let to = ActivityKeys::in_bucket(activity, b, n).meta();
+            let to = &to[..to.len() - "meta".len()];
+            for key in &mut self.keys {
+                if let Some(rest) = key.strip_prefix(from) {
+                    *key = format!("{to}{rest}");
+                }
             }
         }
         self.keys.truncate(14);
