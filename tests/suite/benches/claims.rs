@@ -55,8 +55,9 @@ use flashclaim_core::time::Millis;
 use flashclaim_tests::bucket_capacity::{HotActivity, NodeUse, CONNECTIONS, IN_FLIGHT, STOCK};
 use flashclaim_tests::edge::{nginx_binary, start_nginx};
 use flashclaim_tests::{
-    bearer, fresh_pg_db, fresh_redis_db, root, services, spin_binary, token, write_manifest_copy,
-    Backend, ManifestApp, NativeRedis, Runtime, TestApp, JWT_SECRET, TICKET_SECRET,
+    bearer, cpu_secs, fresh_pg_db, fresh_redis_db, now_ms, root, services, spin_binary, token,
+    write_manifest_copy, Backend, ManifestApp, NativeRedis, Runtime, TestApp, JWT_SECRET,
+    TICKET_SECRET,
 };
 use spin_test_host::client::{HttpClient, Response};
 
@@ -350,7 +351,7 @@ async fn drive<T: Send + 'static>(
     read: Read<T>,
 ) -> Driven<T> {
     on_own_thread(move || async move {
-        let cpu_started = thread_cpu_secs();
+        let cpu_started = cpu_secs(libc::CLOCK_THREAD_CPUTIME_ID);
         let client = HttpClient::new(base_url);
         let reqs = Arc::new(reqs);
         let next = Arc::new(AtomicUsize::new(0));
@@ -386,7 +387,7 @@ async fn drive<T: Send + 'static>(
             elapsed,
             latencies,
             answers,
-            client_cpu: thread_cpu_secs() - cpu_started,
+            client_cpu: cpu_secs(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_started,
         }
     })
     .await
@@ -429,16 +430,6 @@ struct Loaded {
     errors: BTreeMap<u16, usize>,
     /// CPU seconds the load generator's thread used.
     client_cpu: f64,
-}
-
-/// CPU seconds the calling thread has used.
-fn thread_cpu_secs() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1129,13 +1120,6 @@ async fn redis_benchmark(concurrency: usize, stores: Stores) -> RedisBench {
     let mut c = conn;
     let () = redis::cmd("FLUSHDB").query_async(&mut c).await.unwrap();
     best.unwrap()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Redis's and Postgres's process ids.

@@ -98,7 +98,7 @@ impl HotActivity {
             RedisCluster::start_primaries(&format!("capacity-{buckets}x{primaries}"), primaries)
                 .await;
         let id = ActivityId::from_db(id);
-        let now = now_ms();
+        let now = crate::now_ms();
         let activity = Activity {
             id,
             name: format!("hot, {buckets} buckets on {primaries} primaries"),
@@ -175,7 +175,7 @@ impl HotActivity {
                 ticket_type: None,
             },
             None,
-            Millis(now_ms()),
+            Millis(crate::now_ms()),
             &format!("cap-{}x{}-{user}", self.buckets, self.primaries),
             &["CAPACITY".to_string()],
             RateLimit::OFF,
@@ -230,7 +230,7 @@ impl HotActivity {
     /// nodes' counters before and after.
     async fn send(&mut self, queues: BTreeMap<usize, Vec<(usize, redis::Cmd)>>) -> Run {
         let before = self.counters().await;
-        let client_started = process_cpu_secs();
+        let client_started = crate::cpu_secs(libc::CLOCK_PROCESS_CPUTIME_ID);
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (node, queue) in queues {
@@ -262,7 +262,7 @@ impl HotActivity {
             }
         }
         let wall = started.elapsed();
-        let client_cpu = process_cpu_secs() - client_started;
+        let client_cpu = crate::cpu_secs(libc::CLOCK_PROCESS_CPUTIME_ID) - client_started;
         let after = self.counters().await;
         let nodes = before
             .iter()
@@ -445,23 +445,6 @@ async fn ask<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> T {
         .await
         .unwrap_or_else(|_| panic!("no answer from {url} within {ASK_WITHIN:?}"))
         .unwrap_or_else(|e| panic!("{url}: {e}"))
-}
-
-/// CPU seconds this process has used.
-fn process_cpu_secs() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
 }
 
 #[cfg(test)]
