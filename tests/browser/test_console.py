@@ -186,6 +186,41 @@ def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
     s.assert_clean()
 
 
+def test_one_sale_spread_over_redis_primaries_is_refused_with_a_code_pool_and_saved_with_counters(app, screen):
+    s = screen("console-buckets")
+    page = s.page
+    page.goto(app.base + "/console/#/new")
+    page.get_by_label("Username").fill(app.operator)
+    page.get_by_label("Password").fill(app.operator_password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="New activity").wait_for()
+    page.get_by_label("Name", exact=True).fill("Mega drop")
+    now = datetime.now()
+    page.get_by_label("Starts at").fill(local_input(now - timedelta(minutes=1)))
+    page.get_by_label("Ends at").fill(local_input(now + timedelta(hours=2)))
+    page.get_by_label("Stock", exact=True).fill("30")
+    page.get_by_label("Kind").select_option("codes")
+    spread = page.get_by_label("Redis primaries to spread over")
+    assert spread.input_value() == "1"
+    spread.fill("3")
+    page.get_by_role("button", name="Save draft").click()
+    error = page.locator("[data-field=stock_buckets] .error-message")
+    error.wait_for()
+    assert "counter" in error.inner_text()
+    s.check("buckets-error")
+    page.get_by_label("Kind").select_option("counter")
+    page.get_by_role("button", name="Save draft").click()
+    page.get_by_role("heading", name="Mega drop").wait_for()
+    activity_id = int(re.search(r"#/a/(\d+)", page.url).group(1))
+    page.get_by_role("button", name="Publish").click()
+    page.get_by_role("button", name="Yes").click()
+    page.get_by_text("Published.", exact=True).wait_for()
+    status, body = app.api.request("GET", f"/admin/activities/{activity_id}", token=app.admin)
+    assert status == 200, body
+    assert (body["stock_buckets"], body["stock_left"]) == (3, 30), body
+    s.assert_clean()
+
+
 def test_only_operators_get_in_and_a_refused_session_asks_to_log_in_again(app, screen):
     s = screen("console-access")
     page = s.page

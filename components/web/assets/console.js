@@ -127,11 +127,11 @@ function fromLocalInput(value) {
   return Number.isNaN(d.getTime()) ? value : d.toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
-const FORM_FIELDS = ['name', 'description', 'image_url', 'starts_at', 'ends_at', 'stock_total', 'per_user_limit', 'kind', 'require_pass'];
+const FORM_FIELDS = ['name', 'description', 'image_url', 'starts_at', 'ends_at', 'stock_total', 'per_user_limit', 'kind', 'require_pass', 'stock_buckets'];
 
 async function editView(id) {
   setTitle(t(id ? 'edit_title' : 'new_title'));
-  let a = { per_user_limit: 1, kind: 'counter', require_pass: false };
+  let a = { per_user_limit: 1, kind: 'counter', require_pass: false, stock_buckets: 1 };
   if (id) {
     try { a = (await api('GET', `/admin/activities/${encodeURIComponent(id)}`)).body; } catch (e) { fail(main, e); return; }
   }
@@ -146,6 +146,7 @@ async function editView(id) {
     field({ name: 'per_user_limit', label: t('f_per_user_limit'), type: 'number', value: a.per_user_limit ?? 1, attrs: { inputmode: 'numeric' } }),
     field({ name: 'kind', label: t('f_kind'), type: 'select', value: a.kind, options: [['counter', t('kind_counter')], ['codes', t('kind_codes')]] }),
     field({ name: 'require_pass', label: t('f_require_pass'), type: 'checkbox', value: a.require_pass }),
+    field({ name: 'stock_buckets', label: t('f_stock_buckets'), hint: t('f_stock_buckets_hint'), type: 'number', value: a.stock_buckets ?? 1, attrs: { inputmode: 'numeric', min: 1, max: 16 } }),
     typesEditor(a),
     h('button', { type: 'submit', class: 'button' }, t('save_draft')));
   const syncSingle = () => {
@@ -164,6 +165,7 @@ async function editView(id) {
       starts_at: fromLocalInput(data.get('starts_at')),
       ends_at: fromLocalInput(data.get('ends_at')),
       require_pass: data.get('require_pass') === 'on',
+      stock_buckets: Number(data.get('stock_buckets') || 1),
     };
     const rows = Array.from(form.querySelectorAll('[data-type-row]'));
     if (rows.length) {
