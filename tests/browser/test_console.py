@@ -140,18 +140,30 @@ def test_an_operator_runs_a_campaign(app, screen):
     s.assert_clean()
 
 
-def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
-    s = screen("console-types")
-    page = s.page
+def new_draft(app, page, name, starts, ends):
+    """Logs in on the console's new-activity page and fills the name and the window."""
     page.goto(app.base + "/console/#/new")
     page.get_by_label("Username").fill(app.operator)
     page.get_by_label("Password").fill(app.operator_password)
     page.get_by_role("button", name="Log in").click()
     page.get_by_role("heading", name="New activity").wait_for()
-    page.get_by_label("Name", exact=True).fill("Gala")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Starts at").fill(local_input(starts))
+    page.get_by_label("Ends at").fill(local_input(ends))
+
+
+def saved_draft(page, name):
+    """Saves the draft and returns its id once its page shows."""
+    page.get_by_role("button", name="Save draft").click()
+    page.get_by_role("heading", name=name).wait_for()
+    return int(re.search(r"#/a/(\d+)", page.url).group(1))
+
+
+def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
+    s = screen("console-types")
+    page = s.page
     now = datetime.now()
-    page.get_by_label("Starts at").fill(local_input(now + timedelta(hours=1)))
-    page.get_by_label("Ends at").fill(local_input(now + timedelta(hours=3)))
+    new_draft(app, page, "Gala", now + timedelta(hours=1), now + timedelta(hours=3))
     page.get_by_role("button", name="Add a ticket type").click()
     page.get_by_role("button", name="Add a ticket type").click()
     assert not page.get_by_label("Stock", exact=True).first.is_visible() or page.locator("[data-field=stock_total]").is_hidden()
@@ -169,9 +181,7 @@ def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
     assert "ticket_types[1]" in error.inner_text()
     s.check("type-error")
     second.get_by_label("Key").fill("standard")
-    page.get_by_role("button", name="Save draft").click()
-    page.get_by_role("heading", name="Gala").wait_for()
-    activity_id = int(re.search(r"#/a/(\d+)", page.url).group(1))
+    activity_id = saved_draft(page, "Gala")
     status, body = app.api.request("GET", f"/admin/activities/{activity_id}", token=app.admin)
     assert status == 200, body
     assert [(t["key"], t["stock_total"]) for t in body["ticket_types"]] == [("vip", 2), ("standard", 20)]
@@ -189,15 +199,8 @@ def test_a_draft_with_ticket_types_and_its_errors_beside_the_type(app, screen):
 def test_one_sale_spread_over_redis_primaries_is_refused_with_a_code_pool_and_saved_with_counters(app, screen):
     s = screen("console-buckets")
     page = s.page
-    page.goto(app.base + "/console/#/new")
-    page.get_by_label("Username").fill(app.operator)
-    page.get_by_label("Password").fill(app.operator_password)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("heading", name="New activity").wait_for()
-    page.get_by_label("Name", exact=True).fill("Mega drop")
     now = datetime.now()
-    page.get_by_label("Starts at").fill(local_input(now - timedelta(minutes=1)))
-    page.get_by_label("Ends at").fill(local_input(now + timedelta(hours=2)))
+    new_draft(app, page, "Mega drop", now - timedelta(minutes=1), now + timedelta(hours=2))
     page.get_by_label("Stock", exact=True).fill("30")
     page.get_by_label("Kind").select_option("codes")
     spread = page.get_by_label("Redis primaries to spread over")
@@ -209,9 +212,7 @@ def test_one_sale_spread_over_redis_primaries_is_refused_with_a_code_pool_and_sa
     assert "counter" in error.inner_text()
     s.check("buckets-error")
     page.get_by_label("Kind").select_option("counter")
-    page.get_by_role("button", name="Save draft").click()
-    page.get_by_role("heading", name="Mega drop").wait_for()
-    activity_id = int(re.search(r"#/a/(\d+)", page.url).group(1))
+    activity_id = saved_draft(page, "Mega drop")
     page.get_by_role("button", name="Publish").click()
     page.get_by_role("button", name="Yes").click()
     page.get_by_text("Published.", exact=True).wait_for()
