@@ -145,19 +145,19 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         command = command.with_snapshot(CACHE.with_borrow(|c| c.snapshot_args(activity)));
     }
     let known = BUCKETS.with_borrow(|b| b.get(activity));
-    let (mut steps, mut call) = BucketedClaim::start(command, now, known);
+    let mut steps = BucketedClaim::start(command, now, known);
     let reply = loop {
+        let call = steps.call();
         let reply = glue::run_confirmed(
             shards.for_activity(activity),
             call.script,
-            &call.keys,
-            &call.argv,
+            call.keys,
+            call.argv,
             scripts::status_is_success,
         )
         .await;
-        match steps.next(reply) {
-            Next::Run(next) => call = next,
-            Next::Done(reply) => break reply,
+        if let Next::Done(reply) = steps.next(reply) {
+            break reply;
         }
     };
     if let Some(n) = steps.buckets() {

@@ -61,17 +61,17 @@ fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     let shards = glue::redis_shards()?;
     let reply = SpinRedis::open(shards.for_activity(activity))
         .and_then(|redis| {
-            let (mut steps, mut call) = BucketedClaim::start(command, glue::now(), None);
+            let mut steps = BucketedClaim::start(command, glue::now(), None);
             loop {
+                let call = steps.call();
                 let reply = redis.run_confirmed(
                     call.script,
-                    &call.keys,
-                    &call.argv,
+                    call.keys,
+                    call.argv,
                     scripts::status_is_success,
                 );
-                match steps.next(reply) {
-                    Next::Run(next) => call = next,
-                    Next::Done(reply) => return reply,
+                if let Next::Done(reply) = steps.next(reply) {
+                    return reply;
                 }
             }
         })

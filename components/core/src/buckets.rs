@@ -124,18 +124,19 @@ impl Buckets {
     }
 }
 
-/// One script a caller runs for a claim on an activity that may have stock buckets.
-#[derive(Debug, Clone)]
-pub struct Call {
+/// The script a caller runs next for a claim on an activity that may have stock buckets,
+/// borrowed from the [`BucketedClaim`]: nothing is copied on the way.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
     pub script: &'static Script,
-    pub keys: Vec<String>,
-    pub argv: Vec<Arg>,
+    pub keys: &'a [String],
+    pub argv: &'a [Arg],
 }
 
-/// What follows a reply: another script, or the claim's final reply.
+/// What follows a reply: another script ([`BucketedClaim::call`]), or the claim's reply.
 #[derive(Debug)]
 pub enum Next {
-    Run(Call),
+    Run,
     Done(Result<Vec<Reply>, RedisFailure>),
 }
 
@@ -159,13 +160,16 @@ enum Stage {
 /// (tokio mini-redis style: this decides, the component runs each [`Call`]):
 /// - the claim in the user's home bucket, or in bucket 0 while `n` is unknown, which says
 ///   `n` (`{ -16, n }`) when it is not the home;
-/// - when the home has too little (`{ -17, type, left }`), lua/lend.lua in the other
+/// - when the home has too little (`{ -17, type, left, n }`), lua/lend.lua in the other
 ///   buckets until the lack is covered, then the claim again at home with the loans.
 ///
-/// An activity of one bucket takes exactly the one claim script it always did.
+/// An activity of one bucket takes exactly the one claim script it always did, built once.
 #[derive(Debug)]
 pub struct BucketedClaim {
-    command: ClaimCommand,
+    /// The claim, in the bucket it goes to next.
+    claim: ClaimCommand,
+    /// A lend.lua call while the home borrows.
+    lend: Option<(Vec<String>, Vec<Arg>)>,
     now: Millis,
     n: Option<i64>,
     loans: Vec<(String, i64)>,
@@ -173,18 +177,36 @@ pub struct BucketedClaim {
 }
 
 impl BucketedClaim {
-    /// The claim and its first script; `known` is the activity's bucket count when the
-    /// caller remembers it (a reused WASIp3 instance), saving the hop through bucket 0.
-    pub fn start(command: ClaimCommand, now: Millis, known: Option<i64>) -> (Self, Call) {
-        let claim = BucketedClaim {
-            command,
+    /// The claim, ready for its first script ([`BucketedClaim::call`]); `known` is the
+    /// activity's bucket count when the caller remembers it (a reused WASIp3 instance),
+    /// saving the hop through bucket 0.
+    pub fn start(command: ClaimCommand, now: Millis, known: Option<i64>) -> Self {
+        let n = known.filter(|n| *n > 1);
+        let at = n.map_or((0, 1), |n| (home(&command.user, n), n));
+        BucketedClaim {
+            claim: command.in_bucket(at),
+            lend: None,
             now,
-            n: known.filter(|n| *n > 1),
+            n,
             loans: Vec::new(),
             stage: Stage::Claim { redirected: false },
-        };
-        let call = claim.claim_call(None);
-        (claim, call)
+        }
+    }
+
+    /// The script to run now.
+    pub fn call(&self) -> Call<'_> {
+        match &self.lend {
+            Some((keys, argv)) => Call {
+                script: &LEND,
+                keys,
+                argv,
+            },
+            None => Call {
+                script: &CLAIM,
+                keys: &self.claim.keys,
+                argv: &self.claim.argv,
+            },
+        }
     }
 
     /// The activity's bucket count once a script said it.
@@ -194,40 +216,25 @@ impl BucketedClaim {
 
     fn home(&self) -> (i64, i64) {
         let n = self.n.unwrap_or(1);
-        (home(&self.command.user, n), n)
+        (home(&self.claim.user, n), n)
     }
 
-    fn claim_call(&self, credits: Option<&[(String, i64)]>) -> Call {
-        let mut command = self.command.clone();
-        if matches!(self.stage, Stage::Claim { redirected: true } | Stage::Again) {
-            // The first script already counted these (claim.lua, ARGV[17..18]).
-            command = command.with_unreported((0, 0));
-        }
-        let command = command.in_bucket(self.home(), credits);
-        Call {
-            script: &CLAIM,
-            keys: command.keys,
-            argv: command.argv,
-        }
-    }
-
-    fn lend_call(&self, lender: i64, ty: &str, want: i64) -> Call {
+    fn lend_from(&mut self, lender: i64, ty: &str, want: i64) {
         let (home, n) = self.home();
-        let k = ActivityKeys::in_bucket(self.command.activity, lender, n);
-        Call {
-            script: &LEND,
-            keys: vec![k.meta(), k.stocks(), k.bucket()],
-            argv: vec![
+        let k = ActivityKeys::in_bucket(self.claim.activity, lender, n);
+        self.lend = Some((
+            vec![k.meta(), k.stocks(), k.bucket()],
+            vec![
                 Arg::from(ty),
                 Arg::Int(want),
-                Arg::from(format!("{}.{lender}", self.command.claim_id)),
+                Arg::from(format!("{}.{lender}", self.claim.claim_id)),
                 Arg::Int(home),
                 Arg::Int(self.now.0),
             ],
-        }
+        ));
     }
 
-    /// The next script after `reply`, or the claim's reply.
+    /// What follows `reply` to the script [`BucketedClaim::call`] gave.
     pub fn next(&mut self, reply: Result<Vec<Reply>, RedisFailure>) -> Next {
         let stage = std::mem::replace(&mut self.stage, Stage::Again);
         match (stage, reply) {
@@ -236,7 +243,11 @@ impl BucketedClaim {
                     Some(n) => {
                         self.n = Some(n);
                         self.stage = Stage::Claim { redirected: true };
-                        Next::Run(self.claim_call(None))
+                        let home = self.home();
+                        self.claim.move_from_bucket_zero(home);
+                        // Bucket 0 counted the answers ARGV[17..18] reported.
+                        self.claim.argv.splice(16..18, [Arg::Int(0), Arg::Int(0)]);
+                        Next::Run
                     }
                     None => Next::Done(Ok(r)),
                 }
@@ -259,8 +270,8 @@ impl BucketedClaim {
                 self.n = Some(n);
                 let (home, n) = self.home();
                 let lenders: Vec<i64> = lenders(home, n).collect();
-                let want = self.command.quantity - left;
-                let call = self.lend_call(lenders[0], &ty, want);
+                let want = self.claim.quantity - left;
+                self.lend_from(lenders[0], &ty, want);
                 self.stage = Stage::Lend {
                     ty,
                     want,
@@ -268,7 +279,7 @@ impl BucketedClaim {
                     at: 0,
                     failed: false,
                 };
-                Next::Run(call)
+                Next::Run
             }
             (
                 Stage::Lend {
@@ -283,7 +294,7 @@ impl BucketedClaim {
                 match reply.as_deref().map(|r| r.first().and_then(Reply::as_int)) {
                     Ok(Some(lent)) if lent > 0 => {
                         self.loans
-                            .push((format!("{}.{}", self.command.claim_id, lenders[at]), lent));
+                            .push((format!("{}.{}", self.claim.claim_id, lenders[at]), lent));
                         want -= lent;
                     }
                     Ok(_) => {}
@@ -291,7 +302,7 @@ impl BucketedClaim {
                     Err(_) => failed = true,
                 }
                 if want > 0 && at + 1 < lenders.len() {
-                    let call = self.lend_call(lenders[at + 1], &ty, want);
+                    self.lend_from(lenders[at + 1], &ty, want);
                     self.stage = Stage::Lend {
                         ty,
                         want,
@@ -299,7 +310,7 @@ impl BucketedClaim {
                         at: at + 1,
                         failed,
                     };
-                    return Next::Run(call);
+                    return Next::Run;
                 }
                 if want > 0 && failed && self.loans.is_empty() {
                     // Sold out is not known while a bucket could not be asked.
@@ -307,14 +318,10 @@ impl BucketedClaim {
                         "a stock bucket of the activity could not be asked".into(),
                     )));
                 }
-                self.stage = Stage::Again;
-                let loans = self.loans.clone();
-                let mut call = self.claim_call(Some(&loans));
-                if failed {
-                    // Not dry: a bucket that could not be asked may hold stock.
-                    *call.argv.last_mut().expect("claim.lua's ARGV[24]") = Arg::Int(0);
-                }
-                Next::Run(call)
+                self.lend = None;
+                // Not dry after a failure: a bucket that could not be asked may hold stock.
+                self.claim.again(&self.loans, !failed);
+                Next::Run
             }
             (_, reply) => Next::Done(reply),
         }

@@ -271,20 +271,42 @@ impl ClaimCommand {
 
 impl ClaimCommand {
     /// The claim in bucket `b` of an activity of `n` stock buckets (`crate::buckets`): the
-    /// same keys under that bucket's tag, and the user's hash (ARGV[22]), by which the
-    /// script checks it is the user's home bucket, or says which `n` it has (`{ -16, n }`).
-    /// `credits`: `None` for a first attempt; else the claim again after borrowing, with
-    /// the stock lent to this bucket for it (ARGV[23], `<move>:<amount>` each), credited
-    /// first, once. Last of the builders: the others keep ARGV[22..24] but do not add them.
-    /// Applied once: it divides the activity's and the address's limits among the buckets.
-    pub fn in_bucket(mut self, (b, n): (i64, i64), credits: Option<&[(String, i64)]>) -> Self {
-        let activity = self.activity;
-        // Bucket 0 has the activity's own tag: every claim of an activity of one bucket
-        // keeps its keys as built.
+    /// same keys under that bucket's tag, KEYS[15], and the user's hash (ARGV[22]), by
+    /// which the script checks it is the user's home bucket, or says which `n` it has
+    /// (`{ -16, n }`); a first attempt (ARGV[23] empty). Last of the builders: the others
+    /// keep ARGV[22..24] but do not add them. Applied once: it divides the activity's and
+    /// the address's limits among the buckets.
+    pub fn in_bucket(mut self, (b, n): (i64, i64)) -> Self {
+        self.keys.truncate(14);
+        self.keys.push(ActivityKeys::new(self.activity).bucket());
+        if self.argv.len() < 18 {
+            self = self.with_unreported((0, 0));
+        }
+        if self.argv.len() < 21 {
+            self.argv.truncate(18);
+            self.argv.extend([Arg::Int(0), Arg::Int(0), Arg::Int(-1)]);
+        }
+        self.argv.truncate(21);
+        let hash = crate::buckets::user_hash(&self.user);
+        self.argv.extend([
+            Arg::Int(i64::from(hash)),
+            Arg::from(""),
+            Arg::Int(crate::buckets::DRY_MS),
+        ]);
+        self.move_from_bucket_zero((b, n));
+        self
+    }
+
+    /// A claim built for bucket 0 of one bucket ([`ClaimCommand::in_bucket`] with `(0, 1)`)
+    /// sent instead to bucket `b` of `n`: its keys under that bucket's tag, and the limits
+    /// over the activity and an address divided among the buckets (each counts its own, so
+    /// together they allow what the deployment set).
+    pub fn move_from_bucket_zero(&mut self, (b, n): (i64, i64)) {
+        // Bucket 0 has the activity's own tag: its keys stay as built.
         if b != 0 {
-            let from = ActivityKeys::new(activity).meta();
+            let from = ActivityKeys::new(self.activity).meta();
             let from = &from[..from.len() - "meta".len()];
-            let to = ActivityKeys::in_bucket(activity, b, n).meta();
+            let to = ActivityKeys::in_bucket(self.activity, b, n).meta();
             let to = &to[..to.len() - "meta".len()];
             for key in &mut self.keys {
                 if let Some(rest) = key.strip_prefix(from) {
@@ -292,11 +314,6 @@ impl ClaimCommand {
                 }
             }
         }
-        self.keys.truncate(14);
-        self.keys
-            .push(ActivityKeys::in_bucket(activity, b, n).bucket());
-        // The limits over the activity and over an address count in each bucket: each
-        // gets its part, so that together they allow what the deployment set.
         if n > 1 {
             for i in [9, 12, 14] {
                 if let Some(Arg::Int(x)) = self.argv.get_mut(i) {
@@ -306,28 +323,28 @@ impl ClaimCommand {
                 }
             }
         }
-        if self.argv.len() < 18 {
-            self = self.with_unreported((0, 0));
-        }
-        if self.argv.len() < 21 {
-            self.argv.truncate(18);
-            self.argv.extend([Arg::Int(0), Arg::Int(0), Arg::Int(-1)]);
-        }
-        self.argv.truncate(21);
-        self.argv
-            .push(Arg::Int(i64::from(crate::buckets::user_hash(&self.user))));
-        let again = match credits {
-            None => String::new(),
-            Some([]) => "-".to_string(),
-            Some(loans) => loans
+    }
+
+    /// The same claim again after borrowing: the stock lent to its bucket for it (ARGV[23],
+    /// `<move>:<amount>` each, `-` for none), credited first, once; `dry`: whether a
+    /// shortfall now keeps the bucket from asking again for `DRY_MS` (ARGV[24]; not when a
+    /// bucket could not be asked). The answers ARGV[17..18] reported were counted the
+    /// first time.
+    pub fn again(&mut self, loans: &[(String, i64)], dry: bool) {
+        let credits = match loans {
+            [] => "-".to_string(),
+            loans => loans
                 .iter()
                 .map(|(m, a)| format!("{m}:{a}"))
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        self.argv.push(Arg::from(again));
-        self.argv.push(Arg::Int(crate::buckets::DRY_MS));
-        self
+        let dry_ms = if dry { crate::buckets::DRY_MS } else { 0 };
+        self.argv.splice(16..18, [Arg::Int(0), Arg::Int(0)]);
+        self.argv.splice(
+            22..24.min(self.argv.len()),
+            [Arg::from(credits), Arg::Int(dry_ms)],
+        );
     }
 }
 
@@ -888,7 +905,7 @@ mod tests {
         let command = limited_command(id, RateLimit::parse("90/1000").unwrap())
             .with_client(id, "abc", limit)
             .with_snapshot([Arg::Int(1), Arg::Int(5), Arg::Int(-1)]);
-        let home = command.clone().in_bucket((2, 3), None);
+        let home = command.clone().in_bucket((2, 3));
         let tag = crate::buckets::tag(id, 2, 3);
         assert_eq!(home.keys.len(), 15);
         assert!(
@@ -909,12 +926,22 @@ mod tests {
             (&Arg::Int(30), &Arg::Int(4), &Arg::Int(7)),
             "a third of 90 per activity, of 10 (20 burst) per address, rounded up"
         );
+        // Sent to bucket 0 first (the count unknown), then moved home: the same claim.
+        let mut moved = command.clone().in_bucket((0, 1));
+        assert_eq!(moved.argv[9], Arg::Int(90), "one bucket: the whole limit");
+        moved.move_from_bucket_zero((2, 3));
+        assert_eq!((&moved.keys, &moved.argv), (&home.keys, &home.argv));
+        let mut again = home.clone();
         let loans = [("c.0".to_string(), 2), ("c.1".to_string(), 1)];
-        let again = command.clone().in_bucket((2, 3), Some(&loans));
+        again.again(&loans, true);
+        assert_eq!(again.argv.len(), 24);
         assert_eq!(again.argv[22], Arg::from("c.0:2,c.1:1"));
+        assert_eq!(again.argv[23], Arg::Int(crate::buckets::DRY_MS));
+        let mut none = home;
+        none.again(&[], false);
         assert_eq!(
-            command.in_bucket((2, 3), Some(&[])).argv[22],
-            Arg::from("-")
+            (&none.argv[22], &none.argv[23]),
+            (&Arg::from("-"), &Arg::Int(0))
         );
     }
 

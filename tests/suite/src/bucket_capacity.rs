@@ -181,7 +181,7 @@ impl HotActivity {
             RateLimit::OFF,
             RateLimit::OFF,
         )
-        .in_bucket((home, self.buckets), None);
+        .in_bucket((home, self.buckets));
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(CLAIM.sha1)
             .arg(command.keys.len())

@@ -110,15 +110,13 @@ impl Lab {
             RateLimit::OFF,
             RateLimit::OFF,
         );
-        let (mut steps, mut call) = BucketedClaim::start(command, Millis(now), known);
+        let mut steps = BucketedClaim::start(command, Millis(now), known);
         loop {
+            let call = steps.call();
             *self.runs.entry(call.script.name).or_default() += 1;
-            let reply = run_script(&self.redis, call.script, &call.keys, &call.argv);
-            match steps.next(reply) {
-                Next::Run(next) => call = next,
-                Next::Done(reply) => {
-                    return (claim::decode(&reply.unwrap()), steps.buckets());
-                }
+            let reply = run_script(&self.redis, call.script, call.keys, call.argv);
+            if let Next::Done(reply) = steps.next(reply) {
+                return (claim::decode(&reply.unwrap()), steps.buckets());
             }
         }
     }
