@@ -8,7 +8,8 @@ to the script (the activity has one) still names every key it touches here.
 
 KEYS[1]  meta     HASH    status, starts_at, ends_at (ms), per_user_limit (over all types,
                           0 = none), require_pass, id, types (keys, comma separated), and per
-                          type <t>:starts_at, <t>:ends_at, <t>:limit, <t>:kind
+                          type <t>:starts_at, <t>:ends_at, <t>:limit, <t>:kind; gen, which
+                          every claim here raises by one (see publish.lua)
 KEYS[2]  stocks   HASH    type -> tickets left
 KEYS[3]  seq      STRING  last ticket sequence number issued (all types)
 KEYS[4]  claimed  HASH    user -> tickets the user holds over all types; "user|type" -> of one type
@@ -376,6 +377,8 @@ end
 
 -- All checks passed: take the stock and issue the tickets.
 left = redis.call('HINCRBY', stocks, ty, -quantity)
+-- A cache that holds this activity as of an older gen asks the script again.
+redis.call('HINCRBY', meta, 'gen', 1)
 redis.call('HINCRBY', claimed, user, quantity)
 redis.call('HINCRBY', claimed, user_type, quantity)
 if require_pass then

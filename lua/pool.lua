@@ -9,7 +9,8 @@ in twice: before the first load, Postgres alone holds them and the load takes th
 The pool of a type is a queue inside the activity's pools hash (see claim.lua): codes are
 pushed at <type>:tail and popped at <type>:head.
 
-KEYS[1]  meta   HASH    the field <type>:pool_loaded marks the first load
+KEYS[1]  meta   HASH    the field <type>:pool_loaded marks the first load; gen, raised by one
+                        when codes were pushed (see publish.lua)
 KEYS[2]  pools  HASH    <type>:head, <type>:tail, <type>:<index> -> code
 
 ARGV[1]  mode: load | add
@@ -50,4 +51,5 @@ while i <= n do
 end
 redis.call('HSET', pools, tail_field, tail)
 redis.call('HSET', meta, flag, '1')
+redis.call('HINCRBY', meta, 'gen', 1)
 return { n - 2, length() }

@@ -27,6 +27,13 @@ ARGV[11..] per type, in the activity's order, 7 values each:
          loaded (stock_total less the type's tickets Postgres already holds, so a reload
          after Redis lost its data never hands out drained stock again)
 
+Every run moves the activity's `gen` (KEYS[1]) on: to the server's clock in microseconds,
+or one past what it was if that is more. `gen` is the activity's generation: every script
+that changes what a claim cache holds (flashclaim_core::claim_cache: the meta hash, a
+type's stock, who has claimed) raises it (claim.lua, return.lua, pool.lua), so a cache
+that finds it unchanged (one HGET) may go on answering from what it learned. From the
+clock, a generation never comes back after Redis lost the activity and it was loaded again.
+
 Returns { loaded, stock_left }: loaded is 1 when the first type's stock was set now (all
 types are loaded together), 0 when it was already there; stock_left over all types.
 --]]
@@ -57,6 +64,10 @@ for i = 11, #ARGV, 7 do
 end
 settings[#settings + 1] = 'types'
 settings[#settings + 1] = table.concat(keys, ',')
+local clock = redis.call('TIME')
+local gen = math.max(tonumber(clock[1]) * 1000000 + tonumber(clock[2]), tonumber(redis.call('HGET', meta, 'gen') or '0') + 1)
+settings[#settings + 1] = 'gen'
+settings[#settings + 1] = string.format('%.0f', gen)
 redis.call('HSET', meta, unpack(settings))
 
 -- BUSYGROUP (the group exists) is the normal case after the first publish.

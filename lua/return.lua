@@ -6,7 +6,8 @@ of the type's pool (kind = codes); the user's counts (over the activity and of t
 drop by one so they may claim again, and a `return` event is appended to the claim log so
 the drain marks the Postgres row returned.
 
-KEYS[1]  meta     HASH    status, ends_at, id, <type>:kind (see claim.lua)
+KEYS[1]  meta     HASH    status, ends_at, id, <type>:kind (see claim.lua); gen, raised by
+                          one (see publish.lua)
 KEYS[2]  stocks   HASH    type -> tickets left
 KEYS[3]  claimed  HASH    user -> tickets held over all types; "user|type" -> of one type
 KEYS[4]  tickets  HASH    code -> "user|claim_id|status|claimed_at_ms|type" (no type: `default`)
@@ -54,6 +55,8 @@ end
 redis.call('HSET', tickets, code, owner .. '|' .. claim_id .. '|returned|' .. claimed_at .. '|' .. ty)
 redis.call('HINCRBY', claimed, user, -1)
 redis.call('HINCRBY', claimed, user .. '|' .. ty, -1)
+-- The type has stock again: caches that learned it sold out must ask again.
+redis.call('HINCRBY', meta, 'gen', 1)
 if m[4] == 'codes' then
   local tail = redis.call('HINCRBY', pools, ty .. ':tail', 1)
   redis.call('HSET', pools, ty .. ':' .. (tail - 1), code)

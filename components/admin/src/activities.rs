@@ -407,8 +407,11 @@ fn restore_issued(
         hset.push(Arg::from(field));
         hset.push(Arg::Int(count));
     }
-    for hset in hsets.into_values() {
+    for (home, hset) in hsets {
         redis.execute("HSET", &hset)?;
+        // Who has claimed changed: claim caches that learned the activity ask again.
+        let meta = ActivityKeys::in_bucket(id, home, n).meta();
+        redis.execute("HINCRBY", &[Arg::from(meta), Arg::from("gen"), Arg::Int(1)])?;
     }
     for (b, fields) in records {
         let tickets = Arg::from(ActivityKeys::in_bucket(id, b, n).tickets());

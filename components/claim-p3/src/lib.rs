@@ -119,13 +119,8 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     let activity = parsed.activity;
 
     // A refusal anyone would get, from what this instance learned: no Redis.
-    if let Some(reply) = CACHE.with_borrow_mut(|c| c.answer(activity, parsed.ask(), now, cache_ms))
-    {
-        if CACHE.with_borrow_mut(|c| c.schedule_tally(activity)) {
-            // After the answer, on its own: the instance stays until it has counted.
-            spin_sdk::wasip3::spawn(count_cached(activity));
-        }
-        return claim::answer(activity, Ok(reply));
+    if let Some(answer) = from_cache(activity, parsed.ask(), now, cache_ms) {
+        return answer;
     }
     // Redis from here: the instance takes no other request until this one has answered
     // (see `glue::OneAtATime`); answers from the cache above never wait on anything. Every
@@ -133,12 +128,23 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     // piled into an instance whose learners hung on a frozen primary it still knew, and hung
     // with them past 30 s (tests/sentinel.rs, SIGSTOP), where held ones go to fresh
     // instances that ask the sentinels again.
-    let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
     let _one = glue::OneAtATime::enter();
+    let shards = glue::redis_shards().await?;
+    // A snapshot past its bound that would answer: one HGET of the activity's generation
+    // renews it when nothing changed, instead of the whole script.
+    if let Some(held) = CACHE.with_borrow(|c| c.to_confirm(activity, parsed.ask(), now, cache_ms)) {
+        if let Some(found) = generation(shards.for_activity(activity), activity).await {
+            if CACHE.with_borrow_mut(|c| c.confirm(activity, held, found, now)) {
+                if let Some(answer) = from_cache(activity, parsed.ask(), now, cache_ms) {
+                    return answer;
+                }
+            }
+        }
+    }
+    let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
     let command = parsed.command(client, &settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
-    let shards = glue::redis_shards().await?;
     let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));
     let mut command = command.with_unreported(taken);
     if learning {
@@ -178,6 +184,37 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
             }
         }),
     }
+}
+
+/// The answer a fresh snapshot gives anyone asking `ask`, counted for `/metrics`.
+fn from_cache(
+    activity: ActivityId,
+    ask: claim_cache::Ask<'_>,
+    now: flashclaim_core::time::Millis,
+    cache_ms: i64,
+) -> Option<Result<HttpResponse, ApiError>> {
+    let reply = CACHE.with_borrow_mut(|c| c.answer(activity, ask, now, cache_ms))?;
+    if CACHE.with_borrow_mut(|c| c.schedule_tally(activity)) {
+        // After the answer, on its own: the instance stays until it has counted.
+        spin_sdk::wasip3::spawn(count_cached(activity));
+    }
+    Some(claim::answer(activity, Ok(reply)))
+}
+
+/// The activity's generation (meta `gen`, see `ClaimCache::to_confirm`); `None` when Redis
+/// did not say (unreachable, or the activity is gone): the script then runs and answers
+/// truthfully.
+async fn generation(address: &str, activity: ActivityId) -> Option<i64> {
+    let meta = ActivityKeys::new(activity).meta();
+    let lease = glue::Lease::take_for(address, Some(meta.as_bytes()))
+        .await
+        .ok()?;
+    let reply = lease
+        .execute("HGET", &[Arg::from(meta.as_str()), Arg::from("gen")])
+        .await
+        .ok()?;
+    lease.release();
+    reply.first()?.as_text()?.parse().ok()
 }
 
 /// Adds the answers given from the cache to the activity's counters, a batch at a time:

@@ -8,8 +8,19 @@
 //! with a claim or a refusal any user would get (-3, -4, -8): the activity's meta hash,
 //! what each type has left, and who has ever held a ticket of it (sent again only when
 //! that changed). A snapshot answers for
-//! `claim_cache_ms` from when it was taken, never longer, so a ticket given back, a window
-//! the operator changed or a type added is seen within that bound.
+//! `claim_cache_ms` from when Redis last vouched for it, never longer, so a ticket given
+//! back, a window the operator changed or a type added is seen within that bound.
+//!
+//! Redis vouches for it twice over: by the script that brought it, and by the activity's
+//! generation (the meta hash's `gen`, which every script that changes what a snapshot holds
+//! raises; lua/publish.lua). Past the bound, the first claim that the old snapshot would
+//! answer reads the generation (one HGET, [`ClaimCache::to_confirm`]); unchanged, the
+//! snapshot is as true as when it was taken and answers for another bound
+//! ([`ClaimCache::confirm`]); moved on, the claim runs the script, which brings a new one.
+//! The full script (some 15 Redis calls) runs once per instance and change instead of once
+//! per instance and bound. Snapshots of an activity in several stock buckets are never
+//! renewed: a bucket's "sold out" lasts `DRY_MS` (flashclaim_core::buckets), a time no
+//! generation marks.
 //!
 //! Never from the cache: anything about the user. A user who has held a ticket of the
 //! activity and sends an Idempotency-Key may be repeating a claim whose answer was lost, so
@@ -74,7 +85,12 @@ struct TypeState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
+    /// When Redis last vouched for it: the script that brought it, or a generation read
+    /// that found it unchanged.
     taken_at: i64,
+    /// The activity's generation it holds (meta `gen`); `None`: never renewed (an activity
+    /// loaded before generations, or in several stock buckets).
+    gen: Option<i64>,
     closed: bool,
     starts_at: i64,
     ends_at: i64,
@@ -137,6 +153,47 @@ impl ClaimCache {
             || s.types
                 .iter()
                 .any(|t| t.left <= 0 || outside(t.starts_at, t.ends_at))
+    }
+
+    /// The generation to read (meta `gen`, one HGET) before answering `ask` from a snapshot
+    /// past its bound, when that snapshot would answer it: `None` when the cache is off,
+    /// holds nothing it could renew, or would not answer `ask` anyway (the script must run).
+    pub fn to_confirm(
+        &self,
+        activity: ActivityId,
+        ask: Ask<'_>,
+        now: Millis,
+        bound_ms: i64,
+    ) -> Option<i64> {
+        if bound_ms <= 0 || self.fresh(activity, now, bound_ms).is_some() {
+            return None;
+        }
+        let s = self.snapshots.get(&activity.get())?;
+        let gen = s.gen?;
+        decide(s, ask, now).map(|_| gen)
+    }
+
+    /// Redis said the activity's generation was `found` at `at`, asked whether it still was
+    /// `gen` ([`to_confirm`]): when it was and the snapshot still holds it, the snapshot
+    /// answers for another bound from `at`. When it moved on, the snapshot is never renewed
+    /// (the script brings a new one; the old one is kept for its claimers, which the script
+    /// sends again only when they changed). True when renewed.
+    ///
+    /// [`to_confirm`]: ClaimCache::to_confirm
+    pub fn confirm(&mut self, activity: ActivityId, gen: i64, found: i64, at: Millis) -> bool {
+        let Some(s) = self.snapshots.get_mut(&activity.get()) else {
+            return false;
+        };
+        if s.gen != Some(gen) {
+            // Replaced meanwhile by a snapshot of its own generation.
+            return false;
+        }
+        if found == gen {
+            s.taken_at = s.taken_at.max(at.0);
+            return true;
+        }
+        s.gen = None;
+        false
     }
 
     fn fresh(&self, activity: ActivityId, now: Millis, bound_ms: i64) -> Option<&Snapshot> {
@@ -323,8 +380,13 @@ fn parse(t: &[Reply], now: Millis, known: Option<&Snapshot>) -> Option<Snapshot>
                 .collect::<Option<HashSet<u64>>>()?,
         )),
     };
+    let gen = match number("buckets").unwrap_or(1) {
+        1 => number("gen"),
+        _ => None,
+    };
     Some(Snapshot {
         taken_at: now.0,
+        gen,
         closed,
         starts_at: number("starts_at")?,
         ends_at: number("ends_at")?,
@@ -733,6 +795,126 @@ mod tests {
         assert!(
             cache.schedule_tally(id()),
             "the next answer starts a new batch"
+        );
+    }
+
+    /// `reply` (with a snapshot) whose meta hash also holds `field` = `value`.
+    fn with_meta(mut reply: Vec<Reply>, field: &str, value: &str) -> Vec<Reply> {
+        let at = reply.iter().position(|r| *r == b("~")).unwrap();
+        let Reply::Int(pairs) = reply[at + 1] else {
+            panic!("no meta length")
+        };
+        reply[at + 1] = Reply::Int(pairs + 2);
+        reply.splice(at + 2..at + 2, [b(field), b(value)]);
+        reply
+    }
+
+    fn sold_out_vip_at_gen(cache: &mut ClaimCache, at: i64, gen: &str) {
+        let snapshot = with_snapshot(vec![Reply::Int(-8), b("vip")], 0, &[]);
+        cache.learn(id(), with_meta(snapshot, "gen", gen), Millis(at));
+    }
+
+    #[test]
+    fn past_its_bound_a_snapshot_whose_generation_is_unchanged_answers_for_another_bound() {
+        let mut cache = ClaimCache::default();
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        let vip_ask = || ask(&vip, &user, false);
+        sold_out_vip_at_gen(&mut cache, 3000, "41");
+        assert_eq!(
+            cache.to_confirm(id(), vip_ask(), Millis(3000 + BOUND - 1), BOUND),
+            None,
+            "fresh: nothing to confirm"
+        );
+        let late = Millis(3000 + BOUND + 50);
+        assert_eq!(cache.answer(id(), vip_ask(), late, BOUND), None);
+        assert_eq!(cache.to_confirm(id(), vip_ask(), late, BOUND), Some(41));
+        assert!(cache.confirm(id(), 41, 41, late));
+        assert!(!cache.wants_snapshot(id(), late, BOUND));
+        for at in [late.0, late.0 + BOUND - 1] {
+            assert_eq!(
+                cache.answer(id(), vip_ask(), Millis(at), BOUND),
+                Some(vec![Reply::Int(-8), b("vip")]),
+                "{at}: renewed from the read"
+            );
+        }
+        assert_eq!(
+            cache.answer(id(), vip_ask(), Millis(late.0 + BOUND), BOUND),
+            None,
+            "and not a moment longer"
+        );
+        assert_eq!(
+            cache.to_confirm(id(), vip_ask(), Millis(late.0 + BOUND), BOUND),
+            Some(41),
+            "asked again after each bound"
+        );
+    }
+
+    #[test]
+    fn a_generation_that_moved_on_renews_nothing_and_the_script_runs_until_it_brings_a_new_one() {
+        let mut cache = ClaimCache::default();
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        let vip_ask = || ask(&vip, &user, false);
+        sold_out_vip_at_gen(&mut cache, 3000, "41");
+        let late = Millis(3000 + BOUND);
+        assert!(!cache.confirm(id(), 41, 42, late), "a ticket came back");
+        assert_eq!(cache.answer(id(), vip_ask(), late, BOUND), None);
+        assert_eq!(
+            cache.to_confirm(id(), vip_ask(), late, BOUND),
+            None,
+            "not asked again"
+        );
+        assert!(cache.wants_snapshot(id(), late, BOUND));
+        sold_out_vip_at_gen(&mut cache, late.0, "43");
+        assert_eq!(
+            cache.answer(id(), vip_ask(), late, BOUND),
+            Some(vec![Reply::Int(-8), b("vip")])
+        );
+        assert!(
+            !cache.confirm(id(), 41, 41, late),
+            "a read for the replaced snapshot renews nothing"
+        );
+        assert_eq!(
+            cache.to_confirm(id(), vip_ask(), Millis(late.0 + BOUND), BOUND),
+            Some(43)
+        );
+    }
+
+    #[test]
+    fn nothing_is_confirmed_for_a_claim_the_old_snapshot_would_not_answer_or_that_it_cannot_renew()
+    {
+        let user = UserId::parse("u1").unwrap();
+        let vip = request(Some("vip"), 1);
+        let std_type = request(Some("std"), 1);
+        let late = Millis(3000 + BOUND);
+        let mut cache = ClaimCache::default();
+        sold_out_vip_at_gen(&mut cache, 3000, "41");
+        assert_eq!(
+            cache.to_confirm(id(), ask(&std_type, &user, false), late, BOUND),
+            None,
+            "std has stock: the script decides"
+        );
+        assert_eq!(
+            cache.to_confirm(id(), ask(&vip, &user, false), late, 0),
+            None,
+            "cache off"
+        );
+        // Learned before generations: never renewed.
+        let mut cache = ClaimCache::default();
+        sold_out_vip(&mut cache, 3000, &[]);
+        assert_eq!(
+            cache.to_confirm(id(), ask(&vip, &user, false), late, BOUND),
+            None
+        );
+        // A bucket's sold out is bounded by time, not by a generation.
+        let mut cache = ClaimCache::default();
+        let snapshot = with_snapshot(vec![Reply::Int(-8), b("vip")], 0, &[]);
+        let snapshot = with_meta(with_meta(snapshot, "gen", "41"), "buckets", "3");
+        cache.learn(id(), snapshot, Millis(3000));
+        assert_eq!(
+            cache.to_confirm(id(), ask(&vip, &user, false), late, BOUND),
+            None
         );
     }
 

@@ -113,6 +113,11 @@ fn engine() -> &'static Engine {
         config.wasm_component_model(true);
         // WASIp3 components: async functions, streams and futures, as Spin 4 enables them.
         config.wasm_component_model_async(true);
+        // `FLASHCLAIM_HOST_PERFMAP=1`: name the compiled guest functions for `perf report`
+        // (/tmp/perf-<pid>.map), to find where a component's CPU goes.
+        if std::env::var_os("FLASHCLAIM_HOST_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&config).expect("wasmtime engine configuration is valid")
     })
 }

@@ -26,6 +26,13 @@ fn caches() -> bool {
 
 /// Scripts Redis ran so far (EVALSHA and EVAL), server-wide.
 async fn scripts_run(t: &TestApp) -> i64 {
+    calls(t, &["evalsha", "eval"]).await
+}
+
+/// Calls of the commands `names` so far, server-wide, made by scripts too (`INFO
+/// commandstats`). `hlen`: claim.lua runs that brought a snapshot (only its snapshot reads
+/// the claimers' count).
+async fn calls(t: &TestApp, names: &[&str]) -> i64 {
     let info: String = tokio::time::timeout(
         Duration::from_secs(5),
         redis::cmd("INFO")
@@ -36,7 +43,11 @@ async fn scripts_run(t: &TestApp) -> i64 {
     .expect("INFO within 5 s")
     .unwrap();
     info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            names
+                .iter()
+                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+        })
         .filter_map(|l| {
             l.split("calls=")
                 .nth(1)?
@@ -272,4 +283,84 @@ async fn a_claim_repeated_with_its_idempotency_key_after_the_sell_out_is_given_b
     // Without its key the winner is a new claim: refused, as the script or the cache says.
     let r = t.claim(id, "winner", "").await;
     assert_eq!(r.status, 409, "{}", r.text());
+}
+
+/// Presses by new users every 25 ms for `long`; each must be answered `sold_out`.
+async fn trickle(t: &TestApp, id: i64, prefix: &str, long: Duration) -> usize {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < long {
+        problem(
+            &t.claim(id, &format!("{prefix}-{n}"), "").await,
+            409,
+            "sold_out",
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_bound_an_unchanged_sale_is_renewed_by_one_read_and_a_return_or_a_close_still_shows_within_the_bound(
+) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(1, r#","per_user_limit":1"#).await;
+    t.publish(id).await;
+    let r = t.claim(id, "winner", "").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let code = r.json()["tickets"][0]["code"].as_str().unwrap().to_string();
+    storm(&t, id, "late", 64).await;
+
+    // Four bounds of presses: without renewal every instance serving them would run the
+    // script again after each bound.
+    let (learned, read) = (calls(&t, &["hlen"]).await, calls(&t, &["hget"]).await);
+    let presses = trickle(
+        &t,
+        id,
+        "trickle",
+        Duration::from_millis(4 * DEFAULT_BOUND_MS as u64),
+    )
+    .await;
+    let (learned, read) = (
+        calls(&t, &["hlen"]).await - learned,
+        calls(&t, &["hget"]).await - read,
+    );
+    println!("{presses} presses over four bounds: {learned} scripts with a snapshot, {read} HGETs");
+    if caches() {
+        assert!(
+            learned <= 1,
+            "{learned} snapshots for {presses} presses (only a new instance learns)"
+        );
+        assert!(read >= 3, "{read} generation reads over four bounds");
+    } else {
+        assert_eq!(learned, 0, "WASIp2 asks for no snapshot");
+    }
+
+    // A ticket given back moves the generation: claimable again within the bound.
+    let r = t
+        .as_user("winner", "DELETE", &format!("/api/tickets/{code}"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(&t, id, "again", 201, "").await;
+    println!("a returned ticket was claimed again after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+
+    // Sold out again and renewed; then a close moves it too.
+    trickle(&t, id, "after", Duration::from_millis(1500)).await;
+    let r = t
+        .as_admin("POST", &format!("/admin/activities/{id}/close"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(&t, id, "closed", 409, "ended").await;
+    println!("closed: answered ended after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+
+    t.drain_to_empty().await;
+    assert_eq!(
+        t.claim_ids(id).await.len(),
+        2,
+        "the winner's and the one after the return"
+    );
 }

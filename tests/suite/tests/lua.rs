@@ -1416,3 +1416,69 @@ async fn a_refusal_brings_the_snapshot_the_cache_answers_the_same_refusal_from_a
         Err(of("vip", ApiError::SoldOut))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generation_moves_with_every_change_a_claim_cache_holds_and_never_with_a_refusal() {
+    let mut lab = Lab::new(activity(1, 1)).await;
+    let gen = |lab: &Lab| lab.int(&["HGET", &lab.keys().meta(), "gen"]);
+    let clock_us = |lab: &Lab| lab.int(&["TIME"]) * 1_000_000;
+    let published = gen(&lab);
+    assert!(
+        published >= clock_us(&lab) - 60_000_000,
+        "from the server's clock: {published}"
+    );
+    lab.publish_expect(false);
+    let republished = gen(&lab);
+    assert!(republished > published, "a republish moves it on");
+
+    let code = claimed(lab.claim("a", 1)).codes[0].clone();
+    assert_eq!(gen(&lab), republished + 1, "a claim");
+    lab.cache = Some(ClaimCache::default());
+    assert_eq!(lab.claim("b", 1), Err(of("default", ApiError::SoldOut)));
+    assert!(matches!(
+        lab.claim("a", 1),
+        Err(ApiError::OfType { error, .. }) if matches!(*error, ApiError::LimitReached { .. })
+    ));
+    assert_eq!(gen(&lab), republished + 1, "refusals leave it");
+
+    // The cache learned the sell-out at that generation: past the bound it asks for it,
+    // and a return moves it on.
+    let user = UserId::parse("c").unwrap();
+    let request = ClaimRequest {
+        quantity: 1,
+        ticket_type: None,
+    };
+    let ask = flashclaim_core::claim_cache::Ask {
+        request: &request,
+        user: &user,
+        keyed: false,
+    };
+    let late = Millis(START + 10 + 1000);
+    let cache = lab.cache.as_ref().unwrap();
+    assert_eq!(
+        cache.to_confirm(lab.activity.id, ask, late, 1000),
+        Some(republished + 1),
+        "the generation the snapshot holds is the one in Redis"
+    );
+    give_back(&lab, &code, "a", START + 20).unwrap();
+    assert_eq!(gen(&lab), republished + 2, "a return");
+
+    // A code pool's upload.
+    let mut pooled = Lab::new(two_types()).await;
+    let before = gen(&pooled);
+    pool(&pooled, "load", "vip", &["V1"]);
+    pool(&pooled, "add", "vip", &["V2"]);
+    assert_eq!(gen(&pooled), before + 2, "a load and an upload");
+    claimed(pooled.claim_type_at("a", Some("vip"), 1, VIP_OPENS + 10, None));
+    assert_eq!(gen(&pooled), before + 3);
+
+    // Redis lost the activity and it was loaded again: never a generation seen before.
+    pooled.cmd(&["FLUSHDB"]);
+    pooled.publish_expect(true);
+    assert!(
+        gen(&pooled) > before + 3,
+        "{} after {}",
+        gen(&pooled),
+        before + 3
+    );
+}
