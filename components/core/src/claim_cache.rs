@@ -54,8 +54,11 @@ pub const MAX_CLAIMERS: i64 = 4096;
 /// Answers given from a snapshot are added to the activity's counters (`/metrics`) this
 /// long after the first of a batch, with one `HINCRBY` per outcome and type: by a timer, so
 /// that the last answers before an instance goes idle are counted too (a batch waiting for
-/// a count of answers would wait for ever once the presses stop).
-pub const TALLY_AFTER_MS: u64 = 250;
+/// a count of answers would wait for ever once the presses stop). A second, like the bound:
+/// every live instance sends a batch per period, and at 250 ms the batches were most of the
+/// Redis commands of a storm answered from the cache (BENCHMARKS.md, "The storm"); a scrape
+/// every 15 s does not see the difference.
+pub const TALLY_AFTER_MS: u64 = 1000;
 
 const MARKER: &[u8] = b"~";
 
