@@ -139,13 +139,41 @@ fn within_bound() -> Duration {
     Duration::from_millis(DEFAULT_BOUND_MS as u64 + 750)
 }
 
+/// A fresh app and an open activity of `stock` tickets, one per user, published.
+async fn open_sale(stock: i64) -> (Arc<TestApp>, i64) {
+    let t = Arc::new(TestApp::start().await);
+    let id = t.create_activity(stock, r#","per_user_limit":1"#).await;
+    t.publish(id).await;
+    (t, id)
+}
+
+/// `owner` gives `code` back; a new user's claim succeeds within the bound.
+async fn returned_is_claimed_again_within_the_bound(t: &TestApp, id: i64, owner: &str, code: &str) {
+    let r = t
+        .as_user(owner, "DELETE", &format!("/api/tickets/{code}"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(t, id, "again", 201, "").await;
+    println!("a returned ticket was claimed again after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+}
+
+/// The operator closes the activity; presses are answered `ended` within the bound.
+async fn a_close_is_honoured_within_the_bound(t: &TestApp, id: i64) {
+    let r = t
+        .as_admin("POST", &format!("/admin/activities/{id}/close"), "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = until(t, id, "closed", 409, "ended").await;
+    println!("closed: answered ended after {waited:?}");
+    assert!(waited <= within_bound(), "{waited:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_sell_out_the_storm_costs_no_script_and_a_returned_ticket_is_claimable_within_the_bound(
 ) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let t = Arc::new(TestApp::start().await);
-    let id = t.create_activity(3, r#","per_user_limit":1"#).await;
-    t.publish(id).await;
+    let (t, id) = open_sale(3).await;
     let mut codes = Vec::new();
     for u in ["w1", "w2", "w3"] {
         let r = t.claim(id, u, "").await;
@@ -173,13 +201,7 @@ async fn after_the_sell_out_the_storm_costs_no_script_and_a_returned_ticket_is_c
     println!("the 400 sold_out answers were counted after {waited:?}");
 
     // A ticket given back is claimable again within the bound.
-    let r = t
-        .as_user("w1", "DELETE", &format!("/api/tickets/{}", codes[0]), "")
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let waited = until(&t, id, "again", 201, "").await;
-    println!("a returned ticket was claimed again after {waited:?}");
-    assert!(waited <= within_bound(), "{waited:?}");
+    returned_is_claimed_again_within_the_bound(&t, id, "w1", &codes[0]).await;
     problem(&t.claim(id, "after", "").await, 409, "sold_out");
 
     // Exactly the stock, once each, all of it in Postgres.
@@ -236,21 +258,13 @@ async fn before_the_opening_everyone_is_told_when_it_opens_the_opening_is_exact_
     let r = t.claim(id, "first", "").await;
     assert_eq!(r.status, 201, "{}", r.text());
 
-    let r = t
-        .as_admin("POST", &format!("/admin/activities/{id}/close"), "")
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let waited = until(&t, id, "closed", 409, "ended").await;
-    println!("closed: answered ended after {waited:?}");
-    assert!(waited <= within_bound(), "{waited:?}");
+    a_close_is_honoured_within_the_bound(&t, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_repeated_with_its_idempotency_key_after_the_sell_out_is_given_back() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let t = Arc::new(TestApp::start().await);
-    let id = t.create_activity(1, r#","per_user_limit":1"#).await;
-    t.publish(id).await;
+    let (t, id) = open_sale(1).await;
     let path = format!("/api/activities/{id}/claims");
     let press = |user: &str, key: &str| {
         let (t, path) = (t.clone(), path.clone());
@@ -305,9 +319,7 @@ async fn trickle(t: &TestApp, id: i64, prefix: &str, long: Duration) -> usize {
 async fn past_the_bound_an_unchanged_sale_is_renewed_by_one_read_and_a_return_or_a_close_still_shows_within_the_bound(
 ) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let t = Arc::new(TestApp::start().await);
-    let id = t.create_activity(1, r#","per_user_limit":1"#).await;
-    t.publish(id).await;
+    let (t, id) = open_sale(1).await;
     let r = t.claim(id, "winner", "").await;
     assert_eq!(r.status, 201, "{}", r.text());
     let code = r.json()["tickets"][0]["code"].as_str().unwrap().to_string();
@@ -339,23 +351,11 @@ async fn past_the_bound_an_unchanged_sale_is_renewed_by_one_read_and_a_return_or
     }
 
     // A ticket given back moves the generation: claimable again within the bound.
-    let r = t
-        .as_user("winner", "DELETE", &format!("/api/tickets/{code}"), "")
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let waited = until(&t, id, "again", 201, "").await;
-    println!("a returned ticket was claimed again after {waited:?}");
-    assert!(waited <= within_bound(), "{waited:?}");
+    returned_is_claimed_again_within_the_bound(&t, id, "winner", &code).await;
 
     // Sold out again and renewed; then a close moves it too.
     trickle(&t, id, "after", Duration::from_millis(1500)).await;
-    let r = t
-        .as_admin("POST", &format!("/admin/activities/{id}/close"), "")
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let waited = until(&t, id, "closed", 409, "ended").await;
-    println!("closed: answered ended after {waited:?}");
-    assert!(waited <= within_bound(), "{waited:?}");
+    a_close_is_honoured_within_the_bound(&t, id).await;
 
     t.drain_to_empty().await;
     assert_eq!(
