@@ -132,14 +132,12 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     let shards = glue::redis_shards().await?;
     // A snapshot past its bound that would answer: one HGET of the activity's generation
     // renews it when nothing changed, instead of the whole script.
-    if let Some(held) = CACHE.with_borrow(|c| c.to_confirm(activity, parsed.ask(), now, cache_ms)) {
-        if let Some(found) = generation(shards.for_activity(activity), activity).await {
-            if CACHE.with_borrow_mut(|c| c.confirm(activity, held, found, now)) {
-                if let Some(answer) = from_cache(activity, parsed.ask(), now, cache_ms) {
-                    return answer;
-                }
-            }
-        }
+    if let Some(held) = CACHE.with_borrow(|c| c.to_confirm(activity, parsed.ask(), now, cache_ms))
+        && let Some(found) = generation(shards.for_activity(activity), activity).await
+        && CACHE.with_borrow_mut(|c| c.confirm(activity, held, found, now))
+        && let Some(answer) = from_cache(activity, parsed.ask(), now, cache_ms)
+    {
+        return answer;
     }
     let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
     let command = parsed.command(client, &settings, now, glue::random_vec)?;

@@ -309,7 +309,11 @@ mod tests {
         assert_eq!(b64url_decode(&b64url_encode(&all)).unwrap(), all);
         for (value, c) in ALPHABET.iter().enumerate() {
             let text = format!("{}A", *c as char);
-            assert_eq!(b64url_decode(&text), Some(vec![(value as u8) << 2]), "{text}");
+            assert_eq!(
+                b64url_decode(&text),
+                Some(vec![(value as u8) << 2]),
+                "{text}"
+            );
         }
         for byte in (0..128u8).filter(|b| !ALPHABET.contains(b)) {
             let text = String::from_utf8(vec![b'A', byte, b'A', b'A']).unwrap();
