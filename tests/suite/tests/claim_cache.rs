@@ -341,8 +341,11 @@ async fn past_the_bound_an_unchanged_sale_is_renewed_by_one_read_and_a_return_or
     );
     println!("{presses} presses over four bounds: {learned} scripts with a snapshot, {read} HGETs");
     if caches() {
+        // Only an instance started meanwhile learns (one at most here, a few where the
+        // runtime starts more); without renewal every instance serving the presses learns
+        // again after each bound (60 measured on the test host).
         assert!(
-            learned <= 1,
+            learned <= 4,
             "{learned} snapshots for {presses} presses (only a new instance learns)"
         );
         assert!(read >= 3, "{read} generation reads over four bounds");
