@@ -217,6 +217,7 @@ impl ClaimCache {
             .iter()
             .position(|r| matches!(r, Reply::Bytes(b) if b == MARKER))
         else {
+            self.contradicted(activity, &reply, now);
             return reply;
         };
         let trailer = reply.split_off(at);
@@ -237,6 +238,25 @@ impl ClaimCache {
             self.snapshots.insert(activity.get(), snapshot);
         }
         reply
+    }
+
+    /// A script's `sold_out` for a type the fresh snapshot holds with stock (the last
+    /// tickets went to other instances' claims) ends the snapshot's bound at once, so the
+    /// next claim asks for a new one: else every press of the sold-out type would run the
+    /// script until the bound ran out.
+    fn contradicted(&mut self, activity: ActivityId, reply: &[Reply], now: Millis) {
+        let [Reply::Int(-8), Reply::Bytes(ty)] = reply else {
+            return;
+        };
+        let Some(s) = self.snapshots.get_mut(&activity.get()) else {
+            return;
+        };
+        if s.types
+            .iter()
+            .any(|t| t.key.as_bytes() == ty.as_slice() && t.left > 0)
+        {
+            s.taken_at = s.taken_at.min(now.0 - MAX_BOUND_MS);
+        }
     }
 
     /// The reply claim.lua would give `ask` at `now`, when a fresh snapshot decides it for
@@ -917,6 +937,42 @@ mod tests {
         cache.learn(id(), snapshot, Millis(3000));
         assert_eq!(
             cache.to_confirm(id(), ask(&vip, &user, false), late, BOUND),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sold_out_from_the_script_for_a_type_the_snapshot_holds_with_stock_ends_its_bound() {
+        let mut cache = ClaimCache::default();
+        let claimed = vec![
+            Reply::Int(1),
+            b("c1"),
+            Reply::Int(0),
+            b("vip"),
+            b("counter"),
+            b("CODE"),
+        ];
+        // vip sold out, std with 5 left.
+        cache.learn(id(), with_snapshot(claimed, 0, &[]), Millis(3000));
+        assert!(!cache.wants_snapshot(id(), Millis(3001), BOUND));
+        // What the snapshot already says, or a refusal about the user, says nothing new.
+        cache.learn(id(), vec![Reply::Int(-8), b("vip")], Millis(3001));
+        cache.learn(
+            id(),
+            vec![Reply::Int(-7), Reply::Int(1), b("ticket_type"), b("std")],
+            Millis(3001),
+        );
+        assert!(!cache.wants_snapshot(id(), Millis(3002), BOUND));
+        let reply = cache.learn(id(), vec![Reply::Int(-8), b("std")], Millis(3002));
+        assert_eq!(reply, vec![Reply::Int(-8), b("std")]);
+        assert!(
+            cache.wants_snapshot(id(), Millis(3002), BOUND),
+            "the next claim learns the sell-out"
+        );
+        let user = UserId::parse("u1").unwrap();
+        let std_type = request(Some("std"), 1);
+        assert_eq!(
+            cache.answer(id(), ask(&std_type, &user, false), Millis(3002), BOUND),
             None
         );
     }
