@@ -436,10 +436,27 @@ pub async fn not_found_on_shard(
 
 async fn shard_marker(address: &str) -> Result<Option<String>, RedisFailure> {
     let marker = flashclaim_core::shards::MARKER;
-    let lease = Lease::take_for(address, Some(marker.as_bytes())).await?;
-    let reply = lease.execute("GET", &[Arg::from(marker)]).await?;
-    lease.release();
+    let reply = execute_on_key(address, "GET", &[Arg::from(marker)]).await?;
     Ok(reply.first().and_then(Reply::as_text).map(str::to_string))
+}
+
+/// One plain command whose first argument is its key, on a connection this instance keeps
+/// to the node serving that key (its slot's primary on a cluster): back to the idle list
+/// after a reply, dropped after a failure, which is returned as it came (a cluster's
+/// redirection is not followed: the callers' next script run follows it).
+pub async fn execute_on_key(
+    address: &str,
+    command: &str,
+    args: &[Arg],
+) -> Result<Vec<Reply>, RedisFailure> {
+    let key = match args.first() {
+        Some(Arg::Bytes(key)) => Some(key.as_slice()),
+        _ => None,
+    };
+    let lease = Lease::take_for(address, key).await?;
+    let reply = lease.execute(command, args).await?;
+    lease.release();
+    Ok(reply)
 }
 
 /// Redis failures seen by a client: the store is unavailable, and the detail is logged.

@@ -293,6 +293,18 @@ impl RedisCluster {
         self.owner(slot).await.expect("a node serves the slot")
     }
 
+    /// The hash at `key`, read from the primary serving its slot (empty when absent or
+    /// when no node answers within 2 s).
+    pub async fn hash(&self, key: &str) -> Vec<(String, String)> {
+        let slot = flashclaim_core::cluster::key_slot(key.as_bytes());
+        let Some(owner) = self.owner(slot).await else {
+            return Vec::new();
+        };
+        query(&self.node_url(owner), redis::cmd("HGETALL").arg(key))
+            .await
+            .unwrap_or_default()
+    }
+
     /// A primary other than `not`.
     pub async fn other_primary(&self, not: usize) -> usize {
         for i in self.live() {

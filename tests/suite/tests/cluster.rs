@@ -75,10 +75,21 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
         assert_eq!(stats.status, 200, "{}", stats.text());
     }
     // Where the map is read: a WASIp3 claim instance keeps it, a WASIp2 request reads it.
+    // On an activity whose slot is not on slot 0's primary, so that a count sent to a node
+    // without regard to the key (where a keyless connection goes) would be refused.
+    let slot_zero = cluster.owner(0).await;
+    let mut away = None;
+    for &id in &ids {
+        if Some(cluster.owner_of_activity(id).await) != slot_zero {
+            away = Some(id);
+            break;
+        }
+    }
+    let away = away.expect("an activity away from slot 0's primary");
     let before = cluster.map_reads().await;
     let claims = 40;
     for n in 0..claims {
-        let r = t.claim(ids[0], &format!("reader-{n}"), "").await;
+        let r = t.claim(away, &format!("reader-{n}"), "").await;
         problem(&r, 409, "sold_out");
     }
     let reads = cluster.map_reads().await - before;
@@ -87,6 +98,30 @@ async fn publish_claim_limits_sold_out_drain_and_return_work_on_activities_sprea
         assert!(reads < claims / 4, "{reads} map reads for {claims} claims");
     } else {
         assert!(reads >= claims, "{reads} map reads for {claims} claims");
+    }
+
+    // Every sold_out answer is counted on the activity's own primary, those a WASIp3
+    // instance gave from its cache too (within the count's second, on a loaded machine 5 s).
+    let counted = |fields: &[(String, String)]| -> i64 {
+        fields
+            .iter()
+            .filter(|(f, _)| f.starts_with("answers:sold_out:"))
+            .filter_map(|(_, v)| v.parse::<i64>().ok())
+            .sum()
+    };
+    let key = format!("fc:{{a:{away}}}:metrics");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = counted(&cluster.hash(&key).await);
+        if n == claims as i64 + 1 {
+            break;
+        }
+        assert!(
+            n <= claims as i64 + 1 && Instant::now() < deadline,
+            "{n} sold_out answers counted of {} (carol and the readers)",
+            claims + 1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // The list reads the stock of activities on several primaries (one script per slot).
