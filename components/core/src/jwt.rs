@@ -131,7 +131,6 @@ pub fn b64url_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// Unpadded base64url only, as JWTs use; anything else is `None`.
 const INVALID: u8 = 0xff;
 
 /// Each byte's value in [`ALPHABET`], or [`INVALID`]: every claim decodes its token, one
@@ -146,6 +145,7 @@ const DECODE: [u8; 256] = {
     table
 };
 
+/// Unpadded base64url only, as JWTs use; anything else is `None`.
 pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 4 == 1 {
         return None;
