@@ -225,14 +225,38 @@ impl ApiError {
     }
 
     pub fn to_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::json_with_type(
+            self.status(),
+            "application/problem+json",
+            &self.problem(),
+        );
+        // A type's refusal carries its error's headers.
+        let headed = match self {
+            ApiError::OfType { error, .. } => error,
+            other => other,
+        };
+        if let ApiError::RateLimited { retry_after_secs } = headed {
+            response
+                .headers
+                .push(("retry-after", retry_after_secs.max(&1).to_string()));
+        }
+        if let ApiError::Unauthenticated(_) = headed {
+            response
+                .headers
+                .push(("www-authenticate", "Bearer".to_string()));
+        }
+        response
+    }
+
+    /// The problem document (RFC 9457). A type's refusal is its error's document, naming
+    /// the type: built once, not encoded and parsed again (a cached `sold_out` of a type is
+    /// answered this way to every press of a storm).
+    fn problem(&self) -> serde_json::Value {
         if let ApiError::OfType { ticket_type, error } = self {
-            let mut response = error.to_response();
-            if let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response.body) {
-                body["ticket_type"] = ticket_type.as_str().into();
-                body["detail"] = self.to_string().into();
-                response.body = body.to_string().into_bytes();
-            }
-            return response;
+            let mut body = error.problem();
+            body["ticket_type"] = ticket_type.as_str().into();
+            body["detail"] = self.to_string().into();
+            return body;
         }
         let mut body = serde_json::json!({
             "type": "about:blank",
@@ -273,19 +297,7 @@ impl ApiError {
             }
             _ => {}
         }
-        let mut response =
-            HttpResponse::json_with_type(self.status(), "application/problem+json", &body);
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            response
-                .headers
-                .push(("retry-after", retry_after_secs.max(&1).to_string()));
-        }
-        if let ApiError::Unauthenticated(_) = self {
-            response
-                .headers
-                .push(("www-authenticate", "Bearer".to_string()));
-        }
-        response
+        body
     }
 }
 
@@ -384,6 +396,30 @@ mod tests {
             (Some(400), Some("invalid_request"))
         );
         assert_eq!(b["ticket_types"], serde_json::json!(["a", "b"]));
+    }
+
+    #[test]
+    fn a_refusal_about_one_type_carries_its_errors_headers_and_the_same_document_as_its_error_plus_the_type(
+    ) {
+        let inner = ApiError::RateLimited {
+            retry_after_secs: 3,
+        };
+        let e = ApiError::OfType {
+            ticket_type: "vip".into(),
+            error: Box::new(inner.clone()),
+        };
+        let r = e.to_response();
+        assert!(
+            r.headers.contains(&("retry-after", "3".to_string())),
+            "{:?}",
+            r.headers
+        );
+        let (mut b, own) = (body(&e), body(&inner));
+        assert_eq!(b["ticket_type"], "vip");
+        assert_ne!(b["detail"], own["detail"]);
+        b["detail"] = own["detail"].clone();
+        b.as_object_mut().unwrap().remove("ticket_type");
+        assert_eq!(b, own);
     }
 
     #[test]
