@@ -222,14 +222,14 @@ async fn count_cached(activity: ActivityId) {
         return;
     };
     let key = ActivityKeys::new(activity).metrics();
+    // On the activity's own node: on a cluster, a batch sent anywhere else is refused.
+    let address = shards.for_activity(activity);
     for (field, n) in counts {
         let args = [
             Arg::from(key.as_str()),
             Arg::from(field.as_str()),
             Arg::Int(n),
         ];
-        // On the activity's own node: on a cluster, a batch sent anywhere else is refused.
-        let address = shards.for_activity(activity);
         if let Err(e) = glue::execute_on_key(address, "HINCRBY", &args).await {
             return eprintln!("flashclaim: counting cached answers: {e}");
         }
