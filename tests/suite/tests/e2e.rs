@@ -247,6 +247,83 @@ async fn a_repeated_idempotency_key_returns_the_first_claim() {
     assert_eq!(t.detail(id, None).await.json()["stock_left"], 9);
 }
 
+/// One request written to the app's socket as it is, and what came back before the server
+/// closed (`connection: close`); `""` when nothing did. `half_close`: the client stops
+/// sending after `request`, as one whose body breaks off does.
+async fn raw_exchange(t: &TestApp, request: &[u8], half_close: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = t
+        .client
+        .base_url()
+        .trim_start_matches("http://")
+        .to_string();
+    let exchange = async {
+        let mut socket = tokio::net::TcpStream::connect(&address).await?;
+        socket.write_all(request).await?;
+        if half_close {
+            socket.shutdown().await?;
+        }
+        let mut answer = Vec::new();
+        // A reset after a half-close still ends the exchange: what came before it counts.
+        let _ = socket.read_to_end(&mut answer).await;
+        std::io::Result::Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .expect("no answer within 10 s (a hung request)")
+        .expect("the exchange failed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_body_counts_whole_whether_its_length_is_given_or_chunked_and_a_broken_one_claims_nothing(
+) {
+    let t = TestApp::start().await;
+    let id = t.create_activity(10, r#","per_user_limit":2"#).await;
+    t.publish(id).await;
+    let head = |user: &str, framing: &str| {
+        format!(
+            "POST /api/activities/{id}/claims HTTP/1.1\r\nhost: flashclaim\r\nconnection: close\r\n\
+             authorization: {}\r\ncontent-type: application/json\r\n{framing}\r\n",
+            bearer(&token(user, None))
+        )
+    };
+    let tickets = |answer: &str| {
+        let (status, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+        assert!(status.starts_with("HTTP/1.1 201"), "{answer}");
+        // The document, whether it came with a length or in chunks (the WASIp2 build).
+        let json = &body[body.find('{').unwrap_or(0)..body.rfind('}').map_or(0, |e| e + 1)];
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["tickets"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+
+    // A body of known length: all of it is the claim (two tickets, not the default one).
+    let body = r#"{"quantity":2}"#;
+    let known = format!(
+        "{}{body}",
+        head("ann", &format!("content-length: {}\r\n", body.len()))
+    );
+    assert_eq!(tickets(&raw_exchange(&t, known.as_bytes(), false).await), 2);
+
+    // The same body in two chunks, no length: read to its end, not to its first chunk.
+    let chunked = format!(
+        "{}7\r\n{{\"quant\r\n7\r\nity\":2}}\r\n0\r\n\r\n",
+        head("bob", "transfer-encoding: chunked\r\n")
+    );
+    assert_eq!(
+        tickets(&raw_exchange(&t, chunked.as_bytes(), false).await),
+        2
+    );
+
+    // A body that breaks off before its length: whatever the client still hears, nothing
+    // is claimed.
+    let broken = format!("{}{{\"quantity\"", head("cy", "content-length: 14\r\n"));
+    let answer = raw_exchange(&t, broken.as_bytes(), true).await;
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 6);
+    assert_eq!(t.detail(id, Some("cy")).await.json()["my_claimed"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_a_4xx_problem_and_changes_nothing() {
     let t = TestApp::start().await;
