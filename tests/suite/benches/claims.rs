@@ -26,8 +26,10 @@
 //!
 //! Knobs (environment): `FLASHCLAIM_BENCH_RUNTIMES` (`host,spin`), `FLASHCLAIM_BENCH_LEVELS`
 //! (`64,256`), `FLASHCLAIM_BENCH_REQUESTS` (20000), `FLASHCLAIM_BENCH_VARIANTS` (all; e.g.
-//! `MinimalP2,FlashclaimP2`), `FLASHCLAIM_BENCH_KEEP_BACKTRACE` (set: leave `RUST_BACKTRACE` as
-//! it is, see `main`), `FLASHCLAIM_SPIN` (the spin binary), `FLASHCLAIM_BENCH_CLAIM_CACHE_MS`
+//! `MinimalP2,FlashclaimP2`; `HelloP3,StepsP3` measures the steps of a cached answer and the
+//! real one, which run only when named: BENCHMARKS.md, "Where a cached answer's time
+//! goes"), `FLASHCLAIM_BENCH_KEEP_BACKTRACE` (set: leave `RUST_BACKTRACE` as it is, see
+//! `main`), `FLASHCLAIM_SPIN` (the spin binary), `FLASHCLAIM_BENCH_CLAIM_CACHE_MS`
 //! (the WASIp3 claim's `claim_cache_ms` in the main levels); the later sections run unless
 //! set to `0`: `FLASHCLAIM_BENCH_FLOOD` (logins), `FLASHCLAIM_BENCH_STORM` (the storm, issue
 //! 21), `FLASHCLAIM_BENCH_SENTINEL` (a Sentinel group's cost), `FLASHCLAIM_BENCH_CLUSTER`
@@ -113,12 +115,18 @@ fn levels() -> Vec<usize> {
         .collect()
 }
 
-/// `FLASHCLAIM_BENCH_VARIANTS` (e.g. `MinimalP2,FlashclaimP2`, for profiling), else all.
+/// `FLASHCLAIM_BENCH_VARIANTS` (e.g. `MinimalP2,FlashclaimP2`, for profiling), else all but
+/// the steps ([`Variant::STEPS`], named one by one or all as `StepsP3`).
 fn variants() -> Vec<Variant> {
     match std::env::var("FLASHCLAIM_BENCH_VARIANTS") {
         Ok(list) => Variant::ALL
             .into_iter()
-            .filter(|v| list.split(',').any(|n| n.trim() == format!("{v:?}")))
+            .chain(Variant::STEPS)
+            .filter(|v| {
+                list.split(',').map(str::trim).any(|n| {
+                    n == format!("{v:?}") || (n == "StepsP3" && Variant::STEPS.contains(v))
+                })
+            })
             .collect(),
         Err(_) => Variant::ALL.to_vec(),
     }
@@ -134,6 +142,13 @@ enum Variant {
     MinimalP3,
     FlashclaimP2,
     FlashclaimP3,
+    StepPressP3,
+    StepAdmittedP3,
+    StepBodySdkP3,
+    StepBodyP3,
+    StepParsedP3,
+    StepRefusedP3,
+    CachedP3,
 }
 
 impl Variant {
@@ -146,6 +161,31 @@ impl Variant {
         Variant::FlashclaimP2,
         Variant::FlashclaimP3,
     ];
+    /// A cached refusal built up from the trivial answer a step at a time, on the storm's
+    /// press (POST, JWT, Idempotency-Key, the H5 app's 14-byte body); `POST /p3/steps/:step`
+    /// of the WASIp3 fixture, where each step is described.
+    const STEPS: [Variant; 7] = [
+        Variant::StepPressP3,
+        Variant::StepAdmittedP3,
+        Variant::StepBodySdkP3,
+        Variant::StepBodyP3,
+        Variant::StepParsedP3,
+        Variant::StepRefusedP3,
+        Variant::CachedP3,
+    ];
+
+    /// The step's name in `/p3/steps/:step`.
+    fn step(self) -> Option<&'static str> {
+        Some(match self {
+            Variant::StepPressP3 => "press",
+            Variant::StepAdmittedP3 => "admitted",
+            Variant::StepBodySdkP3 => "body-sdk",
+            Variant::StepBodyP3 => "body",
+            Variant::StepParsedP3 => "parsed",
+            Variant::StepRefusedP3 => "refused",
+            _ => return None,
+        })
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -158,15 +198,27 @@ impl Variant {
             Variant::MinimalP3 => "minimal claim, WASIp3 (fixture)",
             Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.toml)",
             Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.wasip3.toml)",
+            Variant::StepPressP3 => "steps, WASIp3: a press answered at once",
+            Variant::StepAdmittedP3 => "steps: + the API's wrapper, headers, client address",
+            Variant::StepBodySdkP3 => "steps: + the body, read by spin-sdk's `bytes()`",
+            Variant::StepBodyP3 => "steps: + the body, read by `glue::body` instead",
+            Variant::StepParsedP3 => "steps: + the claim parsed (JWT, body, key)",
+            Variant::StepRefusedP3 => "steps: + answered `sold_out` (the cached answer)",
+            Variant::CachedP3 => "flashclaim claim, WASIp3, answered `sold_out` from its cache",
         }
     }
 
     fn is_claim(self) -> bool {
-        !matches!(self, Variant::HelloP2 | Variant::HelloP3)
+        !matches!(
+            self,
+            Variant::HelloP2 | Variant::HelloP3 | Variant::CachedP3
+        ) && self.step().is_none()
     }
 
     fn expected_status(self) -> u16 {
-        if self.is_claim() {
+        if matches!(self, Variant::StepRefusedP3 | Variant::CachedP3) {
+            409
+        } else if self.is_claim() {
             201
         } else {
             200
@@ -175,7 +227,19 @@ impl Variant {
 
     /// One request of this variant from `user` on `activity`.
     fn request(self, activity: i64, user: &str) -> Req {
+        // The storm's press, signed beforehand (signing is the client's cost).
+        let press = |path: String| Req {
+            path,
+            ..press_of(&bearer(&token(user, None)), user, Some(""), "press")
+        };
         match self {
+            Variant::CachedP3 => press(format!("/api/activities/{activity}/claims")),
+            Variant::StepPressP3
+            | Variant::StepAdmittedP3
+            | Variant::StepBodySdkP3
+            | Variant::StepBodyP3
+            | Variant::StepParsedP3
+            | Variant::StepRefusedP3 => press(format!("/p3/steps/{}", self.step().unwrap_or(""))),
             Variant::HelloP2 => Req::get("/p2/hello"),
             Variant::HelloP3 => Req::get("/p3/hello"),
             Variant::MinimalP2 | Variant::MinimalP2AppVariables | Variant::MinimalP3 => Req {
@@ -764,7 +828,7 @@ impl Apps {
     fn base_url(&self, v: Variant) -> String {
         match v {
             Variant::FlashclaimP2 => self.flashclaim_p2.client.base_url(),
-            Variant::FlashclaimP3 => self.flashclaim_p3.client.base_url(),
+            Variant::FlashclaimP3 | Variant::CachedP3 => self.flashclaim_p3.client.base_url(),
             Variant::MinimalP2AppVariables => self.fixtures_app_variables.client.base_url(),
             _ => self.fixtures.client.base_url(),
         }
@@ -802,7 +866,20 @@ impl Apps {
             self.seq += 1;
             let tag = format!("{v:?}-{concurrency}-{}", self.seq);
             let expect = v.expected_status();
-            let warm = self.requests(v, self.warm_activity, &format!("warm-{tag}"), WARM_UP);
+            // Sold out by one claim: every press of it is answered from the cache.
+            let sold_out = if v == Variant::CachedP3 {
+                let id = self.flashclaim_p3.create_activity(1, "").await;
+                self.flashclaim_p3.publish(id).await;
+                let first = self
+                    .flashclaim_p3
+                    .claim(id, &format!("{tag}-first"), "")
+                    .await;
+                assert_eq!(first.status, 201, "{}", first.text());
+                id
+            } else {
+                self.warm_activity
+            };
+            let warm = self.requests(v, sold_out, &format!("warm-{tag}"), WARM_UP);
             let warm_errors = load(self.base_url(v), warm, concurrency, expect)
                 .await
                 .errors;
@@ -819,7 +896,7 @@ impl Apps {
                 self.flashclaim_p3.publish(id).await;
                 id
             } else {
-                0
+                sold_out
             };
             accs.push(Acc {
                 variant: v,
@@ -1466,8 +1543,9 @@ fn print_levels(
             }
         }
     }
-    // A run that made no claims (e.g. FLASHCLAIM_BENCH_VARIANTS=none) has no drain to show.
-    for d in drains.iter().filter(|d| d.rows > 0) {
+    // A run that made no claims (e.g. FLASHCLAIM_BENCH_VARIANTS=none), or only the one that
+    // sells out `CachedP3`'s activity, has no drain worth timing.
+    for d in drains.iter().filter(|d| d.rows >= 1_000) {
         let target = if d.runtime == "Spin" { "≥ 50 %" } else { "" };
         let mark = match (target.is_empty(), d.rate / d.bulk_rate >= 0.5) {
             (true, _) => "",
@@ -2401,15 +2479,28 @@ async fn command_counts(redis: &mut redis::aio::MultiplexedConnection) -> (i64, 
 
 /// A press: the user's token, a fresh Idempotency-Key as the H5 app sends, the type.
 fn press(activity: i64, tokens: &[String], user: usize, ty: Option<&str>, key: &str) -> Req {
+    let mut press = press_of(&tokens[user], &user.to_string(), ty, key);
+    press.path = format!("/api/activities/{activity}/claims");
+    press
+}
+
+/// A press with `authorization` as the H5 app sends it: the body names the type (`Some("")`:
+/// none, as `{"quantity":1}`), or is empty (`None`).
+fn press_of(authorization: &str, user: &str, ty: Option<&str>, key: &str) -> Req {
+    let body = match ty {
+        None => String::new(),
+        Some("") => r#"{"quantity":1}"#.to_string(),
+        Some(t) => format!(r#"{{"ticket_type":"{t}"}}"#),
+    };
     Req {
         method: "POST",
-        path: format!("/api/activities/{activity}/claims"),
+        path: String::new(),
         headers: vec![
-            ("authorization", tokens[user].clone()),
+            ("authorization", authorization.to_string()),
             ("idempotency-key", format!("{key}-{user}")),
             ("content-type", "application/json".into()),
         ],
-        body: ty.map_or(String::new(), |t| format!(r#"{{"ticket_type":"{t}"}}"#)),
+        body,
     }
 }
 

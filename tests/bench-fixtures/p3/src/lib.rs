@@ -7,9 +7,12 @@
 //!
 //! - `GET /p3/hello`: a trivial answer in one write, the runtime's per-request ceiling
 //!   (no backpressure: Spin may run 16 at once in an instance);
-//! - `POST /p3/api/activities/:id/claims` with `x-user-id`: the claim.
+//! - `POST /p3/api/activities/:id/claims` with `x-user-id`: the claim;
+//! - `POST /p3/steps/:step`: flashclaim's cached refusal built up a step at a time from the
+//!   trivial answer (see [`Step`]), so that `make bench` can say what each step of it costs
+//!   the runtime (BENCHMARKS.md, "Where a cached answer's time goes").
 
-use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, RateLimit};
+use flashclaim_core::claim::{self, ClaimCommand, ClaimRequest, ClaimSettings, RateLimit};
 use flashclaim_core::ids::{ActivityId, UserId};
 use flashclaim_core::scripts::CLAIM;
 use flashclaim_core::{ApiError, HttpResponse};
@@ -25,11 +28,11 @@ async fn handle(req: Request) -> Result<Response, ErrorCode> {
     let get = req.method() == Method::GET;
     let post = req.method() == Method::POST;
     let answer = match segments.as_slice() {
-        ["p3", "hello"] if get => Ok(HttpResponse {
-            status: 200,
-            headers: vec![("content-type", "text/plain".into())],
-            body: b"hello\n".to_vec(),
-        }),
+        ["p3", "hello"] if get => Ok(hello()),
+        ["p3", "steps", step] if post => match Step::parse(step) {
+            Some(step) => return Ok(steps(req, step).await),
+            None => Err(ApiError::NotFound),
+        },
         ["p3", "api", "activities", id, "claims"] if post => {
             // Released once the response is built, on every path.
             let _one = glue::OneAtATime::enter();
@@ -69,4 +72,91 @@ async fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     );
     let reply = glue::run_script(&address, &CLAIM, &command.keys, &command.argv).await;
     claim::answer(activity, reply)
+}
+
+fn hello() -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        headers: vec![("content-type", "text/plain".into())],
+        body: b"hello\n".to_vec(),
+    }
+}
+
+/// The tests' JWT secret (flashclaim-tests' `JWT_SECRET`), which the benchmark signs with.
+const BENCH_JWT_SECRET: &str = "test-jwt-secret-0123456789";
+
+/// How much of a cached refusal a `POST /p3/steps/:step` does; each step adds to the one
+/// before it, and all but the last answer `hello`.
+#[derive(Clone, Copy, PartialEq)]
+enum Step {
+    /// Nothing: the press answered at once, the request's own cost to the runtime.
+    Press,
+    /// Through `serve_admitting`, reading the headers and the client's address.
+    Admitted,
+    /// The body read as spin-sdk's `bytes()` reads it (flashclaim did before it read it
+    /// through `glue::body`).
+    BodySdk,
+    /// The body read through `glue::body` instead.
+    Body,
+    /// The claim parsed: the JWT checked, the body and the Idempotency-Key read.
+    Parsed,
+    /// Answered `sold_out` as the claim cache answers it.
+    Refused,
+}
+
+impl Step {
+    fn parse(text: &str) -> Option<Step> {
+        Some(match text {
+            "press" => Step::Press,
+            "admitted" => Step::Admitted,
+            "body-sdk" => Step::BodySdk,
+            "body" => Step::Body,
+            "parsed" => Step::Parsed,
+            "refused" => Step::Refused,
+            _ => return None,
+        })
+    }
+}
+
+async fn steps(req: Request, step: Step) -> Response {
+    if step == Step::Press {
+        return glue::respond_result(Ok(hello()));
+    }
+    glue::serve_admitting(req, move |req: Request| async move {
+        let now = glue::now();
+        let header = |name| req.headers().get(name).map(|v| v.as_bytes().to_vec());
+        let (authorization, idempotency) = (header("authorization"), header("idempotency-key"));
+        let _client = glue::client_addr(&req).await;
+        let body = match step {
+            Step::Admitted => return Ok(hello()),
+            Step::BodySdk => {
+                use spin_sdk::http::body::IncomingBodyExt;
+                let read = req.into_body().bytes().await;
+                read.map_err(|_| ApiError::invalid("the body could not be read"))?;
+                return Ok(hello());
+            }
+            _ => glue::body(req).await?,
+        };
+        if step == Step::Body {
+            return Ok(hello());
+        }
+        let settings = ClaimSettings::from_variables(BENCH_JWT_SECRET.into(), None, None)
+            .map_err(|_| ApiError::Internal)?;
+        let authorization = authorization
+            .as_deref()
+            .and_then(|a| std::str::from_utf8(a).ok());
+        claim::parse(
+            "1",
+            authorization,
+            idempotency.as_deref(),
+            &body,
+            &settings,
+            now,
+        )?;
+        match step {
+            Step::Parsed => Ok(hello()),
+            _ => Err(ApiError::SoldOut),
+        }
+    })
+    .await
 }
