@@ -528,16 +528,19 @@ pub fn respond(r: HttpResponse) -> Response {
 /// The request's whole body; a body that breaks off is the client's problem (400).
 ///
 /// Read straight from the WASIp3 stream, with as few host round trips as the request
-/// allows: every one suspends the request and wakes it again, which Spin 4.1 measured at
-/// ~80 µs of its CPU for spin-sdk's `bytes()` (a read, a read that finds the end, the
-/// trailers) on a request that answers in ~140 µs (BENCHMARKS.md, "Where a cached answer's
-/// time goes"). So:
-/// - `content-length: 0` is not read at all (many claims carry no body);
+/// allows: every one suspends the request and wakes it again, and spin-sdk's `bytes()`
+/// makes three for any body (a read, a read that finds the end, the trailers), measured on
+/// Spin 4.1 at 54-67 µs of its CPU on a request that costs ~150 µs before it (BENCHMARKS.md,
+/// "Where a cached answer's time goes"). So:
+/// - `content-length: 0` is not read at all;
 /// - a body of known length ends when that many bytes have come: the stream's end and the
 ///   trailers are not waited for (the server framed the body by that length, so neither
-///   can add a byte);
-/// - only a body of unknown length (chunked, HTTP/2) is read to its end. (No length is
-///   not enough to call it empty: an HTTP/2 request may send its body without one.)
+///   can add a byte), and both are dropped unread;
+/// - only a body of unknown length (chunked, HTTP/2, or none sent without a length) is
+///   read to its end, and then its trailers are awaited, though unused: on Spin 4.1 a
+///   request that drops trailers the host has already sent keeps its instance from the
+///   next request for a while, and a steady trickle of presses started new instances
+///   (tests/claim_cache.rs counts them).
 pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
     use spin_sdk::wasip3::http::types::Request as WasiRequest;
     use spin_sdk::wasip3::wit_bindgen::StreamResult;
@@ -559,7 +562,7 @@ pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
     let raw: WasiRequest = req.into_body().take_unstarted().ok_or_else(broken)?;
     // Dropped unwritten when the body has been read: the host is told it was handled.
     let (_handled, handled_rx) = wit_future::new(|| Ok(()));
-    let (mut stream, _trailers) = WasiRequest::consume_body(raw, handled_rx);
+    let (mut stream, trailers) = WasiRequest::consume_body(raw, handled_rx);
     let mut body = Vec::with_capacity(length.unwrap_or(0).min(READ));
     loop {
         let want = length.map_or(READ, |n| n.saturating_sub(body.len()).min(READ));
@@ -569,7 +572,11 @@ pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
             StreamResult::Complete(_) if Some(body.len()) == length => return Ok(body),
             StreamResult::Complete(_) => {}
             // The end: where a length was given, only with all of it.
-            StreamResult::Dropped if length.is_none_or(|n| n == body.len()) => return Ok(body),
+            StreamResult::Dropped if length.is_none_or(|n| n == body.len()) => {
+                // Nobody's trailers matter here; whether they came does not either.
+                let _ = trailers.await;
+                return Ok(body);
+            }
             StreamResult::Dropped | StreamResult::Cancelled => return Err(broken()),
         }
     }
