@@ -10,6 +10,7 @@
 //! most `claim_cache_ms` (`flashclaim_core::claim_cache`).
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use flashclaim_core::buckets::{BucketedClaim, Buckets, Next};
 use flashclaim_core::claim::{self, ClaimSettings, Unreported};
@@ -35,7 +36,7 @@ thread_local! {
     /// them (`flashclaim_core::buckets`; fixed once published): a claim goes home at once.
     static BUCKETS: RefCell<Buckets> = RefCell::new(Buckets::default());
     /// The settings, parsed once: Spin's variables do not change while an instance lives.
-    static SETTINGS: RefCell<Option<(ClaimSettings, i64)>> = const { RefCell::new(None) };
+    static SETTINGS: RefCell<Option<Rc<(ClaimSettings, i64)>>> = const { RefCell::new(None) };
 }
 
 #[http_service]
@@ -58,8 +59,8 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r [u8]> {
     req.headers().get(name).map(|v| v.as_bytes())
 }
 
-/// The claim settings and `claim_cache_ms`.
-async fn settings() -> Result<(ClaimSettings, i64), ApiError> {
+/// The claim settings and `claim_cache_ms`, shared by the instance's requests.
+async fn settings() -> Result<Rc<(ClaimSettings, i64)>, ApiError> {
     if let Some(known) = SETTINGS.with_borrow(Clone::clone) {
         return Ok(known);
     }
@@ -78,44 +79,36 @@ async fn settings() -> Result<(ClaimSettings, i64), ApiError> {
         eprintln!("flashclaim: {e}");
         ApiError::Internal
     })?;
-    let settings = (
+    let settings = Rc::new((
         settings
             .0
             .with_previous_jwt_secret(glue::optional_var("jwt_secret_previous").await),
         settings.1,
-    );
+    ));
     SETTINGS.with_borrow_mut(|s| *s = Some(settings.clone()));
     Ok(settings)
 }
 
-async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
+async fn post_claim(mut req: Request, id: &str) -> Result<HttpResponse, ApiError> {
     let now = glue::now();
     // An instance that knows nothing of the sale, or knows it open with stock in every
     // type, sends every claim of it to Redis: it holds itself from the start (see below),
     // not only from the script on, so that no other request is admitted beside this one
     // meanwhile to open a Redis connection of its own (measured: 31 connections opened per
     // 1,000 claims at c=64 without this, 13 with it; BENCHMARKS.md, "The storm").
-    let known_bound = SETTINGS.with_borrow(|s| s.as_ref().map(|(_, ms)| *ms));
+    let known_bound = SETTINGS.with_borrow(|s| s.as_ref().map(|s| s.1));
     let _early = match (ActivityId::parse(id), known_bound) {
         (Ok(a), Some(ms)) if CACHE.with_borrow(|c| c.might_answer(a, now, ms)) => None,
         _ => Some(glue::OneAtATime::enter()),
     };
 
     // parse
-    let (settings, cache_ms) = settings().await?;
+    let known = settings().await?;
+    let (settings, cache_ms) = (&known.0, known.1);
+    let body = glue::body(&mut req).await?;
     let authorization = header(&req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
-    let authorization = authorization.map(str::to_string);
-    let idempotency = header(&req, "idempotency-key").map(<[u8]>::to_vec);
-    let client = glue::client_addr(&req).await;
-    let body = glue::body(req).await?;
-    let parsed = claim::parse(
-        id,
-        authorization.as_deref(),
-        idempotency.as_deref(),
-        &body,
-        &settings,
-        now,
-    )?;
+    let idempotency = header(&req, "idempotency-key");
+    let parsed = claim::parse(id, authorization, idempotency, &body, settings, now)?;
     let activity = parsed.activity;
 
     // A refusal anyone would get, from what this instance learned: no Redis.
@@ -140,7 +133,9 @@ async fn post_claim(req: Request, id: &str) -> Result<HttpResponse, ApiError> {
         return answer;
     }
     let learning = CACHE.with_borrow(|c| c.wants_snapshot(activity, now, cache_ms));
-    let command = parsed.command(client, &settings, now, glue::random_vec)?;
+    // Only a claim that reaches the script needs to know who asks (its per-address limit).
+    let client = glue::client_addr(&req).await;
+    let command = parsed.command(client, settings, now, glue::random_vec)?;
 
     // apply: one script on the connection this instance keeps for the activity's shard
     let taken = UNREPORTED.with_borrow_mut(|u| u.take(activity));

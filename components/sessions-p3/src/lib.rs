@@ -38,7 +38,7 @@ async fn route(req: Request) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn log_in(req: Request) -> Result<HttpResponse, ApiError> {
+async fn log_in(mut req: Request) -> Result<HttpResponse, ApiError> {
     // parse
     let settings = LoginSettings::from_variables(
         glue::var("jwt_secret").await?,
@@ -50,8 +50,8 @@ async fn log_in(req: Request) -> Result<HttpResponse, ApiError> {
             .as_deref(),
         glue::optional_var("session_ttl_secs").await.as_deref(),
     );
+    let body = glue::body(&mut req).await?;
     let client = glue::client_addr(&req).await;
-    let body = glue::body(req).await?;
     let attempt = login::prepare(&body, client, &settings)?;
 
     // apply: the counters first, alone (a throttled guess ends here; an admitted one is

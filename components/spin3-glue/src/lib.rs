@@ -541,7 +541,10 @@ pub fn respond(r: HttpResponse) -> Response {
 ///   request that drops trailers the host has already sent keeps its instance from the
 ///   next request for a while, and a steady trickle of presses started new instances
 ///   (tests/claim_cache.rs counts them).
-pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
+///
+/// Taken from `req`, which keeps its headers: a caller reads them after the body without
+/// copying them first.
+pub async fn body(req: &mut spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
     use spin_sdk::wasip3::http::types::Request as WasiRequest;
     use spin_sdk::wasip3::wit_bindgen::StreamResult;
     /// At most this much is asked for in one read, whatever a `content-length` claims.
@@ -559,7 +562,7 @@ pub async fn body(req: spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
     if length == Some(0) {
         return Ok(Vec::new());
     }
-    let raw: WasiRequest = req.into_body().take_unstarted().ok_or_else(broken)?;
+    let raw: WasiRequest = req.body_mut().take_unstarted().ok_or_else(broken)?;
     // Dropped unwritten when the body has been read: the host is told it was handled.
     let (_handled, handled_rx) = wit_future::new(|| Ok(()));
     let (mut stream, trailers) = WasiRequest::consume_body(raw, handled_rx);
