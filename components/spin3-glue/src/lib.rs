@@ -530,7 +530,7 @@ pub fn respond(r: HttpResponse) -> Response {
 /// Read straight from the WASIp3 stream, with as few host round trips as the request
 /// allows: every one suspends the request and wakes it again, and spin-sdk's `bytes()`
 /// makes three for any body (a read, a read that finds the end, the trailers), measured on
-/// Spin 4.1 at 45-78 µs of its CPU on a request that costs 133-151 µs before it
+/// Spin 4.1 at 40-89 µs of its CPU on a request that costs 119-124 µs before it
 /// (BENCHMARKS.md, "Where a cached answer's time goes"). So:
 /// - `content-length: 0` is not read at all;
 /// - a body of known length ends when that many bytes have come: the stream's end and the
