@@ -105,7 +105,7 @@ async fn post_claim(mut req: Request, id: &str) -> Result<HttpResponse, ApiError
     // parse
     let known = settings().await?;
     let (settings, cache_ms) = (&known.0, known.1);
-    let body = glue::body(&mut req).await?;
+    let body = glue::body(&mut req, claim::MAX_CLAIM_BODY).await?;
     let authorization = header(&req, "authorization").and_then(|h| std::str::from_utf8(h).ok());
     let idempotency = header(&req, "idempotency-key");
     let parsed = claim::parse(id, authorization, idempotency, &body, settings, now)?;

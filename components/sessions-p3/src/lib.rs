@@ -50,7 +50,7 @@ async fn log_in(mut req: Request) -> Result<HttpResponse, ApiError> {
             .as_deref(),
         glue::optional_var("session_ttl_secs").await.as_deref(),
     );
-    let body = glue::body(&mut req).await?;
+    let body = glue::body(&mut req, flashclaim_core::auth::MAX_AUTH_BODY).await?;
     let client = glue::client_addr(&req).await;
     let attempt = login::prepare(&body, client, &settings)?;
 

@@ -543,8 +543,10 @@ pub fn respond(r: HttpResponse) -> Response {
 ///   (tests/claim_cache.rs counts them).
 ///
 /// Taken from `req`, which keeps its headers: a caller reads them after the body without
-/// copying them first.
-pub async fn body(req: &mut spin_sdk::http::Request) -> Result<Vec<u8>, ApiError> {
+/// copying them first. A body longer than `max` (the most the route parses) is refused as
+/// the route would refuse it, before it is read when its length says so and as soon as it
+/// passes `max` otherwise: an instance never holds more than that of anyone's body.
+pub async fn body(req: &mut spin_sdk::http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
     use spin_sdk::wasip3::http::types::Request as WasiRequest;
     use spin_sdk::wasip3::wit_bindgen::StreamResult;
     /// At most this much is asked for in one read, whatever a `content-length` claims.
@@ -559,8 +561,10 @@ pub async fn body(req: &mut spin_sdk::http::Request) -> Result<Vec<u8>, ApiError
                 .ok_or_else(broken)?,
         ),
     };
-    if length == Some(0) {
-        return Ok(Vec::new());
+    match length {
+        Some(0) => return Ok(Vec::new()),
+        Some(n) if n > max => return Err(flashclaim_core::http::body_too_large(max)),
+        _ => {}
     }
     let raw: WasiRequest = req.body_mut().take_unstarted().ok_or_else(broken)?;
     // Dropped unwritten when the body has been read: the host is told it was handled.
@@ -571,6 +575,9 @@ pub async fn body(req: &mut spin_sdk::http::Request) -> Result<Vec<u8>, ApiError
         let want = length.map_or(READ, |n| n.saturating_sub(body.len()).min(READ));
         let (result, chunk) = stream.read(Vec::with_capacity(want)).await;
         body.extend_from_slice(&chunk);
+        if body.len() > max {
+            return Err(flashclaim_core::http::body_too_large(max));
+        }
         match result {
             StreamResult::Complete(_) if Some(body.len()) == length => return Ok(body),
             StreamResult::Complete(_) => {}

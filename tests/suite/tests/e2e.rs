@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flashclaim_core::activity::MAX_ACTIVITY_BODY;
+use flashclaim_core::claim::MAX_CLAIM_BODY;
 use flashclaim_core::ids::ActivityId;
 use flashclaim_core::jwt::{b64url_encode, sign, Claims};
 use flashclaim_core::keys::{ActivityKeys, DRAIN_GROUP};
@@ -322,6 +323,43 @@ async fn a_claims_body_counts_whole_whether_its_length_is_given_or_chunked_and_a
     assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
     assert_eq!(t.detail(id, None).await.json()["stock_left"], 6);
     assert_eq!(t.detail(id, Some("cy")).await.json()["my_claimed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_body_longer_than_a_claim_takes_is_refused_and_the_wasip3_claim_refuses_it_unread()
+{
+    let t = TestApp::start().await;
+    let id = t.create_activity(10, "").await;
+    t.publish(id).await;
+    let press = |user: &str, length: usize, sent: &str| {
+        format!(
+            "POST /api/activities/{id}/claims HTTP/1.1\r\nhost: flashclaim\r\nconnection: close\r\n\
+             authorization: {}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n{sent}",
+            bearer(&token(user, None))
+        )
+    };
+    let refused = |answer: &str| {
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("invalid_request"), "{answer}");
+        assert!(
+            answer.contains(&format!("the body exceeds {MAX_CLAIM_BODY} bytes")),
+            "{answer}"
+        );
+    };
+    // One byte too many, all of it sent: every build refuses it, as the parser would.
+    let over = " ".repeat(MAX_CLAIM_BODY + 1);
+    refused(&raw_exchange(&t, press("ann", over.len(), &over).as_bytes(), false).await);
+
+    // A length no claim needs, and nothing after the head: the WASIp3 claim answers at once
+    // instead of waiting for (and holding) 50 MB. (The WASIp2 claim cannot: its SDK reads
+    // the whole body before the handler runs.)
+    let wasip3 = std::fs::read_to_string(flashclaim_tests::manifest())
+        .unwrap()
+        .contains("flashclaim_claim_p3.wasm");
+    if wasip3 {
+        refused(&raw_exchange(&t, press("bob", 50_000_000, "{").as_bytes(), false).await);
+    }
+    assert_eq!(t.detail(id, None).await.json()["stock_left"], 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -135,7 +135,7 @@ async fn steps(req: Request, step: Step) -> Response {
                 read.map_err(|_| ApiError::invalid("the body could not be read"))?;
                 return Ok(hello());
             }
-            _ => glue::body(&mut { req }).await?,
+            _ => glue::body(&mut { req }, claim::MAX_CLAIM_BODY).await?,
         };
         if step == Step::Body {
             return Ok(hello());
