@@ -3,14 +3,14 @@
 
 use crate::error::ApiError;
 
-/// A request body that must be one JSON object of at most `max` bytes (checked before any
-/// parsing work).
 /// A body longer than a route takes: refused before it is parsed, or before it is read
 /// at all when its length says so (`flashclaim_spin3::body`).
 pub fn body_too_large(max: usize) -> ApiError {
     ApiError::invalid(format!("the body exceeds {max} bytes"))
 }
 
+/// A request body that must be one JSON object of at most `max` bytes (checked before any
+/// parsing work).
 pub fn json_object(
     body: &[u8],
     max: usize,

@@ -279,8 +279,6 @@ pub fn manifest() -> PathBuf {
     root().join(std::env::var("FLASHCLAIM_MANIFEST").unwrap_or_else(|_| "spin.wasip3.toml".into()))
 }
 
-/// Whether the manifest under test has the drain's cron component (spin.wasip3.toml does;
-/// spin.toml, for Spins without the cron plugin, does not).
 /// Whether the manifest under test runs the WASIp3 claim, which keeps what it learnt.
 pub fn wasip3_claim() -> bool {
     let text = std::fs::read_to_string(manifest()).unwrap();
@@ -291,6 +289,8 @@ pub fn wasip3_claim() -> bool {
         .ends_with("_p3.wasm")
 }
 
+/// Whether the manifest under test has the drain's cron component (spin.wasip3.toml does;
+/// spin.toml, for Spins without the cron plugin, does not).
 pub fn manifest_has_cron() -> bool {
     std::fs::read_to_string(manifest())
         .expect("read the manifest under test")

@@ -12,17 +12,11 @@ use std::time::{Duration, Instant};
 
 use flashclaim_core::claim_cache::DEFAULT_BOUND_MS;
 use flashclaim_core::time::Millis;
-use flashclaim_tests::{bearer, now_ms, problem, token, TestApp};
+use flashclaim_tests::{bearer, now_ms, problem, token, wasip3_claim, TestApp};
 use tokio::sync::Semaphore;
 
 /// The tests of this file take turns: each counts the scripts Redis runs, server-wide.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Whether the manifest under test runs the WASIp3 claim, the one that caches.
-fn caches() -> bool {
-    let manifest = std::fs::read_to_string(flashclaim_tests::manifest()).unwrap();
-    manifest.contains("flashclaim_claim_p3.wasm")
-}
 
 /// Scripts Redis ran so far (EVALSHA and EVAL), server-wide.
 async fn scripts_run(t: &TestApp) -> i64 {
@@ -189,7 +183,7 @@ async fn after_the_sell_out_the_storm_costs_no_script_and_a_returned_ticket_is_c
         "{answers:?}"
     );
     println!("400 presses after the sell-out: {scripts} scripts run");
-    if caches() {
+    if wasip3_claim() {
         // Each instance learns once (the other tests of this file run scripts meanwhile).
         assert!(scripts < 200, "{scripts} scripts for 400 sold-out answers");
     } else {
@@ -246,7 +240,7 @@ async fn before_the_opening_everyone_is_told_when_it_opens_the_opening_is_exact_
         "{answers:?}"
     );
     println!("300 presses before the opening: {scripts} scripts run");
-    if caches() {
+    if wasip3_claim() {
         assert!(
             scripts < 150,
             "{scripts} scripts for 300 not_started answers"
@@ -343,7 +337,7 @@ async fn past_the_bound_an_unchanged_sale_is_renewed_by_one_read_and_a_return_or
         calls(&t, &["hget"]).await - read,
     );
     println!("{presses} presses over four bounds: {learned} scripts with a snapshot, {read} HGETs");
-    if caches() {
+    if wasip3_claim() {
         // Only an instance started meanwhile learns (one at most here, a few where the
         // runtime starts more); without renewal every instance serving the presses learns
         // again after each bound (60 measured on the test host).

@@ -353,10 +353,7 @@ async fn a_claims_body_longer_than_a_claim_takes_is_refused_and_the_wasip3_claim
     // A length no claim needs, and nothing after the head: the WASIp3 claim answers at once
     // instead of waiting for (and holding) 50 MB. (The WASIp2 claim cannot: its SDK reads
     // the whole body before the handler runs.)
-    let wasip3 = std::fs::read_to_string(flashclaim_tests::manifest())
-        .unwrap()
-        .contains("flashclaim_claim_p3.wasm");
-    if wasip3 {
+    if flashclaim_tests::wasip3_claim() {
         refused(&raw_exchange(&t, press("bob", 50_000_000, "{").as_bytes(), false).await);
     }
     assert_eq!(t.detail(id, None).await.json()["stock_left"], 10);
