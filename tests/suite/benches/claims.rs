@@ -140,6 +140,7 @@ enum Variant {
     MinimalP2,
     MinimalP2AppVariables,
     MinimalP3,
+    MinimalSignedP3,
     FlashclaimP2,
     FlashclaimP3,
     StepPressP3,
@@ -153,12 +154,13 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::HelloP2,
         Variant::HelloP3,
         Variant::MinimalP2,
         Variant::MinimalP2AppVariables,
         Variant::MinimalP3,
+        Variant::MinimalSignedP3,
         Variant::FlashclaimP2,
         Variant::FlashclaimP3,
     ];
@@ -198,6 +200,9 @@ impl Variant {
                 "minimal claim, WASIp2, in an app with flashclaim's application variables"
             }
             Variant::MinimalP3 => "minimal claim, WASIp3 (fixture)",
+            Variant::MinimalSignedP3 => {
+                "minimal claim, WASIp3, signed: the token and body checked as flashclaim does (fixture)"
+            }
             Variant::FlashclaimP2 => "flashclaim claim, WASIp2 (spin.toml)",
             Variant::FlashclaimP3 => "flashclaim claim, WASIp3 (spin.wasip3.toml)",
             Variant::StepPressP3 => "steps, WASIp3: a press answered at once",
@@ -265,9 +270,13 @@ impl Variant {
                 headers: vec![("x-user-id", user.to_string()), no_body()],
                 body: String::new(),
             },
-            Variant::FlashclaimP2 | Variant::FlashclaimP3 => Req {
+            Variant::FlashclaimP2 | Variant::FlashclaimP3 | Variant::MinimalSignedP3 => Req {
                 method: "POST",
-                path: format!("/api/activities/{activity}/claims"),
+                path: if self == Variant::MinimalSignedP3 {
+                    format!("/p3/api/activities/{activity}/claims")
+                } else {
+                    format!("/api/activities/{activity}/claims")
+                },
                 // Signed beforehand: signing is the client's cost, not the service's.
                 headers: vec![("authorization", bearer(&token(user, None))), no_body()],
                 body: String::new(),
@@ -1538,7 +1547,23 @@ fn print_levels(
                 "",
                 &|_, _| true,
             );
-            ratio(Variant::FlashclaimP3, Variant::MinimalP3, "", &|_, _| true);
+            // Issue 21's goal for the WASIp3 claim.
+            ratio(
+                Variant::FlashclaimP3,
+                Variant::MinimalP3,
+                "≥ 95 %, p99 ≤ 1.1×",
+                &|r, p| r >= 0.95 && p <= 1.1,
+            );
+            // The same, against a minimal claim that also checks the token and the body.
+            ratio(
+                Variant::FlashclaimP3,
+                Variant::MinimalSignedP3,
+                "",
+                &|_, _| true,
+            );
+            ratio(Variant::MinimalSignedP3, Variant::MinimalP3, "", &|_, _| {
+                true
+            });
             ratio(Variant::MinimalP3, Variant::MinimalP2, "", &|_, _| true);
             ratio(Variant::MinimalP2, Variant::HelloP2, "", &|_, _| true);
             ratio(Variant::MinimalP3, Variant::HelloP3, "", &|_, _| true);
@@ -1547,6 +1572,7 @@ fn print_levels(
                     Variant::FlashclaimP3,
                     Variant::FlashclaimP2,
                     Variant::MinimalP3,
+                    Variant::MinimalSignedP3,
                     Variant::MinimalP2,
                 ] {
                     if let Some(l) = find(rt, c, v) {

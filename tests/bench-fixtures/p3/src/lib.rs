@@ -7,7 +7,9 @@
 //!
 //! - `GET /p3/hello`: a trivial answer in one write, the runtime's per-request ceiling
 //!   (no backpressure: Spin may run 16 at once in an instance);
-//! - `POST /p3/api/activities/:id/claims` with `x-user-id`: the claim;
+//! - `POST /p3/api/activities/:id/claims` with `x-user-id`: the claim; with a signed
+//!   `Authorization` instead, the same claim after the token and body are checked as
+//!   flashclaim checks them (`claim::parse`);
 //! - `POST /p3/steps/:step`: flashclaim's cached refusal built up a step at a time from the
 //!   trivial answer (see [`Step`]), so that `make bench` can say what each step of it costs
 //!   the runtime (BENCHMARKS.md, "Where a cached answer's time goes").
@@ -36,7 +38,12 @@ async fn handle(req: Request) -> Result<Response, ErrorCode> {
         ["p3", "api", "activities", id, "claims"] if post => {
             // Released once the response is built, on every path.
             let _one = glue::OneAtATime::enter();
-            post_claim(&req, id).await
+            let id = id.to_string();
+            if req.headers().contains_key("authorization") {
+                post_signed_claim(req, &id).await
+            } else {
+                post_claim(&req, &id).await
+            }
         }
         _ => Err(ApiError::NotFound),
     };
@@ -72,6 +79,37 @@ async fn post_claim(req: &Request, id: &str) -> Result<HttpResponse, ApiError> {
     );
     let reply = glue::run_script(&address, &CLAIM, &command.keys, &command.argv).await;
     claim::answer(activity, reply)
+}
+
+/// The same claim from a signed press: the body read and the claim parsed (JWT HS256,
+/// body, Idempotency-Key) by `flashclaim_core::claim::parse`, as flashclaim's claim does,
+/// with settings kept by the instance; then the same one EVALSHA. What authentication adds
+/// to the minimal claim, so that flashclaim's claim is also measured against a component
+/// doing the same work and nothing else.
+async fn post_signed_claim(mut req: Request, id: &str) -> Result<HttpResponse, ApiError> {
+    thread_local! {
+        static SETTINGS: std::rc::Rc<ClaimSettings> = std::rc::Rc::new(
+            ClaimSettings::from_variables(BENCH_JWT_SECRET.into(), None, None)
+                .expect("the bench's claim settings parse"),
+        );
+    }
+    let settings = SETTINGS.with(std::rc::Rc::clone);
+    let now = glue::now();
+    let body = glue::body(&mut req, claim::MAX_CLAIM_BODY).await?;
+    let header = |name| req.headers().get(name).map(|v| v.as_bytes());
+    let authorization = header("authorization").and_then(|a| std::str::from_utf8(a).ok());
+    let parsed = claim::parse(
+        id,
+        authorization,
+        header("idempotency-key"),
+        &body,
+        &settings,
+        now,
+    )?;
+    let address = glue::var("redis_address").await?;
+    let command = parsed.command(None, &settings, now, glue::random_vec)?;
+    let reply = glue::run_script(&address, &CLAIM, &command.keys, &command.argv).await;
+    claim::answer(parsed.activity, reply)
 }
 
 fn hello() -> HttpResponse {
