@@ -66,6 +66,8 @@ use spin_test_host::client::{HttpClient, Response};
 const REDIS_BENCH_REQUESTS: usize = 200_000;
 /// Requests sent to each app at a level's concurrency before it is measured.
 const WARM_UP: usize = 1_000;
+/// Requests of a variant sent unmeasured just before each of its rounds.
+const REWARM: usize = 500;
 /// Other processes' CPU (percent of one core) above which a level counts as disturbed.
 const BUSY_PCT: f64 = 25.0;
 /// Runs of one round at most (a round run while other processes were busy is run again).
@@ -936,6 +938,29 @@ impl Apps {
                 let v = acc.variant;
                 let size = chunk.min(n - acc.requests);
                 for run in 1..=MAX_RUNS {
+                    // Unmeasured, so that every round starts on live instances: Spin drops
+                    // an instance idle for 1 s, the other variants' rounds take longer, and
+                    // without this a variant alone in its component (flashclaim's claim)
+                    // started all its instances again each round while one sharing a
+                    // component with the variant before it found them alive (51 against
+                    // 0.5 Redis connections per 1,000 claims at c=256, BENCHMARKS.md).
+                    let warm_on = if v.is_claim() {
+                        self.warm_activity
+                    } else {
+                        acc.activity
+                    };
+                    let rewarm =
+                        self.requests(v, warm_on, &format!("re{}-{round}-{run}", acc.tag), REWARM);
+                    let rewarm_errors =
+                        load(self.base_url(v), rewarm, concurrency, v.expected_status())
+                            .await
+                            .errors;
+                    if !rewarm_errors.is_empty() {
+                        eprintln!(
+                            "bench: {} {v:?} round {round} warm-up: unexpected answers {rewarm_errors:?}",
+                            self.name
+                        );
+                    }
                     let reqs =
                         self.requests(v, acc.activity, &format!("{}-{round}-{run}", acc.tag), size);
                     let conns_before = self.redis_connections().await;
